@@ -1,0 +1,255 @@
+"""Settings and environment profiles.
+
+Every setting comes from a ``NEXUS_*`` environment variable, or from the optional
+files ``.env`` and ``.env.<profile>`` in the working directory (the profile's file
+wins over ``.env``; the environment wins over both). ``NEXUS_ENV`` picks the
+profile: ``development``, ``staging`` or ``production``; each profile has its own
+documented defaults (:data:`PROFILE_DEFAULTS`).
+
+An invalid value never falls back to a default: :func:`load_settings` raises one
+:class:`~nexus_ops.errors.ConfigError` that lists every bad variable, its value
+and the form it expects.
+
+>>> settings = load_settings({"NEXUS_ENV": "staging", "NEXUS_HOME": "/tmp/nx"})
+>>> settings.env, settings.opencode_port
+('staging', 4096)
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources import DotEnvSettingsSource
+
+from nexus_ops.errors import ConfigError
+from nexus_ops.redact import mask_setting
+
+Profile = Literal["development", "staging", "production"]
+PROFILES: tuple[str, ...] = ("development", "staging", "production")
+ENV_PREFIX = "NEXUS_"
+DEFAULT_OPENCODE_VERSION = "1.18.33"
+
+# The defaults that differ by profile; every other default is the same for all.
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "development": {"log_level": "DEBUG", "memory_limit_mb": 0},
+    "staging": {"log_level": "INFO", "memory_limit_mb": 4096},
+    "production": {"log_level": "INFO", "memory_limit_mb": 4096, "log_backups": 10},
+}
+
+# What a person should type, by pydantic error type, for the error message.
+_EXPECTED = {
+    "float_parsing": "a number of seconds (e.g. 2.5)",
+    "int_parsing": "a whole number (e.g. 10)",
+    "bool_parsing": "true or false",
+    "literal_error": "one of the listed values",
+    "greater_than": "a larger number",
+    "greater_than_equal": "a larger number",
+    "less_than_equal": "a smaller number",
+}
+
+
+class Settings(BaseSettings):
+    """All settings of nexus-ops; read them with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
+    )
+
+    env: Profile = Field("development", description="Environment profile.")
+    home: Path = Field(
+        Path("~/.local/share/nexus-ops"),
+        description="Data folder: database, secrets, logs, backups, runs, installed OpenCode.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of the agent."
+    )
+
+    # The managed OpenCode server.
+    opencode_bin: Path | None = Field(
+        None, description="OpenCode binary to run (default: the installed one, then PATH)."
+    )
+    opencode_version: str = Field(
+        DEFAULT_OPENCODE_VERSION, description="Version `opencode install` installs."
+    )
+    opencode_host: str = Field("127.0.0.1", description="Address the server listens on.")
+    opencode_port: int = Field(4096, ge=1, le=65535, description="Port the server listens on.")
+    opencode_username: str = Field("opencode", description="Basic-auth user of the server.")
+    opencode_workdir: Path | None = Field(
+        None, description="Working directory (project) of the server (default: HOME)."
+    )
+
+    # The agent.
+    agent_host: str = Field("127.0.0.1", description="Address the agent listens on.")
+    agent_port: int = Field(1420, ge=1, le=65535, description="Port the agent listens on.")
+    agent_url: str | None = Field(
+        None, description="URL clients use to reach the agent (default: from host and port)."
+    )
+
+    # Liveness and restart policy.
+    probe_interval: float = Field(1.0, gt=0, description="Seconds between liveness probes.")
+    probe_timeout: float = Field(1.0, gt=0, description="Seconds a liveness probe may take.")
+    probe_failures: int = Field(
+        3, ge=1, description="Consecutive failed probes after which the server is hung."
+    )
+    start_timeout: float = Field(
+        30.0, gt=0, description="Seconds a new server has to answer its first probe."
+    )
+    stop_grace: float = Field(
+        5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping."
+    )
+    backoff_initial: float = Field(
+        0.25, ge=0, description="Seconds before the first automatic restart."
+    )
+    backoff_max: float = Field(30.0, gt=0, description="Cap of the restart backoff, in seconds.")
+    stable_period: float = Field(
+        30.0, gt=0, description="Seconds of running after which the backoff resets."
+    )
+    restart_window: float = Field(
+        120.0, gt=0, description="Window, in seconds, in which automatic restarts are counted."
+    )
+    restart_limit: int = Field(
+        5, ge=1, description="Automatic restarts within the window before the state is fatal."
+    )
+    memory_limit_mb: int = Field(
+        0, ge=0, description="Restart when resident memory stays above this (0: off)."
+    )
+    memory_limit_duration: float = Field(
+        60.0, gt=0, description="Seconds memory must stay over the limit before a restart."
+    )
+
+    # Logs.
+    log_max_bytes: int = Field(
+        10_000_000, ge=1024, description="Size at which the server's log is rotated."
+    )
+    log_backups: int = Field(5, ge=1, description="Rotated server logs kept.")
+
+    @field_validator("home", "opencode_bin", "opencode_workdir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def agent_base_url(self) -> str:
+        """URL of the agent's HTTP API."""
+        if self.agent_url:
+            return self.agent_url.rstrip("/")
+        host = self.agent_host if self.agent_host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        return f"http://{_url_host(host)}:{self.agent_port}"
+
+    @property
+    def opencode_base_url(self) -> str:
+        """URL of the managed OpenCode server."""
+        return f"http://{_url_host(self.opencode_host)}:{self.opencode_port}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what load_settings passes in: the environment and .env files are
+        # read by it, so that a test or a caller can hand over its own mapping.
+        return (init_settings,)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def field_env_name(field: str) -> str:
+    """The environment variable of a setting: ``probe_timeout`` -> ``NEXUS_PROBE_TIMEOUT``."""
+    return ENV_PREFIX + field.upper()
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines of a .env file (quotes stripped, comments skipped)."""
+    source = DotEnvSettingsSource(Settings, env_file=path)
+    return {k: v for k, v in source._read_env_files().items() if v is not None}
+
+
+def gather_environment(
+    environ: Mapping[str, str] | None = None, directory: Path | None = None
+) -> dict[str, str]:
+    """Every ``NEXUS_*`` value in force: .env, then .env.<profile>, then the environment."""
+    environ = dict(os.environ if environ is None else environ)
+    directory = Path.cwd() if directory is None else directory
+    base = _upper_keys(read_dotenv(directory / ".env"))
+    profile = environ.get("NEXUS_ENV") or base.get("NEXUS_ENV") or "development"
+    merged = {**base, **_upper_keys(read_dotenv(directory / f".env.{profile}"))}
+    merged.update({k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)})
+    return {k: v for k, v in merged.items() if k.startswith(ENV_PREFIX)}
+
+
+def _upper_keys(values: Mapping[str, str]) -> dict[str, str]:
+    return {k.upper(): v for k, v in values.items()}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, directory: Path | None = None
+) -> Settings:
+    """Read and validate every setting; raise one ConfigError naming every bad one."""
+    values = gather_environment(environ, directory)
+    fields = Settings.model_fields
+    names = {field_env_name(f): f for f in fields}
+    problems = [_unknown_variable(var, names) for var in sorted(values) if var not in names]
+    profile = values.get("NEXUS_ENV", "development")
+    kwargs: dict[str, Any] = dict(PROFILE_DEFAULTS.get(profile, {}))
+    kwargs.update({names[var]: raw for var, raw in values.items() if var in names})
+    try:
+        settings = Settings(**kwargs)
+    except ValidationError as exc:
+        problems += [_describe(error, values) for error in exc.errors()]
+        settings = None
+    if problems or settings is None:
+        raise ConfigError(
+            "invalid settings:\n" + "\n".join(f"  - {p}" for p in problems),
+            hint="fix these variables (in the environment or a .env file) and try again; "
+            "`nexus-ops config show` lists every setting with its current value",
+        )
+    return settings
+
+
+def _unknown_variable(var: str, names: Mapping[str, str]) -> str:
+    close = difflib.get_close_matches(var, list(names), n=1)
+    suggestion = f"; did you mean {close[0]}?" if close else ""
+    return f"{var} is not a nexus-ops setting{suggestion}"
+
+
+def _describe(error: Mapping[str, Any], values: Mapping[str, str]) -> str:
+    field = str(error["loc"][0]) if error["loc"] else "?"
+    var = field_env_name(field)
+    shown = values.get(var, error.get("input"))
+    expected = _EXPECTED.get(str(error["type"]), "")
+    message = str(error["msg"])
+    detail = f"{message}; expected {expected}" if expected else message
+    return f"{var}={shown!r}: {detail}"
+
+
+def settings_table(settings: Settings) -> list[tuple[str, str, str]]:
+    """(variable, value, description) for every setting; secret values masked."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        shown = "" if value is None else str(value)
+        rows.append((field_env_name(name), mask_setting(name, shown), info.description or ""))
+    return rows
+
+
+__all__ = [
+    "PROFILES",
+    "PROFILE_DEFAULTS",
+    "Settings",
+    "field_env_name",
+    "gather_environment",
+    "load_settings",
+    "settings_table",
+]

@@ -1,0 +1,102 @@
+"""The one exception tree of nexus-ops.
+
+Every error the package raises on purpose derives from :class:`NexusOpsError`,
+carries a message that says what was wrong, and, where there is one, a ``hint``
+that says what to do about it. Errors of the libraries we use (psutil, httpx,
+sqlite3, papermill) are mapped into this tree in the module that owns each::
+
+    NexusOpsError
+    ├── ConfigError                 bad settings (lists every bad variable)
+    ├── BinaryNotFound              no OpenCode binary to run
+    ├── InstallError                installing OpenCode from npm failed
+    ├── PortInUse                   the server's port is held by another process
+    ├── ProcessError                spawning or signalling a process failed
+    ├── OpenCodeUnavailable         the OpenCode server did not answer in time
+    ├── StoreError                  the embedded database could not be used
+    ├── AgentUnavailable            no agent answers at the configured address
+    ├── AgentError                  the agent answered with an error
+    │   └── Unauthorized            the agent refused the token
+    ├── BackupError                 creating, verifying or restoring a backup
+    │   └── UnsafeArchive           an archive member would escape the target
+    ├── RunbookError                cataloguing or running a runbook
+    │   └── ParameterError          a runbook parameter is unknown or mistyped
+    └── SecurityError               an unsafe setting was refused
+"""
+
+from __future__ import annotations
+
+
+class NexusOpsError(Exception):
+    """Root of every nexus-ops error: a message, and a hint of what to do."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class ConfigError(NexusOpsError):
+    """One or more settings are invalid; the message lists every one."""
+
+
+class BinaryNotFound(NexusOpsError):
+    """No OpenCode binary could be found to run."""
+
+
+class InstallError(NexusOpsError):
+    """Installing OpenCode from the npm registry failed."""
+
+
+class PortInUse(NexusOpsError):
+    """The port the server should listen on is already taken."""
+
+
+class ProcessError(NexusOpsError):
+    """A process could not be spawned, inspected or signalled."""
+
+
+class OpenCodeUnavailable(NexusOpsError):
+    """The OpenCode server did not answer, or answered that it is unhealthy."""
+
+
+class StoreError(NexusOpsError):
+    """The embedded SQLite database could not be opened or written."""
+
+
+class AgentUnavailable(NexusOpsError):
+    """No nexus-ops agent answers at the configured address."""
+
+
+class AgentError(NexusOpsError):
+    """The agent answered a request with an error."""
+
+    def __init__(self, message: str, hint: str | None = None, status: int = 500) -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
+class Unauthorized(AgentError):
+    """The agent refused the request's token."""
+
+
+class BackupError(NexusOpsError):
+    """A backup could not be created, verified, pruned or restored."""
+
+
+class UnsafeArchive(BackupError):
+    """An archive holds a member that would be written outside its target."""
+
+
+class RunbookError(NexusOpsError):
+    """A runbook could not be found, read or run."""
+
+
+class ParameterError(RunbookError):
+    """A runbook parameter is unknown or of the wrong type."""
+
+
+class SecurityError(NexusOpsError):
+    """A setting or request was refused because it is unsafe."""

@@ -1,0 +1,148 @@
+"""Plain value types shared by the layers; no behaviour beyond formatting.
+
+>>> ServerStatus(state=ServerState.STOPPED, desired="stopped", port=4096).state.value
+'stopped'
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServerState(StrEnum):
+    """Where the managed OpenCode server is in its life."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    FATAL = "fatal"
+
+
+class EventKind(StrEnum):
+    """What the journal records."""
+
+    START = "start"
+    READY = "ready"
+    STOP = "stop"
+    EXIT = "exit"
+    RESTART = "restart"
+    HUNG = "hung"
+    ADOPT = "adopt"
+    FATAL = "fatal"
+    START_FAILED = "start_failed"
+    STALE_PIDFILE = "stale_pidfile"
+    LOG_ROTATED = "log_rotated"
+    AGENT_START = "agent_start"
+    AGENT_STOP = "agent_stop"
+
+
+class RestartReason(StrEnum):
+    """Why the server was restarted."""
+
+    CRASH = "crash"
+    HANG = "hang"
+    MEMORY = "memory"
+    OPERATOR = "operator"
+    START_FAILED = "start_failed"
+
+
+Desired = Literal["running", "stopped"]
+
+
+class Frozen(BaseModel):
+    """Base of the value types: immutable, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProcessRecord(Frozen):
+    """Who a process is: enough to never signal a reused pid."""
+
+    pid: int
+    create_time: float
+    cmdline: list[str]
+
+
+class ExitInfo(Frozen):
+    """How a server process ended."""
+
+    pid: int
+    code: int | None = None
+    signal: int | None = None
+    reason: str = Field(description="crash, hang, memory, operator or adopted-exit")
+    time: float
+
+    def describe(self) -> str:
+        how = f"signal {self.signal}" if self.signal else f"code {self.code}"
+        if self.code is None and self.signal is None:
+            how = "unknown status"
+        return f"{self.reason}: pid {self.pid} exited with {how}"
+
+
+class ServerStatus(Frozen):
+    """What the agent knows of the managed server right now."""
+
+    state: ServerState
+    desired: Desired
+    pid: int | None = None
+    version: str | None = None
+    host: str = "127.0.0.1"
+    port: int
+    url: str = ""
+    username: str = "opencode"
+    healthy: bool = False
+    uptime_seconds: float = 0.0
+    restarts: int = 0
+    last_exit: str | None = None
+    last_error: str | None = None
+    next_restart_in: float | None = None
+    rss_bytes: int | None = None
+
+
+class Event(Frozen):
+    """One journal entry."""
+
+    id: int
+    time: float
+    kind: str
+    reason: str | None = None
+    message: str = ""
+    pid: int | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentHealth(Frozen):
+    """The agent's own liveness answer."""
+
+    status: Literal["ok"] = "ok"
+    version: str
+    uptime_seconds: float
+    pid: int
+
+
+class Readiness(Frozen):
+    """Whether the managed server is up and answering."""
+
+    ready: bool
+    state: ServerState
+    detail: str = ""
+
+
+class ActionResult(Frozen):
+    """The outcome of a start, stop or restart."""
+
+    ok: bool
+    message: str
+    status: ServerStatus
+    survivors: list[int] = Field(default_factory=list)
+
+
+class ErrorBody(Frozen):
+    """Every error the agent's API returns."""
+
+    error: str
+    hint: str | None = None

@@ -1,0 +1,231 @@
+"""OpenCode itself: finding and installing its binary, and talking to its HTTP API (httpx).
+
+OpenCode opens its port before it can answer, and a request sent in that window
+can hang forever: every request here carries a timeout.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nexus_ops.errors import BinaryNotFound, InstallError, OpenCodeUnavailable
+
+NPM_PACKAGE = "opencode-ai"
+
+
+def native_package_names() -> list[str]:
+    """npm packages that hold the native binary for this machine, preferred first."""
+    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower(), platform.machine().lower()
+    )
+    system = platform.system().lower()
+    return [f"opencode-{system}-{arch}", f"opencode-{system}-{arch}-baseline"]
+
+
+def native_binary_in(node_modules: Path) -> Path | None:
+    """The native binary inside an npm ``node_modules`` folder, if installed there."""
+    for name in native_package_names():
+        candidate = node_modules / name / "bin" / "opencode"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def is_script(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == b"#!"
+
+
+def locate_binary(configured: Path | None, prefix: Path) -> Path:
+    """The native OpenCode binary to run.
+
+    In order: ``NEXUS_OPENCODE_BIN``; the one installed under ``prefix`` by
+    ``nexus-ops opencode install``; ``opencode`` on PATH (the npm wrapper script
+    is resolved to the native binary beside it, never run itself: it swallows
+    signals and orphans the server).
+    """
+    if configured is not None:
+        if not configured.is_file():
+            raise BinaryNotFound(
+                f"NEXUS_OPENCODE_BIN={configured} does not exist",
+                hint="point it at the native opencode binary, or unset it and run "
+                "`nexus-ops opencode install`",
+            )
+        return _native(configured)
+    installed = native_binary_in(prefix / "node_modules")
+    if installed is not None:
+        return installed
+    on_path = shutil.which("opencode")
+    if on_path is not None:
+        return _native(Path(on_path))
+    raise BinaryNotFound(
+        "no OpenCode binary found",
+        hint="run `nexus-ops opencode install`, or set NEXUS_OPENCODE_BIN to the binary",
+    )
+
+
+def _native(path: Path) -> Path:
+    if not is_script(path):
+        return path
+    real = path.resolve()
+    for parent in real.parents:
+        if parent.name == "node_modules":
+            native = native_binary_in(parent)
+            if native is not None:
+                return native
+    raise BinaryNotFound(
+        f"{path} is the npm wrapper script, not the native binary",
+        hint="set NEXUS_OPENCODE_BIN to node_modules/opencode-linux-x64/bin/opencode, "
+        "or run `nexus-ops opencode install`",
+    )
+
+
+def binary_version(binary: Path) -> str:
+    """The version the binary reports (``opencode --version``)."""
+    try:
+        done = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BinaryNotFound(
+            f"{binary} did not report its version: {exc}",
+            hint="reinstall it with `nexus-ops opencode install`",
+        ) from exc
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "unknown"
+
+
+def install(version: str, prefix: Path) -> Path:
+    """Install npm's ``opencode-ai@version`` under ``prefix``; return the native binary."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise InstallError(
+            "npm is not installed",
+            hint="install Node.js and npm (e.g. `apt-get install nodejs npm`), or set "
+            "NEXUS_OPENCODE_BIN to an OpenCode binary you installed yourself",
+        )
+    prefix.mkdir(parents=True, exist_ok=True)
+    argv = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--silent"]
+    argv.append(f"{NPM_PACKAGE}@{version}")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise InstallError(
+            f"npm install {NPM_PACKAGE}@{version} failed: {done.stderr.strip()[-800:]}",
+            hint="check the version (`npm view opencode-ai versions`) and the network",
+        )
+    binary = native_binary_in(prefix / "node_modules")
+    if binary is None:
+        raise InstallError(
+            f"{NPM_PACKAGE}@{version} installed, but it holds no binary for this machine "
+            f"(looked for {', '.join(native_package_names())})",
+        )
+    return binary
+
+
+@dataclass(frozen=True)
+class Health:
+    """The server's answer to ``GET /global/health``."""
+
+    healthy: bool
+    version: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+class OpenCodeClient:
+    """A small synchronous client of the OpenCode server's HTTP API.
+
+    >>> client = OpenCodeClient("http://127.0.0.1:4096", Credentials("opencode", "pw"))
+    >>> client.base_url
+    'http://127.0.0.1:4096'
+    """
+
+    def __init__(self, base_url: str, credentials: Credentials, timeout: float = 1.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            auth=(credentials.username, credentials.password),
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def get(self, path: str, timeout: float | None = None) -> Any:
+        try:
+            response = self._http.get(path, timeout=timeout or self._http.timeout)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise unavailable(self.base_url, path, exc) from exc
+
+    def health(self) -> Health:
+        started = time.perf_counter()
+        body = self.get("/global/health")
+        return parse_health(body, time.perf_counter() - started)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return list(self.get("/session", timeout=10.0))
+
+    def session_status(self) -> dict[str, Any]:
+        return dict(self.get("/session/status"))
+
+
+class AsyncOpenCodeClient:
+    """The agent's asynchronous client: one connection pool, a timeout on every call."""
+
+    def __init__(self, base_url: str, credentials: Credentials, timeout: float = 1.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=(credentials.username, credentials.password),
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def get(self, path: str) -> Any:
+        try:
+            response = await self._http.get(path)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise unavailable(self.base_url, path, exc) from exc
+
+    async def health(self) -> Health:
+        started = time.perf_counter()
+        body = await self.get("/global/health")
+        return parse_health(body, time.perf_counter() - started)
+
+
+def parse_health(body: Any, seconds: float) -> Health:
+    if not isinstance(body, Mapping) or body.get("healthy") is not True:
+        raise OpenCodeUnavailable(f"server reports itself unhealthy: {body!r:.200}")
+    return Health(healthy=True, version=str(body.get("version", "unknown")), seconds=seconds)
+
+
+def unavailable(base_url: str, path: str, exc: Exception) -> OpenCodeUnavailable:
+    if isinstance(exc, httpx.TimeoutException):
+        what = "timed out"
+    elif isinstance(exc, httpx.HTTPStatusError):
+        what = f"answered HTTP {exc.response.status_code}"
+    elif isinstance(exc, httpx.ConnectError):
+        what = "refused the connection"
+    else:
+        what = f"failed ({type(exc).__name__})"
+    return OpenCodeUnavailable(f"GET {base_url}{path} {what}")

@@ -1,0 +1,216 @@
+"""Processes: spawn, identify, signal and inspect a process tree (psutil, subprocess).
+
+A process is known by a :class:`~nexus_ops.models.ProcessRecord` (pid, create
+time, command line), so that a pid the kernel has given to another program since
+is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from nexus_ops.errors import PortInUse, ProcessError
+from nexus_ops.models import ProcessRecord
+from nexus_ops.paths import atomic_write
+
+# create_time is rounded by the kernel's clock ticks; two reads may differ a hair.
+_CREATE_TIME_SLACK = 0.05
+
+
+@dataclass
+class Spawned:
+    """A process this agent started: its record and its Popen (to reap it)."""
+
+    record: ProcessRecord
+    popen: subprocess.Popen[bytes]
+
+
+def spawn(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
+) -> Spawned:
+    """Start ``argv`` in its own session and process group, output appended to ``log_path``.
+
+    The log is opened with O_APPEND, so that the process keeps writing safely when
+    the agent dies and while the agent rotates the file (copy, then truncate).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        try:
+            popen = subprocess.Popen(
+                list(argv),
+                env=dict(env),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise ProcessError(
+                f"could not start {argv[0]}: {exc.strerror}",
+                hint="check that the binary exists and is executable",
+            ) from exc
+    return Spawned(record=identify(popen.pid, fallback_cmdline=list(argv)), popen=popen)
+
+
+def identify(pid: int, fallback_cmdline: list[str] | None = None) -> ProcessRecord:
+    """The record of a running process."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            create_time = proc.create_time()
+            cmdline = proc.cmdline() or (fallback_cmdline or [])
+    except psutil.Error as exc:
+        raise ProcessError(f"process {pid} vanished before it could be identified") from exc
+    return ProcessRecord(pid=pid, create_time=create_time, cmdline=cmdline)
+
+
+def find_live(record: ProcessRecord) -> psutil.Process | None:
+    """The process of ``record`` if it still runs and is the same program; else None."""
+    try:
+        proc = psutil.Process(record.pid)
+        with proc.oneshot():
+            same_start = abs(proc.create_time() - record.create_time) < _CREATE_TIME_SLACK
+            same_cmd = proc.cmdline() == record.cmdline
+            zombie = proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return None
+    return proc if same_start and same_cmd and not zombie else None
+
+
+def save_record(path: Path, record: ProcessRecord) -> None:
+    atomic_write(path, record.model_dump_json().encode(), mode=0o600)
+
+
+def load_record(path: Path) -> ProcessRecord | None:
+    """The record in a pidfile; None when there is none or it is unreadable."""
+    try:
+        return ProcessRecord.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+def remove_record(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def descendants(proc: psutil.Process) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return list(proc.children(recursive=True))
+    return []
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def terminate_tree(record: ProcessRecord, grace: float) -> list[int]:
+    """Stop a process and everything it started; return the pids that survived.
+
+    SIGTERM (and SIGCONT, so that a stopped process can act on it) to the group,
+    up to ``grace`` seconds to exit, SIGKILL to the group, then SIGKILL to any
+    descendant that had left the group.
+    """
+    proc = find_live(record)
+    if proc is None:
+        return []
+    tree = [proc, *descendants(proc)]
+    with contextlib.suppress(psutil.Error, ProcessLookupError):
+        pgid = os.getpgid(record.pid)
+        signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGCONT)
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    if alive:
+        with contextlib.suppress(ProcessLookupError):
+            signal_group(record.pid, signal.SIGKILL)
+        for leftover in alive:
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()
+        _, alive = psutil.wait_procs(alive, timeout=2.0)
+    return [p.pid for p in alive]
+
+
+def pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when ``pid`` exits (Linux), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def wait_status(popen: subprocess.Popen[bytes] | None) -> tuple[int | None, int | None]:
+    """(exit code, signal) of a reaped child; (None, None) when it is not ours."""
+    if popen is None:
+        return None, None
+    code = popen.wait()
+    return (None, -code) if code < 0 else (code, None)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise PortInUse, naming the holder where the system shows it, if the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise PortInUse(f"cannot bind {host}:{port}: {exc.strerror}") from exc
+    holder = port_holder(port)
+    who = f" by {holder}" if holder else " by a process this user cannot see"
+    raise PortInUse(
+        f"port {port} on {host} is already in use{who}",
+        hint=f"stop that process, or choose another port with NEXUS_OPENCODE_PORT (now {port})",
+    )
+
+
+def port_holder(port: int) -> str | None:
+    """'name (pid N): cmdline' of the process listening on ``port``, when visible."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return None
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            return describe_pid(conn.pid) if conn.pid else None
+    return None
+
+
+def describe_pid(pid: int) -> str:
+    try:
+        proc = psutil.Process(pid)
+        return f"{proc.name()} (pid {pid}): {' '.join(proc.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {pid}"
+
+
+def tree_rss(record: ProcessRecord) -> int | None:
+    """Resident memory of a process and its descendants, in bytes; None if gone."""
+    proc = find_live(record)
+    if proc is None:
+        return None
+    total = 0
+    for member in [proc, *descendants(proc)]:
+        with contextlib.suppress(psutil.Error):
+            total += member.memory_info().rss
+    return total
+
+
+def uptime(record: ProcessRecord) -> float:
+    return max(0.0, time.time() - record.create_time)
