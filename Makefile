@@ -40,7 +40,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 pytest: setup system-deps opencode
-	NEXUS_TEST_OPENCODE_PREFIX=$(OPENCODE_PREFIX) $(BIN)/pytest $(PYTEST_ARGS)
+	NXOPS_TEST_OPENCODE_PREFIX=$(OPENCODE_PREFIX) $(BIN)/pytest $(PYTEST_ARGS)
 
 check: lint typecheck pytest
 
