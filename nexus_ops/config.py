@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # The agent.
     agent_host: str = Field("127.0.0.1", description="Address the agent listens on.")
     agent_port: int = Field(1420, ge=1, le=65535, description="Port the agent listens on.")
+    allow_remote: bool = Field(
+        False, description="Allow the agent and console to bind a non-loopback address."
+    )
     agent_url: str | None = Field(
         None, description="URL clients use to reach the agent (default: from host and port)."
     )

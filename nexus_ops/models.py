@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ class EventKind(StrEnum):
     EXIT = "exit"
     RESTART = "restart"
     HUNG = "hung"
+    MEMORY_LIMIT = "memory_limit"
     ADOPT = "adopt"
     FATAL = "fatal"
     START_FAILED = "start_failed"
@@ -51,6 +53,15 @@ class RestartReason(StrEnum):
 
 
 Desired = Literal["running", "stopped"]
+
+
+@dataclass
+class Counters:
+    """Totals since the agent started, for /metrics (mutable: the supervisor counts)."""
+
+    starts: int = 0
+    stops: int = 0
+    restarts_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class Frozen(BaseModel):

@@ -37,9 +37,7 @@ class Spawned:
     popen: subprocess.Popen[bytes]
 
 
-def spawn(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
-) -> Spawned:
+def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path) -> Spawned:
     """Start ``argv`` in its own session and process group, output appended to ``log_path``.
 
     The log is opened with O_APPEND, so that the process keeps writing safely when
@@ -142,6 +140,21 @@ def terminate_tree(record: ProcessRecord, grace: float) -> list[int]:
             with contextlib.suppress(psutil.Error):
                 leftover.kill()
         _, alive = psutil.wait_procs(alive, timeout=2.0)
+    return [p.pid for p in alive]
+
+
+def terminate_process(record: ProcessRecord, grace: float) -> list[int]:
+    """SIGTERM one process (not its children), SIGKILL after ``grace``; survivors' pids."""
+    proc = find_live(record)
+    if proc is None:
+        return []
+    with contextlib.suppress(psutil.Error):
+        proc.terminate()
+    _, alive = psutil.wait_procs([proc], timeout=grace)
+    for leftover in alive:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    _, alive = psutil.wait_procs(alive, timeout=2.0)
     return [p.pid for p in alive]
 
 

@@ -31,7 +31,8 @@ class Database:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_versions (name TEXT PRIMARY KEY, version INTEGER)"
+                "CREATE TABLE IF NOT EXISTS schema_versions "
+                "(name TEXT PRIMARY KEY, version INTEGER)"
             )
         except sqlite3.Error as exc:
             raise StoreError(

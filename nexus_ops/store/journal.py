@@ -61,8 +61,15 @@ class Journal:
                 (now, kind, reason, message, pid, payload),
             )
         event_id = cursor.lastrowid or 0
-        return Event(id=event_id, time=now, kind=kind, reason=reason, message=message,
-                     pid=pid, details=details or {})
+        return Event(
+            id=event_id,
+            time=now,
+            kind=kind,
+            reason=reason,
+            message=message,
+            pid=pid,
+            details=details or {},
+        )
 
     def events(
         self,
@@ -74,7 +81,8 @@ class Journal:
         after_id: int | None = None,
     ) -> list[Event]:
         """Events, newest last, filtered by time, kind and id."""
-        clauses, params = ["1=1"], []
+        clauses: list[str] = ["1=1"]
+        params: list[Any] = []
         if since is not None:
             clauses.append("time >= ?")
             params.append(since)
@@ -87,8 +95,9 @@ class Journal:
         if kinds:
             clauses.append(f"kind IN ({','.join('?' * len(kinds))})")
             params.extend(kinds)
+        # Only fixed clause texts are joined; every value is a bound parameter.
         sql = (
-            "SELECT id, time, kind, reason, message, pid, details FROM events WHERE "
+            "SELECT id, time, kind, reason, message, pid, details FROM events WHERE "  # noqa: S608
             + " AND ".join(clauses)
             + " ORDER BY id DESC LIMIT ?"
         )
@@ -109,5 +118,12 @@ class Journal:
 
 def _event(row: tuple[Any, ...]) -> Event:
     event_id, when, kind, reason, message, pid, details = row
-    return Event(id=event_id, time=when, kind=kind, reason=reason, message=message, pid=pid,
-                 details=json.loads(details))
+    return Event(
+        id=event_id,
+        time=when,
+        kind=kind,
+        reason=reason,
+        message=message,
+        pid=pid,
+        details=json.loads(details),
+    )

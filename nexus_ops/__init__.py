@@ -1,0 +1,29 @@
+"""nexus-ops: the operations console for OpenCode servers.
+
+>>> import nexus_ops
+>>> isinstance(nexus_ops.__version__, str)
+True
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from nexus_ops.config import Settings, load_settings
+from nexus_ops.errors import NexusOpsError
+from nexus_ops.models import Event, ServerState, ServerStatus
+
+try:
+    __version__ = version("nexus-ops")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Event",
+    "NexusOpsError",
+    "ServerState",
+    "ServerStatus",
+    "Settings",
+    "__version__",
+    "load_settings",
+]

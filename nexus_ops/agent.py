@@ -1,0 +1,327 @@
+"""The agent: one per host; owns the OpenCode server and serves its HTTP API.
+
+``GET /health`` (the agent is alive) and ``GET /ready`` (the server is running
+and answering) need no token; everything else needs ``Authorization: Bearer
+<token>`` with the token of ``$NEXUS_HOME/secrets/agent.token``. State changes
+are POSTs. The OpenAPI document is at ``/api/v1/openapi.json``.
+
+>>> # app = create_app(load_settings()); uvicorn.run(app)  (or `nexus-ops agent`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from nexus_ops import __version__, logs
+from nexus_ops.config import Settings, settings_table
+from nexus_ops.errors import (
+    BinaryNotFound,
+    NexusOpsError,
+    PortInUse,
+    SecurityError,
+    Unauthorized,
+)
+from nexus_ops.metrics.exposition import CONTENT_TYPE, Exposition
+from nexus_ops.models import (
+    ActionResult,
+    AgentHealth,
+    ErrorBody,
+    Event,
+    EventKind,
+    Frozen,
+    Readiness,
+    ServerStatus,
+)
+from nexus_ops.paths import Layout, read_or_create_secret
+from nexus_ops.process import check_port_free, identify, remove_record, save_record
+from nexus_ops.redact import redact
+from nexus_ops.store import Database, Journal
+from nexus_ops.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+API = "/api/v1"
+
+# Extra jobs (samplers, schedulers) that start with the agent: each gets the
+# running AgentContext and runs until cancelled.
+BackgroundJob = Callable[["AgentContext"], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class AgentContext:
+    """What the routes and background jobs share."""
+
+    settings: Settings
+    layout: Layout
+    token: str
+    database: Database
+    journal: Journal
+    supervisor: Supervisor
+    exposition: Exposition
+    started: float = field(default_factory=time.time)
+
+
+class LogTail(Frozen):
+    lines: list[str]
+
+
+class SettingRow(Frozen):
+    variable: str
+    value: str
+    description: str
+
+
+class ConfigView(Frozen):
+    profile: str
+    settings: list[SettingRow]
+
+
+def create_app(
+    settings: Settings, jobs: list[BackgroundJob] | None = None, manage: bool = True
+) -> FastAPI:
+    """The agent's ASGI app; ``manage=False`` serves the API without supervising."""
+    layout = Layout(settings.home).ensure()
+    token = read_or_create_secret(layout.agent_token_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database(layout.database)
+        journal = Journal(database)
+        supervisor = Supervisor(settings, journal)
+        exposition = Exposition(supervisor.status, lambda: supervisor.counters, __version__)
+        supervisor.request_observers.append(exposition.observe_request)
+        ctx = AgentContext(settings, layout, token, database, journal, supervisor, exposition)
+        app.state.ctx = ctx
+        journal.record(EventKind.AGENT_START, pid=os.getpid(), message=f"agent {__version__}")
+        tasks: list[asyncio.Task[None]] = [asyncio.create_task(job(ctx)) for job in jobs or []]
+        if manage:
+            tasks.append(asyncio.create_task(supervisor.run()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await supervisor.shutdown()
+            journal.record(EventKind.AGENT_STOP, pid=os.getpid(), message="agent stopped")
+            database.close()
+
+    app = FastAPI(
+        title="nexus-ops agent",
+        version=__version__,
+        description="Supervises an OpenCode server: status, control, events, metrics.",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_exception_handler(NexusOpsError, _nexus_error)
+    app.include_router(public_router())
+    app.include_router(api_router(), dependencies=[Depends(require_token)])
+    return app
+
+
+def context(request: Request) -> AgentContext:
+    ctx: AgentContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[AgentContext, Depends(context)]
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Refuse any request without the agent's bearer token (compared in constant time)."""
+    expected = context(request).token.encode()
+    given = credentials.credentials.encode() if credentials else b""
+    if not hmac.compare_digest(given, expected):
+        raise Unauthorized(
+            "missing or wrong bearer token",
+            hint="send `Authorization: Bearer <token>`; the token is in "
+            "$NEXUS_HOME/secrets/agent.token",
+            status=401,
+        )
+
+
+_STATUS_BY_ERROR: dict[type[NexusOpsError], int] = {
+    Unauthorized: 401,
+    PortInUse: 409,
+    BinaryNotFound: 424,
+    SecurityError: 403,
+}
+
+
+async def _nexus_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NexusOpsError)
+    status = next((code for cls, code in _STATUS_BY_ERROR.items() if isinstance(exc, cls)), 500)
+    status = getattr(exc, "status", status) if status == 500 else status
+    body = ErrorBody(error=exc.message, hint=exc.hint).model_dump()
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    500: {"model": ErrorBody, "description": "The agent could not do it."},
+}
+
+
+def public_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health", tags=["probes"])
+    async def health(ctx: Ctx) -> AgentHealth:
+        """The agent is alive (no token needed)."""
+        return AgentHealth(
+            version=__version__, uptime_seconds=time.time() - ctx.started, pid=os.getpid()
+        )
+
+    @router.get(
+        "/ready",
+        tags=["probes"],
+        responses={503: {"model": Readiness, "description": "Not ready."}},
+    )
+    async def ready(ctx: Ctx) -> Response:
+        """The managed server is running and its liveness probe passes (no token needed)."""
+        sup = ctx.supervisor
+        body = Readiness(ready=sup.ready, state=sup.state, detail=sup.status().last_error or "")
+        return JSONResponse(body.model_dump(mode="json"), status_code=200 if sup.ready else 503)
+
+    return router
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(responses=ERRORS)
+
+    @router.get("/metrics", tags=["metrics"], response_class=Response)
+    async def metrics(ctx: Ctx) -> Response:
+        """Prometheus text format."""
+        return Response(ctx.exposition.render(), media_type=CONTENT_TYPE)
+
+    @router.get(f"{API}/openapi.json", tags=["meta"], include_in_schema=False)
+    async def openapi(request: Request) -> dict[str, Any]:
+        schema: dict[str, Any] = request.app.openapi()
+        return schema
+
+    @router.get(f"{API}/status", tags=["server"])
+    async def status(ctx: Ctx) -> ServerStatus:
+        """The managed server's state, pid, version, uptime and restarts."""
+        return ctx.supervisor.status()
+
+    @router.post(f"{API}/server/start", tags=["server"])
+    async def start(ctx: Ctx, wait: bool = True) -> ActionResult:
+        """Start the server (and clear a fatal state); waits until healthy unless wait=false."""
+        return await ctx.supervisor.start(wait=wait)
+
+    @router.post(f"{API}/server/stop", tags=["server"])
+    async def stop(ctx: Ctx) -> ActionResult:
+        """Stop the server and keep it stopped."""
+        return await ctx.supervisor.stop()
+
+    @router.post(f"{API}/server/restart", tags=["server"])
+    async def restart(ctx: Ctx, wait: bool = True) -> ActionResult:
+        """Restart the server now."""
+        return await ctx.supervisor.restart(wait=wait)
+
+    @router.get(f"{API}/events", tags=["journal"])
+    async def events(
+        ctx: Ctx,
+        since: Annotated[float | None, Query(description="Unix time, inclusive.")] = None,
+        until: Annotated[float | None, Query(description="Unix time, inclusive.")] = None,
+        kind: Annotated[list[str] | None, Query(description="Event kinds to keep.")] = None,
+        after_id: Annotated[int | None, Query(ge=0)] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
+    ) -> list[Event]:
+        """Journal entries, oldest first."""
+        return ctx.journal.events(
+            since=since, until=until, kinds=kind or [], limit=limit, after_id=after_id
+        )
+
+    @router.get(f"{API}/logs", tags=["server"])
+    async def server_logs(
+        ctx: Ctx,
+        lines: Annotated[int, Query(ge=1, le=10_000)] = 200,
+        contains: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> LogTail:
+        """The tail of the server's log, optionally only lines containing a text."""
+        tail = await asyncio.to_thread(logs.tail, ctx.layout.server_log, lines, contains)
+        return LogTail(lines=[_redact_line(ctx, line) for line in tail])
+
+    @router.get(f"{API}/config", tags=["meta"])
+    async def config(ctx: Ctx) -> ConfigView:
+        """The active profile and every setting, secrets masked."""
+        rows = [
+            SettingRow(variable=v, value=val, description=d)
+            for v, val, d in settings_table(ctx.settings)
+        ]
+        return ConfigView(profile=ctx.settings.env, settings=rows)
+
+    return router
+
+
+def _redact_line(ctx: AgentContext, line: str) -> str:
+    return redact(line, secrets=[ctx.token, ctx.supervisor.credentials.password])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse a non-loopback address unless the operator allowed remote access."""
+    if is_loopback(settings.agent_host) or settings.allow_remote:
+        return
+    raise SecurityError(
+        f"NEXUS_AGENT_HOST={settings.agent_host} is not a loopback address",
+        hint="set NEXUS_ALLOW_REMOTE=true to accept remote connections (the bearer token "
+        "is always required), and put TLS in front of it",
+    )
+
+
+def serve(settings: Settings, jobs: list[BackgroundJob] | None = None) -> None:
+    """Run the agent in the foreground until SIGINT or SIGTERM (the server keeps running)."""
+    check_bind(settings)
+    layout = Layout(settings.home).ensure()
+    check_port_free(settings.agent_host, settings.agent_port)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    save_record(layout.agent_pidfile, identify(os.getpid()))
+    try:
+        config = uvicorn.Config(
+            create_app(settings, jobs),
+            host=settings.agent_host,
+            port=settings.agent_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
+        uvicorn.Server(config).run()
+    finally:
+        remove_record(layout.agent_pidfile)

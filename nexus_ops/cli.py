@@ -1,0 +1,316 @@
+"""The ``nexus-ops`` command.
+
+Each command group registers its subcommands with :func:`argparse` in a function
+of its own; a handler takes the parsed arguments and returns an exit code. Errors
+of nexus-ops are printed with their hint, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nexus_ops import __version__
+from nexus_ops.client import AgentClient
+from nexus_ops.config import Settings, load_settings, settings_table
+from nexus_ops.daemon import running_agent, start_daemon, stop_daemon
+from nexus_ops.errors import ConfigError, NexusOpsError
+from nexus_ops.models import ActionResult, Event, ServerStatus
+from nexus_ops.opencode import binary_version, install, locate_binary
+from nexus_ops.paths import Layout
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NexusOpsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nexus-ops", description="Run, watch, back up and recover an OpenCode server."
+    )
+    parser.add_argument("--version", action="version", version=f"nexus-ops {__version__}")
+    groups = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for register in COMMAND_GROUPS:
+        register(groups)
+    return parser
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def connect(autostart: bool = True) -> AgentClient:
+    """A client of this host's agent, starting the agent first when none answers."""
+    current = settings()
+    if autostart:
+        start_daemon(current)
+    return AgentClient.from_settings(current, timeout=120.0)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+# ---- config ---------------------------------------------------------------------------
+
+
+def config_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = groups.add_parser("config", help="show or check the settings")
+    sub = config.add_subparsers(title="actions", metavar="ACTION", required=True)
+    show = sub.add_parser("show", help="every setting with its value (secrets masked)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=config_show)
+    check = sub.add_parser("check", help="validate the settings; exit 2 when invalid")
+    check.set_defaults(handler=config_check)
+
+
+def config_show(args: argparse.Namespace) -> int:
+    current = settings()
+    rows = settings_table(current)
+    if args.json:
+        print_json({"profile": current.env, "settings": {var: val for var, val, _ in rows}})
+        return 0
+    print(f"profile: {current.env}")
+    width = max(len(var) for var, _, _ in rows)
+    for var, value, description in rows:
+        print(f"{var:<{width}}  {value or '-':<32}  {description}")
+    return 0
+
+
+def config_check(args: argparse.Namespace) -> int:
+    current = settings()
+    print(f"settings are valid (profile {current.env}, NEXUS_HOME {current.home})")
+    return 0
+
+
+# ---- opencode -------------------------------------------------------------------------
+
+
+def opencode_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    opencode = groups.add_parser("opencode", help="install or locate the OpenCode binary")
+    sub = opencode.add_subparsers(title="actions", metavar="ACTION", required=True)
+    inst = sub.add_parser("install", help="install opencode-ai from npm under NEXUS_HOME")
+    inst.add_argument("--version", dest="oc_version", help="version (default: the pinned one)")
+    inst.add_argument("--prefix", type=Path, help="folder to install into")
+    inst.set_defaults(handler=opencode_install)
+    path = sub.add_parser("path", help="print the binary that would run, and its version")
+    path.set_defaults(handler=opencode_path)
+
+
+def opencode_install(args: argparse.Namespace) -> int:
+    current = settings()
+    prefix = args.prefix or Layout(current.home).opencode_prefix
+    version = args.oc_version or current.opencode_version
+    print(f"installing opencode-ai@{version} into {prefix} ...", file=sys.stderr)
+    binary = install(version, prefix)
+    print(f"{binary} ({binary_version(binary)})")
+    return 0
+
+
+def opencode_path(args: argparse.Namespace) -> int:
+    current = settings()
+    binary = locate_binary(current.opencode_bin, Layout(current.home).opencode_prefix)
+    print(f"{binary} ({binary_version(binary)})")
+    return 0
+
+
+# ---- agent ----------------------------------------------------------------------------
+
+
+def agent_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    agent = groups.add_parser("agent", help="run, start or stop the agent (default: run)")
+    agent.set_defaults(handler=agent_run)
+    sub = agent.add_subparsers(title="actions", metavar="ACTION")
+    sub.add_parser("run", help="run in the foreground").set_defaults(handler=agent_run)
+    sub.add_parser("start", help="start in the background").set_defaults(handler=agent_start)
+    stop = sub.add_parser("stop", help="stop the background agent (the server keeps running)")
+    stop.add_argument("--stop-server", action="store_true", help="stop the server first")
+    stop.set_defaults(handler=agent_stop)
+    sub.add_parser("status", help="is the agent running?").set_defaults(handler=agent_status)
+
+
+def agent_run(args: argparse.Namespace) -> int:
+    from nexus_ops.agent import serve
+
+    serve(settings())
+    return 0
+
+
+def agent_start(args: argparse.Namespace) -> int:
+    info = start_daemon(settings())
+    verb = "started" if info.started else "already running"
+    print(f"agent {verb}: pid {info.pid or '?'}, {info.url}")
+    return 0
+
+
+def agent_stop(args: argparse.Namespace) -> int:
+    current = settings()
+    if args.stop_server:
+        with AgentClient.from_settings(current, timeout=120.0) as client:
+            print(client.stop().message)
+    survivors = stop_daemon(current)
+    print("agent stopped" + (f"; survivors: {survivors}" if survivors else ""))
+    return 1 if survivors else 0
+
+
+def agent_status(args: argparse.Namespace) -> int:
+    record = running_agent(settings())
+    print(f"agent running: pid {record.pid}" if record else "agent not running")
+    return 0 if record else 3
+
+
+# ---- server ---------------------------------------------------------------------------
+
+
+def server_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    server = groups.add_parser("server", help="control the OpenCode server through the agent")
+    sub = server.add_subparsers(title="actions", metavar="ACTION", required=True)
+    for verb in ("start", "stop", "restart"):
+        action = sub.add_parser(verb, help=f"{verb} the server")
+        action.set_defaults(handler=server_action, verb=verb)
+    status = sub.add_parser("status", help="state, pid, version, port, uptime, restarts")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=server_status)
+    logs = sub.add_parser("logs", help="the tail of the server's log")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--grep", help="only lines containing this text")
+    logs.set_defaults(handler=server_logs)
+
+
+def server_action(args: argparse.Namespace) -> int:
+    with connect() as client:
+        result: ActionResult = getattr(client, args.verb)()
+    print(f"{result.message}; {describe_status(result.status)}")
+    return 0 if result.ok else 1
+
+
+def server_status(args: argparse.Namespace) -> int:
+    with connect() as client:
+        status = client.status()
+    if args.json:
+        print_json(status.model_dump(mode="json"))
+    else:
+        print(describe_status(status))
+    return 0
+
+
+def describe_status(status: ServerStatus) -> str:
+    parts = [f"state {status.state.value}", f"desired {status.desired}"]
+    if status.pid:
+        parts.append(f"pid {status.pid}")
+    if status.version:
+        parts.append(f"version {status.version}")
+    parts += [
+        f"port {status.port}",
+        f"uptime {status.uptime_seconds:.0f}s",
+        f"restarts {status.restarts}",
+    ]
+    if status.last_exit:
+        parts.append(f"last exit: {status.last_exit}")
+    if status.last_error:
+        parts.append(f"last error: {status.last_error}")
+    return ", ".join(parts)
+
+
+def server_logs(args: argparse.Namespace) -> int:
+    with connect() as client:
+        seen = client.logs(args.lines, args.grep)
+        for line in seen:
+            print(line)
+        while args.follow:
+            time.sleep(1.0)
+            fresh = client.logs(1000, args.grep)
+            for line in new_lines(seen, fresh):
+                print(line, flush=True)
+            seen = fresh
+    return 0
+
+
+def new_lines(before: list[str], after: list[str]) -> list[str]:
+    """Lines of ``after`` past the overlap with the end of ``before``."""
+    if not before:
+        return after
+    for start in range(len(after)):
+        overlap = after[: len(after) - start]
+        if before[-len(overlap) :] == overlap:
+            return after[len(overlap) :]
+    return after
+
+
+# ---- events ---------------------------------------------------------------------------
+
+
+def events_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    events = groups.add_parser("events", help="the journal: starts, exits, restarts, ...")
+    events.add_argument("--limit", type=int, default=50, help="events to show (default 50)")
+    events.add_argument("--kind", action="append", help="only this kind (repeatable)")
+    events.add_argument("--json", action="store_true", help="print JSON")
+    events.set_defaults(handler=show_events)
+
+
+def show_events(args: argparse.Namespace) -> int:
+    with connect() as client:
+        found = client.events(kinds=args.kind, limit=args.limit)
+    if args.json:
+        print_json([e.model_dump(mode="json") for e in found])
+    else:
+        for event in found:
+            print(describe_event(event))
+    return 0
+
+
+def describe_event(event: Event) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.time))
+    reason = f" ({event.reason})" if event.reason else ""
+    pid = f" pid {event.pid}" if event.pid else ""
+    return f"{when}  {event.kind}{reason}{pid}  {event.message}"
+
+
+# ---- console --------------------------------------------------------------------------
+
+
+def console_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    console = groups.add_parser("console", help="start the agent and the web console")
+    console.set_defaults(handler=console_run)
+
+
+def console_run(args: argparse.Namespace) -> int:
+    current = settings()
+    info = start_daemon(current)
+    with AgentClient.from_settings(current) as client:
+        status = client.status()
+    print(f"agent at {info.url}; server: {describe_status(status)}")
+    return 0
+
+
+COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    config_commands,
+    opencode_commands,
+    agent_commands,
+    server_commands,
+    events_commands,
+    console_commands,
+]

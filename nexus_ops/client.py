@@ -1,0 +1,143 @@
+"""The typed client of the agent's HTTP API (httpx), used by the CLI, console and runbooks.
+
+>>> client = AgentClient("http://127.0.0.1:1420", token="t")
+>>> client.base_url
+'http://127.0.0.1:1420'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from nexus_ops.config import Settings
+from nexus_ops.errors import AgentError, AgentUnavailable, Unauthorized
+from nexus_ops.models import ActionResult, AgentHealth, Event, Readiness, ServerStatus
+from nexus_ops.paths import Layout
+
+API = "/api/v1"
+
+
+class AgentClient:
+    """Talks to one agent; every call has a timeout; errors say what to do."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, timeout: float = 10.0) -> AgentClient:
+        """A client of the agent of these settings, with the token from its secrets folder."""
+        token_file = Layout(settings.home).agent_token_file
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            token = ""
+        return cls(settings.agent_base_url, token, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request; map transport failures and error answers to nexus-ops errors."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise AgentUnavailable(
+                f"no agent answers at {self.base_url} ({type(exc).__name__})",
+                hint="start it with `nexus-ops agent start` (or check NEXUS_AGENT_URL)",
+            ) from exc
+        if response.status_code == 401:
+            raise Unauthorized(
+                "the agent refused the token",
+                hint="use the token in $NEXUS_HOME/secrets/agent.token of the agent's host",
+                status=401,
+            )
+        if response.status_code >= 400 and not (path == "/ready" and response.status_code == 503):
+            raise _error(response)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    def health(self) -> AgentHealth:
+        return AgentHealth.model_validate(self.json("GET", "/health"))
+
+    def ready(self) -> Readiness:
+        return Readiness.model_validate(self.json("GET", "/ready"))
+
+    def status(self) -> ServerStatus:
+        return ServerStatus.model_validate(self.json("GET", f"{API}/status"))
+
+    def start(self, wait: bool = True) -> ActionResult:
+        return self._action("start", wait)
+
+    def stop(self) -> ActionResult:
+        return ActionResult.model_validate(self.json("POST", f"{API}/server/stop", timeout=60))
+
+    def restart(self, wait: bool = True) -> ActionResult:
+        return self._action("restart", wait)
+
+    def _action(self, verb: str, wait: bool) -> ActionResult:
+        params = {"wait": str(wait).lower()}
+        body = self.json("POST", f"{API}/server/{verb}", params=params, timeout=90)
+        return ActionResult.model_validate(body)
+
+    def events(
+        self,
+        since: float | None = None,
+        kinds: list[str] | None = None,
+        limit: int = 200,
+        after_id: int | None = None,
+    ) -> list[Event]:
+        params: dict[str, Any] = {"limit": limit}
+        if since is not None:
+            params["since"] = since
+        if after_id is not None:
+            params["after_id"] = after_id
+        if kinds:
+            params["kind"] = kinds
+        return [Event.model_validate(e) for e in self.json("GET", f"{API}/events", params=params)]
+
+    def logs(self, lines: int = 200, contains: str | None = None) -> list[str]:
+        params: dict[str, Any] = {"lines": lines}
+        if contains:
+            params["contains"] = contains
+        return list(self.json("GET", f"{API}/logs", params=params)["lines"])
+
+    def config(self) -> dict[str, Any]:
+        return dict(self.json("GET", f"{API}/config"))
+
+    def metrics_text(self) -> str:
+        return self.request("GET", "/metrics").text
+
+    def openapi(self) -> dict[str, Any]:
+        return dict(self.json("GET", f"{API}/openapi.json"))
+
+
+def _error(response: httpx.Response) -> AgentError:
+    try:
+        body = response.json()
+        message = body.get("error") or str(body.get("detail", body))
+        hint = body.get("hint")
+    except ValueError:
+        message, hint = response.text[:300], None
+    return AgentError(message, hint=hint, status=response.status_code)

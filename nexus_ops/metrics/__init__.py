@@ -1,0 +1,1 @@
+"""Metrics: Prometheus exposition, sampling, history, queries and figures."""

@@ -1,0 +1,121 @@
+"""The agent's ``/metrics``: Prometheus text format (prometheus_client).
+
+The seed's metrics come from the supervisor's live state at scrape time (a custom
+collector, so a scrape never sees stale gauges); request durations are a
+histogram observed on every request the agent makes to the server.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from nexus_ops.models import Counters, ServerState, ServerStatus
+
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ServerCollector(Collector):
+    """Status, starts, stops and uptime of the managed server, read at scrape time."""
+
+    def __init__(
+        self, status: Callable[[], ServerStatus], counters: Callable[[], Counters]
+    ) -> None:
+        self._status = status
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        counters = self._counters()
+        up = GaugeMetricFamily(
+            "opencode_server_status", "1 when the server is running and healthy, else 0."
+        )
+        up.add_metric([], 1.0 if status.healthy else 0.0)
+        yield up
+        state = GaugeMetricFamily(
+            "opencode_server_state", "1 for the server's current state.", labels=["state"]
+        )
+        for value in ServerState:
+            state.add_metric([value.value], 1.0 if status.state is value else 0.0)
+        yield state
+        starts = CounterMetricFamily("opencode_server_starts", "Server processes started.")
+        starts.add_metric([], float(counters.starts))
+        yield starts
+        stops = CounterMetricFamily("opencode_server_stops", "Server processes that ended.")
+        stops.add_metric([], float(counters.stops))
+        yield stops
+        restarts = CounterMetricFamily(
+            "opencode_server_restarts", "Restarts by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(counters.restarts_by_reason.items()):
+            restarts.add_metric([reason], float(count))
+        yield restarts
+        uptime = GaugeMetricFamily(
+            "opencode_server_uptime_seconds", "Seconds since the server process started."
+        )
+        uptime.add_metric([], status.uptime_seconds)
+        yield uptime
+
+
+class AgentCollector(Collector):
+    """The agent's own process: CPU, memory, uptime and version."""
+
+    def __init__(self, version: str) -> None:
+        self._proc = psutil.Process(os.getpid())
+        self._version = version
+        self._started = time.time()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._proc.oneshot():
+            cpu = self._proc.cpu_times()
+            rss = self._proc.memory_info().rss
+        info = GaugeMetricFamily("nexus_agent_info", "Agent version.", labels=["version"])
+        info.add_metric([self._version], 1.0)
+        yield info
+        cpu_total = CounterMetricFamily("nexus_agent_cpu_seconds", "Agent CPU time.")
+        cpu_total.add_metric([], cpu.user + cpu.system)
+        yield cpu_total
+        memory = GaugeMetricFamily("nexus_agent_resident_memory_bytes", "Agent resident memory.")
+        memory.add_metric([], float(rss))
+        yield memory
+        uptime = GaugeMetricFamily("nexus_agent_uptime_seconds", "Seconds since the agent started.")
+        uptime.add_metric([], time.time() - self._started)
+        yield uptime
+
+
+class Exposition:
+    """The agent's registry: collectors plus the request-duration histogram.
+
+    >>> from nexus_ops.models import Counters, ServerStatus, ServerState
+    >>> expo = Exposition(lambda: ServerStatus(state=ServerState.STOPPED, desired="stopped",
+    ...                   port=4096), Counters, version="0.1.0")
+    >>> b"opencode_server_status 0.0" in expo.render()
+    True
+    """
+
+    def __init__(
+        self, status: Callable[[], ServerStatus], counters: Callable[[], Counters], version: str
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(ServerCollector(status, counters))
+        self.registry.register(AgentCollector(version))
+        self.request_duration = Histogram(
+            "opencode_request_duration_seconds",
+            "Duration of the agent's requests to the OpenCode server.",
+            labelnames=["path", "outcome"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_request(self, path: str, seconds: float, ok: bool) -> None:
+        self.request_duration.labels(path=path, outcome="ok" if ok else "error").observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

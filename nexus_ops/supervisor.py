@@ -1,0 +1,575 @@
+"""The supervisor: keeps one OpenCode server in its desired state, and tells the truth.
+
+It starts the native binary in its own process group, watches it exit (a pidfd,
+so a crash is seen at once), probes ``/global/health`` to catch a server that is
+alive but hung (SIGSTOP included), restarts it with capped exponential backoff
+and jitter, gives up (``fatal``) after too many automatic restarts in a window,
+and adopts a server that a previous agent left running. Every transition goes to
+the journal. The desired state (running or stopped) is stored, so an operator's
+stop is never undone and a new agent restores it.
+
+>>> from nexus_ops.supervisor import backoff_delay
+>>> backoff_delay(3, initial=0.25, cap=30.0, jitter=1.0)
+1.0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from nexus_ops import logs
+from nexus_ops.config import Settings
+from nexus_ops.errors import NexusOpsError, OpenCodeUnavailable
+from nexus_ops.models import (
+    ActionResult,
+    Counters,
+    Desired,
+    EventKind,
+    ExitInfo,
+    ProcessRecord,
+    RestartReason,
+    ServerState,
+    ServerStatus,
+)
+from nexus_ops.opencode import AsyncOpenCodeClient, Credentials, Health, locate_binary
+from nexus_ops.paths import Layout, read_or_create_secret
+from nexus_ops.process import (
+    Spawned,
+    check_port_free,
+    find_live,
+    load_record,
+    pidfd,
+    remove_record,
+    save_record,
+    spawn,
+    terminate_tree,
+    tree_rss,
+    wait_status,
+)
+from nexus_ops.store import Journal
+
+log = logging.getLogger(__name__)
+
+RequestObserver = Callable[[str, float, bool], None]
+_UNHEALTHY_EVENT = {
+    RestartReason.HANG: EventKind.HUNG,
+    RestartReason.MEMORY: EventKind.MEMORY_LIMIT,
+    RestartReason.START_FAILED: EventKind.START_FAILED,
+}
+_KEY_DESIRED = "desired"
+_KEY_FATAL = "fatal"
+_KEY_RESTARTS = "restarts"
+
+
+def backoff_delay(attempt: int, *, initial: float, cap: float, jitter: float) -> float:
+    """Delay before automatic restart number ``attempt`` (1-based).
+
+    Exponential, capped, with "equal jitter": ``jitter`` in [0, 1] picks a point
+    between half and all of the capped delay, so restarts of many servers spread.
+    """
+    base = min(cap, initial * (2 ** max(attempt - 1, 0)))
+    return float(base / 2 + base / 2 * jitter)
+
+
+class Supervisor:
+    """Owns the OpenCode server process of one host.
+
+    >>> # sup = Supervisor(settings, journal); await sup.run()  (in the agent)
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.home).ensure()
+        self.journal = journal
+        self._now = monotonic
+        self._rng = rng
+        self.counters = Counters()
+        self.request_observers: list[RequestObserver] = []
+        self._lock = asyncio.Lock()
+        self._state = ServerState.STOPPED
+        self._spawned: Spawned | None = None
+        self._record: ProcessRecord | None = None
+        self._version: str | None = None
+        self._healthy = False
+        self._probe_failures = 0
+        self._running_since: float | None = None
+        self._over_memory_since: float | None = None
+        self._consecutive = 0
+        self._auto_restarts: deque[float] = deque()
+        self._restart_task: asyncio.Task[None] | None = None
+        self._next_restart_at: float | None = None
+        self._ready_task: asyncio.Task[None] | None = None
+        self._watch_fd: int | None = None
+        self._last_exit: ExitInfo | None = None
+        self._last_error: str | None = None
+        self._ready_event = asyncio.Event()
+        password = read_or_create_secret(self.layout.server_password_file)
+        self.credentials = Credentials(settings.opencode_username, password)
+        self.client = AsyncOpenCodeClient(
+            settings.opencode_base_url, self.credentials, timeout=settings.probe_timeout
+        )
+
+    # ---- what the outside sees -------------------------------------------------
+
+    @property
+    def desired(self) -> Desired:
+        return "running" if self.journal.get(_KEY_DESIRED) == "running" else "stopped"
+
+    @property
+    def state(self) -> ServerState:
+        return self._state
+
+    @property
+    def record(self) -> ProcessRecord | None:
+        """The live server process, when there is one."""
+        return self._record
+
+    @property
+    def ready(self) -> bool:
+        return self._state is ServerState.RUNNING and self._healthy
+
+    def status(self) -> ServerStatus:
+        record = self._record
+        uptime = time.time() - record.create_time if record else 0.0
+        next_in = None
+        if self._next_restart_at is not None:
+            next_in = max(0.0, self._next_restart_at - self._now())
+        return ServerStatus(
+            state=self._state,
+            desired=self.desired,
+            pid=record.pid if record else None,
+            version=self._version,
+            host=self.settings.opencode_host,
+            port=self.settings.opencode_port,
+            url=self.settings.opencode_base_url,
+            username=self.settings.opencode_username,
+            healthy=self.ready,
+            uptime_seconds=round(max(uptime, 0.0), 3),
+            restarts=int(self.journal.get(_KEY_RESTARTS, "0") or 0),
+            last_exit=self._last_exit.describe() if self._last_exit else None,
+            last_error=self._last_error,
+            next_restart_in=next_in,
+            rss_bytes=tree_rss(record) if record else None,
+        )
+
+    # ---- operator actions ------------------------------------------------------
+
+    async def start(self, wait: bool = True) -> ActionResult:
+        """Start the server (an operator's start also clears ``fatal``)."""
+        async with self._lock:
+            self.journal.put(_KEY_FATAL, "")
+            if self._state in (ServerState.RUNNING, ServerState.STARTING):
+                self._set_desired("running")
+                return self._result(True, "the server is already running")
+            self._cancel_restart()
+            self._consecutive = 0
+            self._auto_restarts.clear()
+            try:
+                await self._spawn()
+            except NexusOpsError as exc:
+                self._state = ServerState.STOPPED
+                self._last_error = exc.message
+                raise
+            self._set_desired("running")
+        return await self._after_start(wait, "started")
+
+    async def stop(self) -> ActionResult:
+        """Stop the server and keep it stopped (the restart policy will not undo it)."""
+        async with self._lock:
+            self._set_desired("stopped")
+            self.journal.put(_KEY_FATAL, "")
+            self._cancel_restart()
+            survivors = await self._terminate(RestartReason.OPERATOR)
+            self._state = ServerState.STOPPED
+        message = "stopped" if not survivors else f"stopped; survivors: {survivors}"
+        return self._result(not survivors, message, survivors)
+
+    async def restart(self, wait: bool = True) -> ActionResult:
+        """Stop and start the server now (counted as a restart by the operator)."""
+        async with self._lock:
+            self._cancel_restart()
+            self.journal.put(_KEY_FATAL, "")
+            await self._terminate(RestartReason.OPERATOR)
+            self._count_restart(RestartReason.OPERATOR)
+            try:
+                await self._spawn()
+            except NexusOpsError as exc:
+                self._state = ServerState.STOPPED
+                self._last_error = exc.message
+                raise
+            self._set_desired("running")
+        return await self._after_start(wait, "restarted")
+
+    async def _after_start(self, wait: bool, verb: str) -> ActionResult:
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready_event.wait(), self.settings.start_timeout)
+        ok = self.ready or not wait
+        return self._result(ok, verb if ok else f"{verb}, but not healthy yet")
+
+    def _result(self, ok: bool, message: str, survivors: list[int] | None = None) -> ActionResult:
+        return ActionResult(ok=ok, message=message, status=self.status(), survivors=survivors or [])
+
+    def _set_desired(self, desired: Desired) -> None:
+        self.journal.put(_KEY_DESIRED, desired)
+
+    # ---- the loop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Recover (adopt or apply the desired state), then watch until cancelled."""
+        await self._recover()
+        while True:
+            await asyncio.sleep(self.settings.probe_interval)
+            try:
+                await self._tick()
+            except NexusOpsError as exc:
+                log.warning("supervision tick failed: %s", exc)
+
+    async def shutdown(self, stop_server: bool = False) -> None:
+        """Leave the server running (unless asked) and release what the agent holds."""
+        self._cancel_restart()
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+        if stop_server:
+            await self.stop()
+        self._unwatch()
+        await self.client.aclose()
+
+    async def _recover(self) -> None:
+        async with self._lock:
+            record = load_record(self.layout.server_pidfile)
+            if record is not None and find_live(record) is not None:
+                self._adopt(record)
+                return
+            if record is not None:
+                self.journal.record(
+                    EventKind.STALE_PIDFILE,
+                    pid=record.pid,
+                    message=f"pid {record.pid} is gone or is another program; not signalled",
+                )
+                remove_record(self.layout.server_pidfile)
+            if self.journal.get(_KEY_FATAL):
+                self._state = ServerState.FATAL
+            elif self.desired == "running":
+                await self._spawn_or_backoff(RestartReason.CRASH)
+
+    def _adopt(self, record: ProcessRecord) -> None:
+        self._record = record
+        self._spawned = None
+        self._state = ServerState.RUNNING
+        self._healthy = False
+        self._running_since = self._now()
+        self._watch(record.pid)
+        self.journal.record(EventKind.ADOPT, pid=record.pid, message="adopted a running server")
+        self._set_desired("running")
+
+    async def _tick(self) -> None:
+        logs.rotate_if_needed(
+            self.layout.server_log, self.settings.log_max_bytes, self.settings.log_backups
+        )
+        if self._state is not ServerState.RUNNING or self._record is None:
+            return
+        if find_live(self._record) is None:  # belt and braces where pidfd is missing
+            await self._on_exit()
+            return
+        await self._probe()
+        self._check_memory()
+        if (
+            self._running_since is not None
+            and self._now() - self._running_since >= self.settings.stable_period
+        ):
+            self._consecutive = 0
+
+    async def _probe(self) -> None:
+        try:
+            health = await self._timed_health()
+        except OpenCodeUnavailable as exc:
+            self._healthy = False
+            self._probe_failures += 1
+            if self._probe_failures >= self.settings.probe_failures:
+                await self._restart_unhealthy(RestartReason.HANG, str(exc))
+            return
+        self._probe_failures = 0
+        self._healthy = True
+        self._version = health.version
+
+    async def _timed_health(self, observe: bool = True) -> Health:
+        if not observe:
+            return await asyncio.wait_for(self.client.health(), self.settings.probe_timeout)
+        started = time.perf_counter()
+        try:
+            health = await asyncio.wait_for(self.client.health(), self.settings.probe_timeout)
+        except TimeoutError as exc:
+            self._observe("/global/health", time.perf_counter() - started, False)
+            raise OpenCodeUnavailable("GET /global/health timed out") from exc
+        except OpenCodeUnavailable:
+            self._observe("/global/health", time.perf_counter() - started, False)
+            raise
+        self._observe("/global/health", health.seconds, True)
+        return health
+
+    def _observe(self, path: str, seconds: float, ok: bool) -> None:
+        for observer in self.request_observers:
+            observer(path, seconds, ok)
+
+    def _check_memory(self) -> None:
+        limit = self.settings.memory_limit_mb * 1024 * 1024
+        if not limit or self._record is None:
+            return
+        rss = tree_rss(self._record) or 0
+        if rss <= limit:
+            self._over_memory_since = None
+            return
+        if self._over_memory_since is None:
+            self._over_memory_since = self._now()
+        elif self._now() - self._over_memory_since >= self.settings.memory_limit_duration:
+            self._over_memory_since = None
+            detail = f"resident memory {rss // 2**20} MiB over {self.settings.memory_limit_mb} MiB"
+            task = asyncio.get_running_loop().create_task(
+                self._restart_unhealthy(RestartReason.MEMORY, detail)
+            )
+            task.add_done_callback(_log_failure)
+
+    # ---- spawning and readiness --------------------------------------------------
+
+    async def _spawn(self) -> None:
+        """Start the server process; raise on a missing binary or a taken port."""
+        settings = self.settings
+        binary = locate_binary(settings.opencode_bin, self.layout.opencode_prefix)
+        check_port_free(settings.opencode_host, settings.opencode_port)
+        argv = [
+            str(binary),
+            "serve",
+            "--hostname",
+            settings.opencode_host,
+            "--port",
+            str(settings.opencode_port),
+            "--print-logs",
+            "--log-level",
+            "INFO",
+        ]
+        cwd = settings.opencode_workdir or Path.home()
+        cwd = cwd if cwd.is_dir() else self.layout.home
+        spawned = await asyncio.to_thread(
+            spawn, argv, self._server_env(), cwd, self.layout.server_log
+        )
+        save_record(self.layout.server_pidfile, spawned.record)
+        self._spawned, self._record = spawned, spawned.record
+        self._state, self._healthy, self._probe_failures = ServerState.STARTING, False, 0
+        self._last_error = None
+        self._ready_event.clear()
+        self.counters.starts += 1
+        self._watch(spawned.record.pid)
+        self.journal.record(
+            EventKind.START,
+            pid=spawned.record.pid,
+            message=f"started {binary.name} on {settings.opencode_host}:{settings.opencode_port}",
+        )
+        self._ready_task = asyncio.get_running_loop().create_task(self._await_ready())
+
+    def _server_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+        env["OPENCODE_SERVER_PASSWORD"] = self.credentials.password
+        env["OPENCODE_SERVER_USERNAME"] = self.credentials.username
+        return env
+
+    async def _await_ready(self) -> None:
+        deadline = self._now() + self.settings.start_timeout
+        while self._now() < deadline and self._state is ServerState.STARTING:
+            try:
+                health = await self._timed_health(observe=False)
+            except (OpenCodeUnavailable, TimeoutError):
+                await asyncio.sleep(0.1)
+                continue
+            await self._mark_ready(health)
+            return
+        if self._state is ServerState.STARTING:
+            await self._restart_unhealthy(
+                RestartReason.START_FAILED,
+                f"no healthy answer within {self.settings.start_timeout:g} s of starting",
+            )
+
+    async def _mark_ready(self, health: Health) -> None:
+        async with self._lock:
+            if self._state is not ServerState.STARTING:
+                return
+            self._version = health.version
+            self._state, self._healthy = ServerState.RUNNING, True
+            self._running_since = self._now()
+            self._ready_event.set()
+            pid = self._record.pid if self._record else None
+            self.journal.record(EventKind.READY, pid=pid, message=f"healthy, v{health.version}")
+
+    # ---- exits, restarts, backoff --------------------------------------------------
+
+    def _watch(self, pid: int) -> None:
+        self._unwatch()
+        fd = pidfd(pid)
+        if fd is None:
+            return
+        self._watch_fd = fd
+        loop = asyncio.get_running_loop()
+        loop.add_reader(fd, self._exit_seen)
+
+    def _unwatch(self) -> None:
+        if self._watch_fd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._watch_fd)
+            os.close(self._watch_fd)
+            self._watch_fd = None
+
+    def _exit_seen(self) -> None:
+        self._unwatch()
+        task = asyncio.get_running_loop().create_task(self._on_exit())
+        task.add_done_callback(_log_failure)
+
+    async def _on_exit(self) -> None:
+        async with self._lock:
+            if self._record is None:
+                return
+            spawned = self._spawned
+            code, sig = await asyncio.to_thread(wait_status, spawned.popen if spawned else None)
+            self._forget_process(
+                ExitInfo(
+                    pid=self._record.pid,
+                    code=code,
+                    signal=sig,
+                    reason=RestartReason.CRASH.value,
+                    time=time.time(),
+                )
+            )
+            if self.desired == "running":
+                await self._schedule_restart(RestartReason.CRASH)
+            else:
+                self._state = ServerState.STOPPED
+
+    def _forget_process(self, info: ExitInfo) -> None:
+        self._unwatch()
+        self._last_exit = info
+        self.counters.stops += 1
+        self.journal.record(
+            EventKind.EXIT,
+            reason=info.reason,
+            pid=info.pid,
+            message=info.describe(),
+            details={"code": info.code, "signal": info.signal},
+        )
+        self._spawned = self._record = None
+        self._healthy = False
+        self._running_since = None
+        self._ready_event.clear()
+        remove_record(self.layout.server_pidfile)
+
+    async def _terminate(self, reason: RestartReason) -> list[int]:
+        """Stop the current process, if any; journal it; return survivors."""
+        record, spawned = self._record, self._spawned
+        if record is None:
+            return []
+        self._unwatch()
+        if self._ready_task is not None and self._ready_task is not asyncio.current_task():
+            self._ready_task.cancel()
+        survivors = await asyncio.to_thread(terminate_tree, record, self.settings.stop_grace)
+        code, sig = await asyncio.to_thread(wait_status, spawned.popen if spawned else None)
+        self._forget_process(
+            ExitInfo(pid=record.pid, code=code, signal=sig, reason=reason.value, time=time.time())
+        )
+        self.journal.record(
+            EventKind.STOP,
+            reason=reason.value,
+            pid=record.pid,
+            message="stopped" + (f"; survivors {survivors}" if survivors else ""),
+            details={"survivors": survivors},
+        )
+        return survivors
+
+    async def _restart_unhealthy(self, reason: RestartReason, detail: str) -> None:
+        async with self._lock:
+            if self._record is None:
+                return
+            kind = _UNHEALTHY_EVENT[reason]
+            self.journal.record(kind, reason=reason.value, pid=self._record.pid, message=detail)
+            await self._terminate(reason)
+            await self._schedule_restart(reason)
+
+    async def _schedule_restart(self, reason: RestartReason) -> None:
+        """Back off and start again, or give up (``fatal``) after too many restarts."""
+        now = self._now()
+        window = self.settings.restart_window
+        while self._auto_restarts and now - self._auto_restarts[0] > window:
+            self._auto_restarts.popleft()
+        if len(self._auto_restarts) >= self.settings.restart_limit:
+            self._state = ServerState.FATAL
+            self.journal.put(_KEY_FATAL, "1")
+            self.journal.record(
+                EventKind.FATAL,
+                reason=reason.value,
+                message=f"{len(self._auto_restarts)} automatic restarts within {window:g} s; "
+                "not trying again until an operator starts the server",
+            )
+            return
+        self._auto_restarts.append(now)
+        self._consecutive += 1
+        delay = backoff_delay(
+            self._consecutive,
+            initial=self.settings.backoff_initial,
+            cap=self.settings.backoff_max,
+            jitter=self._rng(),
+        )
+        self._state = ServerState.BACKOFF
+        self._next_restart_at = now + delay
+        self._restart_task = asyncio.get_running_loop().create_task(
+            self._restart_after(delay, reason)
+        )
+
+    async def _restart_after(self, delay: float, reason: RestartReason) -> None:
+        await asyncio.sleep(delay)
+        async with self._lock:
+            self._next_restart_at = None
+            self._restart_task = None
+            if self._state is not ServerState.BACKOFF or self.desired != "running":
+                return
+            self._count_restart(reason)
+            await self._spawn_or_backoff(reason)
+
+    async def _spawn_or_backoff(self, reason: RestartReason) -> None:
+        try:
+            await self._spawn()
+        except NexusOpsError as exc:
+            self._last_error = exc.message
+            self.journal.record(EventKind.START_FAILED, reason=reason.value, message=str(exc))
+            await self._schedule_restart(RestartReason.START_FAILED)
+
+    def _count_restart(self, reason: RestartReason) -> None:
+        total = int(self.journal.get(_KEY_RESTARTS, "0") or 0) + 1
+        self.journal.put(_KEY_RESTARTS, str(total))
+        by_reason = self.counters.restarts_by_reason
+        by_reason[reason.value] = by_reason.get(reason.value, 0) + 1
+        self.journal.record(EventKind.RESTART, reason=reason.value, message=f"restart #{total}")
+
+    def _cancel_restart(self) -> None:
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+            self._restart_task = None
+        self._next_restart_at = None
+        if self._state in (ServerState.BACKOFF, ServerState.FATAL):
+            self._state = ServerState.STOPPED
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("supervisor task failed", exc_info=task.exception())
