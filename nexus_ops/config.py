@@ -132,6 +132,32 @@ class Settings(BaseSettings):
     )
     log_backups: int = Field(5, ge=1, description="Rotated server logs kept.")
 
+    # Metrics: sampling, the embedded history, and Prometheus.
+    metrics_interval: float = Field(
+        5.0, ge=0.2, le=3600, description="Seconds between samples of the server (1 s works)."
+    )
+    metrics_flush_interval: float = Field(
+        10.0, gt=0, description="Seconds between batched writes of samples to metrics.db."
+    )
+    metrics_raw_retention_hours: float = Field(
+        48.0, gt=0, description="Hours every raw sample is kept in metrics.db."
+    )
+    metrics_minute_retention_days: float = Field(
+        30.0, gt=0, description="Days the 1-minute rollups (min, max, mean, count) are kept."
+    )
+    metrics_hour_retention_days: float = Field(
+        365.0, gt=0, description="Days the 1-hour rollups (min, max, mean, count) are kept."
+    )
+    metrics_backend: Literal["sqlite", "prometheus"] = Field(
+        "sqlite", description="Where metric views read history: metrics.db or Prometheus."
+    )
+    prometheus_url: str | None = Field(
+        None, description="Prometheus server the `prometheus` metrics backend reads."
+    )
+    prometheus_timeout: float = Field(
+        10.0, gt=0, description="Seconds a query to Prometheus may take."
+    )
+
     @field_validator("home", "opencode_bin", "opencode_workdir", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:

@@ -1,0 +1,205 @@
+"""Where metric history is read from: one Protocol, two backends, picked by settings.
+
+:class:`MetricsBackend` is what the notebooks, the console and the agent's API
+ask; :class:`SQLiteBackend` reads the embedded sample store and
+:class:`~nexus_ops.metrics.prometheus.PrometheusBackend` a Prometheus server.
+:data:`BACKENDS` maps the ``NEXUS_METRICS_BACKEND`` setting to a factory, so
+that another backend is one entry more.
+
+>>> from pathlib import Path
+>>> from nexus_ops.store.samples import SampleStore
+>>> backend = SQLiteBackend(SampleStore(Path(":memory:")))
+>>> backend.store.append("opencode_server_status", {}, 100.0, 1.0)
+True
+>>> backend.query(MetricQuery("opencode_server_status", start=0, end=200))["value"].tolist()
+[1.0]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+import pandas as pd
+
+from nexus_ops.errors import ConfigError
+from nexus_ops.metrics.frames import (
+    Floats,
+    QueryError,
+    check_method,
+    concat_frames,
+    downsample,
+    labels_text,
+    tidy_frame,
+)
+from nexus_ops.paths import Layout
+from nexus_ops.store.samples import RAW, Retention, SampleStore, Tier
+
+if TYPE_CHECKING:
+    from nexus_ops.config import Settings
+
+Resolution = Literal["auto", "raw", "1m", "1h"]
+RESOLUTIONS: tuple[str, ...] = ("auto", "raw", "1m", "1h")
+Agg = Literal["mean", "min", "max", "sum", "count"]
+AGGS: tuple[str, ...] = ("mean", "min", "max", "sum", "count")
+
+
+@dataclass(frozen=True)
+class MetricQuery:
+    """What to read: a metric, labels that must match, a time range (epoch seconds).
+
+    ``resolution`` picks the tier (``auto``: the finest one that still holds
+    ``start``); ``agg`` picks what a rollup point shows (raw points are
+    themselves); ``max_points`` caps the points per series after downsampling
+    with ``method``.
+
+    >>> MetricQuery("opencode_connections", {"state": "CLOSE_WAIT"}, start=0, end=60).resolution
+    'auto'
+    """
+
+    metric: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    start: float = 0.0
+    end: float = math.inf
+    max_points: int = 2000
+    resolution: Resolution = "auto"
+    method: str = "minmax"
+    agg: Agg = "mean"
+
+    def __post_init__(self) -> None:
+        if not self.metric:
+            raise QueryError("metric is empty", hint="name a metric, e.g. opencode_server_status")
+        if self.end < self.start:
+            raise QueryError(
+                f"end ({self.end}) is before start ({self.start})",
+                hint="give a start earlier than the end",
+            )
+        if self.max_points < 2:
+            raise QueryError(f"max_points={self.max_points} is too small", hint="use 2 or more")
+        if self.resolution not in RESOLUTIONS:
+            raise QueryError(
+                f"resolution={self.resolution!r} is not a resolution",
+                hint=f"use one of {', '.join(RESOLUTIONS)}",
+            )
+        if self.agg not in AGGS:
+            raise QueryError(
+                f"agg={self.agg!r} is not an aggregate", hint=f"use one of {', '.join(AGGS)}"
+            )
+        check_method(self.method)
+
+
+@runtime_checkable
+class MetricsBackend(Protocol):
+    """Reads metric history as tidy DataFrames (time, metric, labels, value)."""
+
+    name: str
+
+    def query(self, query: MetricQuery) -> pd.DataFrame:
+        """Points of every series of ``query.metric`` whose labels match."""
+        ...
+
+    def metrics(self) -> list[str]:
+        """Names of the metrics the backend holds."""
+        ...
+
+
+class SQLiteBackend:
+    """The embedded sample store as a backend.
+
+    ``clock`` is "now" for picking the resolution (which tiers still hold ``start``).
+    """
+
+    name = "sqlite"
+
+    def __init__(self, store: SampleStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._clock = clock
+
+    def metrics(self) -> list[str]:
+        return self.store.metrics()
+
+    def pick_tier(self, query: MetricQuery) -> Tier:
+        """The tier a query reads: asked for, or the finest that still holds its start."""
+        tiers = self.store.tiers
+        if query.resolution != "auto":
+            return next(t for t in tiers if t.name == query.resolution)
+        now = self._clock()
+        for tier in tiers:
+            if query.start >= now - tier.retention:
+                return tier
+        return tiers[-1]
+
+    def query(self, query: MetricQuery) -> pd.DataFrame:
+        tier = self.pick_tier(query)
+        frames = []
+        for series in self.store.series(query.metric, query.labels):
+            times, values = self._read(series.id, tier, query)
+            keep = downsample(times, values, query.max_points, query.method)
+            frames.append(
+                tidy_frame(series.metric, labels_text(series.labels), times[keep], values[keep])
+            )
+        return concat_frames(frames)
+
+    def _read(self, sid: int, tier: Tier, query: MetricQuery) -> tuple[Floats, Floats]:
+        if tier.index == RAW:
+            return self.store.read_raw(sid, query.start, query.end)
+        rollup = self.store.read_rollup(sid, tier.index, query.start, query.end)
+        column = {
+            "mean": rollup.means,
+            "min": rollup.mins,
+            "max": rollup.maxs,
+            "sum": rollup.sums,
+            "count": rollup.counts.astype(float),
+        }[query.agg]
+        return rollup.times, column
+
+
+BackendFactory = Callable[["Settings"], MetricsBackend]
+
+
+def _sqlite_from_settings(settings: Settings) -> MetricsBackend:
+    return SQLiteBackend(open_store(settings))
+
+
+def _prometheus_from_settings(settings: Settings) -> MetricsBackend:
+    from nexus_ops.metrics.prometheus import PrometheusBackend
+
+    if not settings.prometheus_url:
+        raise ConfigError(
+            "NEXUS_METRICS_BACKEND=prometheus needs NEXUS_PROMETHEUS_URL",
+            hint="set NEXUS_PROMETHEUS_URL to the Prometheus server, e.g. http://127.0.0.1:9090",
+        )
+    return PrometheusBackend(settings.prometheus_url, timeout=settings.prometheus_timeout)
+
+
+BACKENDS: dict[str, BackendFactory] = {
+    "sqlite": _sqlite_from_settings,
+    "prometheus": _prometheus_from_settings,
+}
+
+
+def retention_from_settings(settings: Settings) -> Retention:
+    return Retention(
+        raw=settings.metrics_raw_retention_hours * 3600.0,
+        minute=settings.metrics_minute_retention_days * 86400.0,
+        hour=settings.metrics_hour_retention_days * 86400.0,
+    )
+
+
+def open_store(settings: Settings) -> SampleStore:
+    """The sample store of these settings (``$NEXUS_HOME/metrics.db``)."""
+    return SampleStore(Layout(settings.home).metrics_database, retention_from_settings(settings))
+
+
+def backend_from_settings(settings: Settings) -> MetricsBackend:
+    """The backend ``NEXUS_METRICS_BACKEND`` names (``sqlite`` or ``prometheus``)."""
+    factory = BACKENDS.get(settings.metrics_backend)
+    if factory is None:
+        raise ConfigError(
+            f"NEXUS_METRICS_BACKEND={settings.metrics_backend!r} is not a metrics backend",
+            hint=f"use one of {', '.join(BACKENDS)}",
+        )
+    return factory(settings)

@@ -1,0 +1,198 @@
+"""The one tidy shape of metric data, and how to shrink it for a screen.
+
+Every query answers a pandas DataFrame with the columns ``time`` (UTC,
+tz-aware), ``metric``, ``labels`` (canonical text such as
+``state=CLOSE_WAIT``; empty when the series has none) and ``value``, one row
+per point, sorted by series and time.
+
+Downsampling keeps the shape of a series in at most ``max_points`` points:
+
+- ``minmax`` splits the series' time range into ``max_points / 2`` equal
+  buckets and keeps the first minimum and the first maximum of each, so every
+  bucket's true minimum and maximum survive (a spike is never lost);
+- ``lttb`` uses MinMaxLTTB (tsdownsample): visually faithful, one point a bucket;
+- ``none`` keeps every point.
+
+>>> frame = tidy_frame("m", "", np.array([0.0, 1.0]), np.array([2.0, 3.0]))
+>>> list(frame.columns), frame["value"].tolist()
+(['time', 'metric', 'labels', 'value'], [2.0, 3.0])
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from tsdownsample import MinMaxLTTBDownsampler
+
+from nexus_ops.errors import NexusOpsError
+
+COLUMNS = ["time", "metric", "labels", "value"]
+Method = Literal["minmax", "lttb", "none"]
+METHODS: tuple[str, ...] = ("minmax", "lttb", "none")
+
+Floats = npt.NDArray[np.float64]
+Indices = npt.NDArray[np.int64]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+class QueryError(NexusOpsError):
+    """A metric query was malformed (bad time, method, resolution or labels)."""
+
+    status = 400  # the agent answers it as a bad request
+
+
+def labels_text(labels: Mapping[str, str]) -> str:
+    """``{"a": "1", "b": "2"}`` -> ``'a=1,b=2'`` (sorted by name)."""
+    return ",".join(f"{k}={labels[k]}" for k in sorted(labels))
+
+
+def parse_labels(text: str | Mapping[str, str] | None) -> dict[str, str]:
+    """``'a=1,b=2'`` (or a mapping) -> ``{"a": "1", "b": "2"}``."""
+    if text is None:
+        return {}
+    if isinstance(text, Mapping):
+        return {str(k): str(v) for k, v in text.items()}
+    labels = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise QueryError(
+                f"labels={text!r}: {part!r} is not name=value",
+                hint="write labels as name=value pairs separated by commas, e.g. state=LISTEN",
+            )
+        labels[name.strip()] = value.strip().strip('"')
+    return labels
+
+
+def parse_duration(text: str) -> float:
+    """``'90s'``, ``'15m'``, ``'2h'``, ``'7d'``, ``'1w'`` -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise QueryError(
+            f"{text!r} is not a duration",
+            hint="write a number and a unit: ms, s, m, h, d or w (e.g. 15m, 24h, 7d)",
+        )
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_time(value: object, now: float, field: str = "time") -> float:
+    """A point in time as epoch seconds.
+
+    Accepts epoch seconds, ``datetime``/``Timestamp`` (naive means UTC), ISO 8601
+    text, ``'now'`` and durations before now (``'24h'`` or ``'-24h'``).
+    """
+    if isinstance(value, bool):
+        raise QueryError(f"{field}={value!r} is not a time")
+    if isinstance(value, int | float | np.floating | np.integer):
+        return float(value)
+    if isinstance(value, timedelta):
+        return now - value.total_seconds()
+    if isinstance(value, datetime | pd.Timestamp):
+        stamp = pd.Timestamp(value)
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+        return float(stamp.timestamp())
+    if isinstance(value, str):
+        return _parse_time_text(value.strip(), now, field)
+    raise QueryError(f"{field}={value!r} is not a time")
+
+
+def _parse_time_text(text: str, now: float, field: str) -> float:
+    if text == "now":
+        return now
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if _DURATION.match(text.lstrip("-")):
+        return now - parse_duration(text.lstrip("-"))
+    try:
+        return parse_time(pd.Timestamp(text), now, field)
+    except ValueError as exc:
+        raise QueryError(
+            f"{field}={text!r} is not a time",
+            hint="give epoch seconds, ISO 8601 (2026-11-28T10:00:00Z), 'now', or a duration "
+            "before now such as 24h",
+        ) from exc
+
+
+def tidy_frame(metric: str, labels: str, times: Floats, values: Floats) -> pd.DataFrame:
+    """One series as a tidy frame."""
+    return pd.DataFrame(
+        {
+            "time": pd.to_datetime(np.asarray(times) * 1e9, utc=True).astype("datetime64[ns, UTC]"),
+            "metric": pd.Series([metric] * len(times), dtype=object),
+            "labels": pd.Series([labels] * len(times), dtype=object),
+            "value": np.asarray(values, dtype=np.float64),
+        }
+    )
+
+
+def empty_frame() -> pd.DataFrame:
+    """A frame with the tidy columns and no rows."""
+    return tidy_frame("", "", np.empty(0), np.empty(0))
+
+
+def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return empty_frame()
+    return pd.concat(frames, ignore_index=True)
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise QueryError(
+            f"method={method!r} is not a downsampling method",
+            hint=f"use one of {', '.join(METHODS)}",
+        )
+
+
+def downsample(times: Floats, values: Floats, max_points: int, method: str) -> Indices:
+    """Indices (sorted) of the points to keep: at most ``max_points`` of them."""
+    check_method(method)
+    n = len(times)
+    if method == "none" or n <= max_points:
+        return np.arange(n, dtype=np.int64)
+    if method == "lttb":
+        lttb = MinMaxLTTBDownsampler()  # type: ignore[no-untyped-call]
+        picked = lttb.downsample(times, values, n_out=max(3, max_points))
+        return np.asarray(picked, dtype=np.int64)
+    return minmax_indices(times, values, max(1, max_points // 2))
+
+
+def bucket_of(times: Floats, buckets: int) -> npt.NDArray[np.int64]:
+    """The equal-time bucket (0..buckets-1) of every time of a sorted series."""
+    span = float(times[-1] - times[0])
+    if span <= 0:
+        return np.zeros(len(times), dtype=np.int64)
+    scaled: npt.NDArray[np.int64] = ((times - times[0]) * (buckets / span)).astype(np.int64)
+    scaled[scaled >= buckets] = buckets - 1
+    return scaled
+
+
+def minmax_indices(times: Floats, values: Floats, buckets: int) -> Indices:
+    """First minimum and first maximum of each equal-time bucket, as sorted indices."""
+    if len(times) == 0:
+        return np.empty(0, dtype=np.int64)
+    bucket = bucket_of(times, buckets)
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    counts = np.diff(np.r_[starts, len(times)])
+    lows = np.repeat(np.minimum.reduceat(values, starts), counts)
+    highs = np.repeat(np.maximum.reduceat(values, starts), counts)
+    return np.union1d(
+        _first_true_per_segment(values == lows, starts),
+        _first_true_per_segment(values == highs, starts),
+    )
+
+
+def _first_true_per_segment(flags: npt.NDArray[np.bool_], starts: Indices) -> Indices:
+    hits = np.flatnonzero(flags)
+    return hits[np.searchsorted(hits, starts)].astype(np.int64)

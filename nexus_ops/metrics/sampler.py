@@ -1,0 +1,243 @@
+"""The agent's sampler: every ``NEXUS_METRICS_INTERVAL`` seconds, one reading of the server.
+
+A reading holds the managed process tree (CPU, memory, threads, fds, children),
+its TCP connections by state, sessions by status, the server's status, uptime
+and start/stop counts, and the agent's own CPU and memory. Each reading goes to
+the sample store (written in batches every ``NEXUS_METRICS_FLUSH_INTERVAL``) and
+is what ``/metrics`` shows for the gauges it holds. Every request the agent makes
+to the server (the supervisor's health probes, the sampler's session requests)
+is stored as a sample of ``opencode_request_duration_seconds{path}``.
+
+The retention of the store is enforced by the same loop, every
+``retention_interval`` seconds.
+
+>>> reading = Reading(time=0.0, values=[("opencode_server_status", {}, 1.0)])
+>>> reading.value("opencode_server_status")
+1.0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nexus_ops.errors import NexusOpsError
+from nexus_ops.metrics.proctree import SelfMeter, TreeMeter, TreeStats
+from nexus_ops.models import Counters, ProcessRecord
+from nexus_ops.store.samples import SampleStore
+
+log = logging.getLogger(__name__)
+
+SESSION_STATUSES = ("idle", "busy", "retry")
+REQUEST_METRIC = "opencode_request_duration_seconds"
+
+Sample = tuple[str, dict[str, str], float]
+RequestObserver = Callable[[str, float, bool], None]
+
+
+class OpenCodeApi(Protocol):
+    """What the sampler asks the server (AsyncOpenCodeClient has it)."""
+
+    async def get(self, path: str) -> Any: ...
+
+
+class ServerView(Protocol):
+    """What the sampler reads of the supervisor."""
+
+    @property
+    def record(self) -> ProcessRecord | None: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    counters: Counters
+    client: OpenCodeApi
+    request_observers: list[RequestObserver]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One sample of everything, all at the same time (epoch seconds)."""
+
+    time: float
+    values: list[Sample] = field(default_factory=list)
+
+    def value(self, metric: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """The value of one series in this reading, or None."""
+        wanted = dict(labels or {})
+        return next((v for m, lab, v in self.values if m == metric and lab == wanted), None)
+
+
+class Sampler:
+    """Samples the server every ``interval`` seconds into ``store``.
+
+    >>> # sampler = Sampler(store, supervisor, interval=1.0); await sampler.run()
+    """
+
+    def __init__(
+        self,
+        store: SampleStore,
+        server: ServerView,
+        port: int,
+        interval: float = 5.0,
+        flush_interval: float = 10.0,
+        retention_interval: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.server = server
+        self.port = port
+        self.interval = interval
+        self.flush_interval = flush_interval
+        self.retention_interval = retention_interval
+        self.latest: Reading | None = None
+        self.errors = 0
+        self._clock = clock
+        self._tree = TreeMeter()
+        self._self = SelfMeter()
+        self._ids: dict[tuple[str, frozenset[tuple[str, str]]], int] = {}
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Sample, flush and expire until cancelled."""
+        self.server.request_observers.append(self.observe_request)
+        next_flush = next_retention = 0.0
+        try:
+            while True:
+                started = time.monotonic()
+                await self._guarded(self.tick)
+                if started >= next_flush:
+                    await self._guarded(lambda: asyncio.to_thread(self.store.flush))
+                    next_flush = started + self.flush_interval
+                if started >= next_retention:
+                    await self._guarded(lambda: asyncio.to_thread(self.store.enforce_retention))
+                    next_retention = started + self.retention_interval
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+        finally:
+            with contextlib.suppress(ValueError):
+                self.server.request_observers.remove(self.observe_request)
+            await asyncio.to_thread(self.store.flush)
+
+    async def _guarded(self, step: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await step()
+        except NexusOpsError as exc:  # a full disk must not stop the sampling
+            self.errors += 1
+            log.warning("metrics: %s", exc)
+
+    async def tick(self) -> Reading:
+        """Take one reading, store it and make it the latest."""
+        record = self.server.record
+        now = self._clock()
+        tree, agent = await asyncio.to_thread(self._measure, record)
+        values = self._server_values(record, now) + tree_values(tree) + agent_values(*agent)
+        values += await self._session_values()
+        reading = Reading(time=now, values=values)
+        self.write(reading)
+        self.latest = reading
+        return reading
+
+    def _measure(self, record: ProcessRecord | None) -> tuple[TreeStats | None, tuple[float, ...]]:
+        tree = self._tree.sample(record.pid if record else None, self.port)
+        return tree, self._self.sample()
+
+    # -- what a reading holds ------------------------------------------------------
+
+    def _server_values(self, record: ProcessRecord | None, now: float) -> list[Sample]:
+        counters = self.server.counters
+        up = 1.0 if self.server.ready else 0.0
+        uptime = max(0.0, now - record.create_time) if record else 0.0
+        values: list[Sample] = [
+            ("opencode_server_status", {}, up),
+            ("opencode_server_uptime_seconds", {}, uptime),
+            ("opencode_server_starts_total", {}, float(counters.starts)),
+            ("opencode_server_stops_total", {}, float(counters.stops)),
+        ]
+        for reason, count in sorted(counters.restarts_by_reason.items()):
+            values.append(("opencode_server_restarts_total", {"reason": reason}, float(count)))
+        return values
+
+    async def _session_values(self) -> list[Sample]:
+        if not self.server.ready:
+            return []
+        sessions = await self._timed_get("/session")
+        statuses = await self._timed_get("/session/status")
+        if not isinstance(sessions, list) or not isinstance(statuses, Mapping):
+            return []
+        return session_values(len(sessions), statuses)
+
+    async def _timed_get(self, path: str) -> Any:
+        started = time.perf_counter()
+        try:
+            body = await self.server.client.get(path)
+        except NexusOpsError:
+            self._notify(path, time.perf_counter() - started, False)
+            return None
+        self._notify(path, time.perf_counter() - started, True)
+        return body
+
+    def _notify(self, path: str, seconds: float, ok: bool) -> None:
+        for observer in list(self.server.request_observers):
+            observer(path, seconds, ok)
+
+    def observe_request(self, path: str, seconds: float, ok: bool) -> None:
+        """Store one request's duration (every observer of the supervisor calls this)."""
+        labels = {"path": path, "outcome": "ok" if ok else "error"}
+        self.store.append_rows([(self._sid(REQUEST_METRIC, labels), self._clock(), seconds)])
+
+    def write(self, reading: Reading) -> None:
+        rows = [(self._sid(m, labels), reading.time, v) for m, labels, v in reading.values]
+        self.store.append_rows(rows)
+
+    def _sid(self, metric: str, labels: dict[str, str]) -> int:
+        key = (metric, frozenset(labels.items()))
+        sid = self._ids.get(key)
+        if sid is None:
+            sid = self._ids[key] = self.store.series_id(metric, labels)
+        return sid
+
+
+def tree_values(tree: TreeStats | None) -> list[Sample]:
+    """The process tree's samples (none when no server runs)."""
+    if tree is None:
+        return []
+    values: list[Sample] = [
+        ("opencode_process_cpu_seconds_total", {}, tree.cpu_seconds_total),
+        ("opencode_process_cpu_percent", {}, tree.cpu_percent),
+        ("opencode_process_resident_memory_bytes", {}, float(tree.rss_bytes)),
+        ("opencode_process_threads", {}, float(tree.threads)),
+        ("opencode_process_open_fds", {}, float(tree.open_fds)),
+        ("opencode_process_children", {}, float(tree.children)),
+    ]
+    values += [
+        ("opencode_connections", {"state": s}, float(n))
+        for s, n in sorted(tree.connections.items())
+    ]
+    return values
+
+
+def session_values(total: int, statuses: Mapping[str, Any]) -> list[Sample]:
+    """Sessions by status: busy and retry from ``/session/status``, idle the rest."""
+    counts = dict.fromkeys(SESSION_STATUSES, 0)
+    for status in statuses.values():
+        kind = status.get("type") if isinstance(status, Mapping) else None
+        if kind in counts and kind != "idle":
+            counts[str(kind)] += 1
+    counts["idle"] = max(0, total - counts["busy"] - counts["retry"])
+    return [("opencode_sessions", {"status": s}, float(n)) for s, n in counts.items()]
+
+
+def agent_values(cpu_seconds: float, cpu_percent: float, rss: float) -> list[Sample]:
+    values: list[Sample] = [
+        ("nexus_agent_cpu_seconds_total", {}, cpu_seconds),
+        ("nexus_agent_cpu_percent", {}, cpu_percent),
+        ("nexus_agent_resident_memory_bytes", {}, float(rss)),
+    ]
+    return [v for v in values if math.isfinite(v[2])]

@@ -1,0 +1,153 @@
+"""The sample store: blocks, rollups and retention over synthetic history, exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nexus_ops.errors import StoreError
+from nexus_ops.store.codec import (
+    aggregate,
+    decode_raw,
+    decode_rollup,
+    encode_raw,
+    encode_rollup,
+)
+from nexus_ops.store.samples import HOUR, MINUTE, RAW_WINDOW, Retention, SampleStore
+
+DAY = 86400.0
+T0 = 1_800_000_000.0  # a whole hour (and day) in epoch seconds
+
+
+def test_codec_round_trips_exactly() -> None:
+    rng = np.random.default_rng(7)
+    times = T0 + np.cumsum(rng.integers(1, 5000, 1000)) / 1000.0
+    values = rng.normal(size=1000) * 1e6
+    values[::7] = np.inf
+    t, v = decode_raw(encode_raw(times, values))
+    assert np.array_equal(t, times)
+    assert np.array_equal(v, values)
+    rollup = aggregate(times, values, 60.0)
+    back = decode_rollup(encode_rollup(rollup))
+    for name in ("times", "mins", "maxs", "sums", "counts"):
+        assert np.array_equal(getattr(back, name), getattr(rollup, name))
+
+
+def test_codec_compresses_a_steady_sampler_well() -> None:
+    times = T0 + np.arange(3600.0)
+    values = 3.15e8 + np.cumsum(np.random.default_rng(1).integers(-4096, 4097, 3600)) * 1.0
+    assert len(encode_raw(times, values)) / 3600 < 8
+
+
+def _history(store: SampleStore, hours: float, step: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    times = T0 + np.arange(0.0, hours * 3600, step)
+    values = (np.arange(len(times)) % 97).astype(float)  # integers: sums are exact
+    store.append_many("m", {"k": "v"}, times, values)
+    store.flush()
+    return times, values
+
+
+def test_raw_reads_back_every_sample_across_blocks_and_head(tmp_path) -> None:
+    store = SampleStore(tmp_path / "metrics.db", clock=lambda: T0 + 3 * 3600)
+    times, values = _history(store, 2.6)
+    sid = store.series("m")[0].id
+    t, v = store.read_raw(sid, times[0], times[-1])
+    assert np.array_equal(t, times) and np.array_equal(v, values)
+    t, v = store.read_raw(sid, T0 + 1000.5, T0 + 2000)
+    assert t[0] == T0 + 1001 and t[-1] == T0 + 2000 and len(t) == 1000
+    stats = store.stats()
+    assert stats.raw_samples == len(times) and stats.series == 1
+
+
+def test_rollups_hold_exact_min_max_sum_count(tmp_path) -> None:
+    store = SampleStore(tmp_path / "metrics.db", clock=lambda: T0 + 4 * 3600)
+    times, values = _history(store, 3.5, step=0.5)
+    sid = store.series("m")[0].id
+    for tier, step in ((MINUTE, 60.0), (HOUR, 3600.0)):
+        rollup = store.read_rollup(sid, tier, T0, T0 + 4 * 3600)
+        buckets = np.floor(times / step) * step
+        expected = sorted(set(buckets.tolist()))
+        assert rollup.times.tolist() == expected
+        for i, start in enumerate(expected):
+            inside = values[buckets == start]
+            assert rollup.mins[i] == inside.min()
+            assert rollup.maxs[i] == inside.max()
+            assert rollup.sums[i] == inside.sum()
+            assert rollup.counts[i] == len(inside)
+            assert rollup.means[i] == pytest.approx(inside.mean())
+
+
+def test_rollups_survive_a_reopen_mid_window(tmp_path) -> None:
+    path = tmp_path / "metrics.db"
+    times = T0 + np.arange(0.0, 2 * 3600)
+    values = np.arange(len(times), dtype=float)
+    store = SampleStore(path)
+    store.append_many("m", {}, times[:4000], values[:4000])
+    store.close()
+    store = SampleStore(path)  # the open window comes back from the head table
+    store.append_many("m", {}, times[4000:], values[4000:])
+    store.flush()
+    sid = store.series("m")[0].id
+    hours = store.read_rollup(sid, HOUR, T0, T0 + 7200)
+    assert hours.counts.tolist() == [3600, 3600]
+    assert hours.sums.tolist() == [values[:3600].sum(), values[3600:].sum()]
+    t, v = store.read_raw(sid, T0, T0 + 7200)
+    assert np.array_equal(v, values)
+
+
+def test_out_of_order_and_nan_samples_are_dropped_and_counted(tmp_path) -> None:
+    store = SampleStore(tmp_path / "metrics.db")
+    assert store.append("m", {}, T0 + 10, 1.0)
+    assert not store.append("m", {}, T0 + 5, 2.0)
+    assert not store.append("m", {}, T0 + 11, float("nan"))
+    assert store.append_many("m", {}, [T0 + 12, T0 + 12, T0 + 13], [1.0, 2.0, 3.0]) == 2
+    assert store.dropped == 3
+    with pytest.raises(StoreError, match="3 times but 2 values"):
+        store.append_many("m", {}, [1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_retention_is_exact_per_tier(tmp_path) -> None:
+    retention = Retention(raw=5 * 3600.0, minute=DAY, hour=2 * DAY)
+    now = T0 + 3 * DAY
+    store = SampleStore(tmp_path / "metrics.db", retention, clock=lambda: now)
+    times, values = _history(store, 72, step=10.0)  # three days at 10 s
+    size_before = store.size_bytes()
+    deleted = store.enforce_retention()
+    assert deleted > 0
+    sid = store.series("m")[0].id
+    t, v = store.read_raw(sid, 0, now)
+    assert t[0] >= now - retention.raw and t[0] - (now - retention.raw) < 10
+    assert np.array_equal(v, values[times >= now - retention.raw])
+    minutes = store.read_rollup(sid, MINUTE, 0, now)
+    assert minutes.times[0] == now - DAY
+    hours = store.read_rollup(sid, HOUR, 0, now)
+    assert hours.times[0] == now - 2 * DAY and len(hours) == 48
+    inside = values[(times >= now - 2 * DAY) & (times < now - 2 * DAY + 3600)]
+    assert hours.sums[0] == inside.sum() and hours.counts[0] == 360
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert store.size_bytes() < size_before
+
+
+def test_retention_forgets_series_that_have_no_data_left(tmp_path) -> None:
+    retention = Retention(raw=3600.0, minute=3600.0, hour=3600.0)
+    store = SampleStore(tmp_path / "metrics.db", retention, clock=lambda: T0 + 10 * 3600)
+    store.append_many("old", {}, T0 + np.arange(100.0), np.ones(100))
+    store.append_many("new", {}, T0 + 9.5 * 3600 + np.arange(100.0), np.ones(100))
+    store.enforce_retention()
+    assert [s.metric for s in store.series()] == ["new"]
+
+
+def test_series_match_labels_and_windows_close_for_quiet_series(tmp_path) -> None:
+    store = SampleStore(tmp_path / "metrics.db")
+    store.append("c", {"state": "LISTEN"}, T0, 1.0)
+    store.append("c", {"state": "CLOSE_WAIT"}, T0, 3.0)
+    # Only one series goes on: the quiet one's window still closes into a block.
+    store.append("c", {"state": "LISTEN"}, T0 + RAW_WINDOW + 1, 1.0)
+    store.flush()
+    assert [s.labels for s in store.series("c", {"state": "CLOSE_WAIT"})] == [
+        {"state": "CLOSE_WAIT"}
+    ]
+    quiet = store.series("c", {"state": "CLOSE_WAIT"})[0].id
+    blocks = store.db.query("SELECT count FROM blocks WHERE series_id = ? AND tier = 0", (quiet,))
+    assert blocks == [(1,)]
+    assert store.db.query("SELECT COUNT(*) FROM head")[0][0] == 1
