@@ -158,7 +158,49 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a query to Prometheus may take."
     )
 
-    @field_validator("home", "opencode_bin", "opencode_workdir", mode="after")
+    # Backups (restic-like retention: a backup is kept when any rule keeps it).
+    backup_schedule: str = Field(
+        "0 2 * * *", description="When the agent backs up (cron syntax, local time; off: never)."
+    )
+    backup_include_nexus: bool = Field(
+        False, description="Also back up nexus-ops's logs and settings (secrets masked)."
+    )
+    backup_keep_last: int = Field(0, ge=0, description="Keep the newest N backups (0: rule off).")
+    backup_keep_daily: int = Field(
+        0, ge=0, description="Keep the newest backup of each of the last N days (0: rule off)."
+    )
+    backup_keep_weekly: int = Field(
+        0, ge=0, description="Keep the newest backup of each of the last N weeks (0: rule off)."
+    )
+    backup_keep_monthly: int = Field(
+        0, ge=0, description="Keep the newest backup of each of the last N months (0: rule off)."
+    )
+    backup_keep_within_days: float = Field(
+        30.0, ge=0, description="Keep every backup made within N days of the newest one."
+    )
+
+    # Runbooks.
+    runbooks_dir: Path | None = Field(
+        None, description="Folder of the runbooks (default: the checkout's, else the installed)."
+    )
+    runbook_cell_timeout: float = Field(
+        600.0, gt=0, description="Seconds one cell of a runbook may run before the run fails."
+    )
+    external_urls: str = Field(
+        "https://models.dev/api.json,https://registry.npmjs.org/",
+        description="Comma-separated URLs of outside services the server needs (network checks).",
+    )
+
+    @field_validator("backup_schedule", mode="after")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter  # only to validate; nexus_ops.backup.schedule runs it
+
+        if value.strip().lower() in ("off", "") or croniter.is_valid(value):
+            return value.strip()
+        raise ValueError("is not a cron expression (e.g. '0 2 * * *' for daily at 02:00, or off)")
+
+    @field_validator("home", "opencode_bin", "opencode_workdir", "runbooks_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
