@@ -1,0 +1,347 @@
+"""Plotly views of metric frames: stat panels and time series, filled in place.
+
+Each view is a pair: ``*_figure(...)`` makes the empty figure (layout only)
+and ``update_*(fig, frame, ...)`` fills it from a tidy frame (time, metric,
+labels, value). The update works on a ``go.Figure`` and on a ``go.FigureWidget``
+alike and changes only the traces' data and a few layout values, so that a
+console refresh costs milliseconds. Times are shown in the user's time zone
+(:func:`user_timezone`).
+
+>>> import pandas as pd
+>>> from nexus_ops.metrics.frames import tidy_frame
+>>> fig = stat_figure(STATS["server_status"])
+>>> frame = tidy_frame("opencode_server_status", "", pd.Series([0.0, 60.0]), pd.Series([0.0, 1.0]))
+>>> update_stat(fig, frame, STATS["server_status"]).layout.annotations[0].text
+'UP'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from nexus_ops.models import Event
+
+GREEN, ORANGE, RED, GREY, BLUE = "#2e7d32", "#ef6c00", "#c62828", "#616161", "#1565c0"
+_LABEL_COLORS = ["#1565c0", "#c62828", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#4e342e"]
+
+
+@dataclass(frozen=True)
+class StatSpec:
+    """A Grafana-like stat: title, unit, colour thresholds, optional value texts.
+
+    ``thresholds`` are (from value, colour) pairs in rising order; the first
+    applies below every other.
+    """
+
+    title: str
+    metric: str
+    unit: str = ""
+    thresholds: tuple[tuple[float, str], ...] = ((-np.inf, GREEN),)
+    texts: Mapping[float, str] = field(default_factory=dict)
+    decimals: int = 0
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    """A time-series panel: title, metrics it shows, unit of its y axis."""
+
+    title: str
+    metrics: tuple[str, ...]
+    unit: str = ""
+    events: bool = True
+
+
+STATS: dict[str, StatSpec] = {
+    "server_status": StatSpec(
+        "Server status",
+        "opencode_server_status",
+        thresholds=((-np.inf, RED), (1.0, GREEN)),
+        texts={0.0: "DOWN", 1.0: "UP"},
+    ),
+    "uptime": StatSpec(
+        "Uptime",
+        "opencode_server_uptime_seconds",
+        unit="duration",
+        thresholds=((-np.inf, ORANGE), (300.0, GREEN)),
+    ),
+    "restarts": StatSpec(
+        "Restarts",
+        "opencode_server_starts_total",
+        thresholds=((-np.inf, GREEN), (3.0, ORANGE), (10.0, RED)),
+    ),
+    "memory": StatSpec(
+        "Memory",
+        "opencode_process_resident_memory_bytes",
+        unit="bytes",
+        decimals=1,
+        thresholds=((-np.inf, GREEN), (1.5e9, ORANGE), (3e9, RED)),
+    ),
+}
+
+PANELS: dict[str, PanelSpec] = {
+    "cpu": PanelSpec("CPU", ("opencode_process_cpu_percent", "nexus_agent_cpu_percent"), "%"),
+    "memory": PanelSpec(
+        "Resident memory",
+        ("opencode_process_resident_memory_bytes", "nexus_agent_resident_memory_bytes"),
+        "bytes",
+    ),
+    "connections": PanelSpec("TCP connections by state", ("opencode_connections",), "count"),
+    "request_duration": PanelSpec(
+        "Request duration", ("opencode_request_duration_seconds",), "seconds"
+    ),
+    "sessions": PanelSpec("Sessions by status", ("opencode_sessions",), "count"),
+}
+
+# Journal events drawn on time series: kind -> (marker symbol, colour).
+MARKED_EVENTS: dict[str, tuple[str, str]] = {
+    "restart": ("triangle-down", ORANGE),
+    "exit": ("x", RED),
+    "hung": ("hourglass", RED),
+    "fatal": ("octagon", RED),
+    "start_failed": ("x-open", RED),
+}
+_EVENT_TRACE = "events"
+
+
+def user_timezone(tz: str | None = None) -> str:
+    """The time zone to show: ``tz``, else ``$TZ``, else the machine's, else UTC."""
+    if tz:
+        return tz
+    if os.environ.get("TZ"):
+        return os.environ["TZ"]
+    local = datetime.now().astimezone().tzinfo
+    key = getattr(local, "key", None) or (local.tzname(None) if local else None)
+    return str(key) if key and key not in ("UTC",) else "UTC"
+
+
+def local_times(times: pd.Series | pd.DatetimeIndex, tz: str) -> np.ndarray:
+    """UTC times as naive wall-clock times of ``tz`` (what a Plotly axis shows as is)."""
+    index = pd.DatetimeIndex(times)
+    if index.tz is None:
+        index = index.tz_localize("UTC")
+    return index.tz_convert(tz).tz_localize(None).to_numpy()
+
+
+def format_value(value: float, unit: str, decimals: int = 0) -> str:
+    """``1.5e9, 'bytes'`` -> ``'1.4 GiB'``; ``3725, 'duration'`` -> ``'1h 2m'``."""
+    if not np.isfinite(value):
+        return "-"
+    if unit == "bytes":
+        for suffix in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if abs(value) < 1024 or suffix == "TiB":
+                return f"{value:.{decimals if suffix != 'B' else 0}f} {suffix}"
+            value /= 1024
+    if unit == "duration":
+        return _duration(value)
+    text = f"{value:,.{decimals}f}"
+    return f"{text} {unit}".strip() if unit not in ("", "count") else text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def threshold_color(value: float, thresholds: Sequence[tuple[float, str]]) -> str:
+    """The colour of the highest threshold ``value`` reaches."""
+    if not np.isfinite(value):
+        return GREY
+    color = thresholds[0][1]
+    for start, candidate in thresholds:
+        if value >= start:
+            color = candidate
+    return color
+
+
+# -- stat panels -------------------------------------------------------------------
+
+
+def stat_figure(spec: StatSpec, height: int = 140) -> go.Figure:
+    """An empty stat panel: a big value over a sparkline, coloured by thresholds."""
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[],
+        y=[],
+        mode="lines",
+        line={"color": "rgba(255,255,255,0.6)"},
+        fill="tozeroy",
+        fillcolor="rgba(255,255,255,0.15)",
+        hoverinfo="skip",
+        name="history",
+    )
+    fig.update_layout(
+        height=height,
+        margin={"l": 0, "r": 0, "t": 28, "b": 0},
+        showlegend=False,
+        title={"text": spec.title, "x": 0.03, "font": {"color": "white", "size": 14}},
+        paper_bgcolor=GREY,
+        plot_bgcolor="rgba(0,0,0,0)",
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        annotations=[
+            {
+                "text": "-",
+                "x": 0.5,
+                "y": 0.45,
+                "xref": "paper",
+                "yref": "paper",
+                "showarrow": False,
+                "font": {"size": 34, "color": "white"},
+            }
+        ],
+    )
+    return fig
+
+
+def update_stat(fig: go.Figure, frame: pd.DataFrame, spec: StatSpec) -> go.Figure:
+    """Show the latest value of ``spec.metric`` in ``frame`` (its history as the sparkline)."""
+    rows = frame[frame["metric"] == spec.metric] if len(frame) else frame
+    values = rows["value"].to_numpy(dtype=float) if len(rows) else np.empty(0)
+    latest = float(values[-1]) if len(values) else float("nan")
+    text = spec.texts.get(latest) or format_value(latest, spec.unit, spec.decimals)
+    with fig.batch_update():
+        fig.data[0].x = np.arange(len(values))
+        fig.data[0].y = values
+        fig.layout.paper_bgcolor = threshold_color(latest, spec.thresholds)
+        fig.layout.annotations[0].text = text
+    return fig
+
+
+# -- time series ---------------------------------------------------------------------
+
+
+def timeseries_figure(spec: PanelSpec, tz: str | None = None, height: int = 300) -> go.Figure:
+    """An empty time-series panel with a hidden second axis for event markers."""
+    zone = user_timezone(tz)
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[],
+        y=[],
+        mode="markers",
+        name=_EVENT_TRACE,
+        yaxis="y2",
+        marker={"size": 12},
+        hovertemplate="%{text}<extra></extra>",
+        text=[],
+    )
+    yaxis: dict[str, object] = {"title": {"text": spec.unit}, "rangemode": "tozero"}
+    if spec.unit == "bytes":
+        yaxis.update(tickformat="~s", ticksuffix="B")
+    fig.update_layout(
+        title={"text": spec.title},
+        height=height,
+        hovermode="x unified",
+        margin={"l": 60, "r": 20, "t": 40, "b": 40},
+        legend={"orientation": "h", "y": -0.2},
+        xaxis={"title": {"text": f"time ({zone})"}, "type": "date"},
+        yaxis=yaxis,
+        yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
+        meta={"tz": zone},
+    )
+    return fig
+
+
+def update_timeseries(
+    fig: go.Figure,
+    frame: pd.DataFrame,
+    events: Sequence[Event] = (),
+    tz: str | None = None,
+) -> go.Figure:
+    """One line per series of ``frame`` (named metric and labels), plus event markers."""
+    zone = tz or (fig.layout.meta or {}).get("tz") or user_timezone()
+    series = _series_of(frame, zone)
+    with fig.batch_update():
+        existing = {trace.name: trace for trace in fig.data if trace.name != _EVENT_TRACE}
+        for index, (name, (x, y)) in enumerate(series.items()):
+            trace = existing.pop(name, None)
+            if trace is None:
+                color = _LABEL_COLORS[index % len(_LABEL_COLORS)]
+                fig.add_scatter(x=x, y=y, mode="lines", name=name, line={"color": color})
+            else:
+                trace.x, trace.y = x, y
+        for trace in existing.values():  # a series gone from the frame: empty its line
+            trace.x, trace.y = [], []
+        _update_events(fig, events, zone)
+    return fig
+
+
+def _series_of(frame: pd.DataFrame, tz: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if frame.empty:
+        return {}
+    out = {}
+    many_metrics = frame["metric"].nunique() > 1
+    for (metric, labels), rows in frame.groupby(["metric", "labels"], sort=True):
+        name = _trace_name(str(metric), str(labels), many_metrics)
+        out[name] = (local_times(rows["time"], tz), rows["value"].to_numpy())
+    return out
+
+
+def _trace_name(metric: str, labels: str, many_metrics: bool) -> str:
+    short = metric.removeprefix("opencode_").removeprefix("nexus_")
+    if not labels:
+        return short
+    shown = ",".join(part.split("=", 1)[-1] for part in labels.split(","))
+    return f"{short} {shown}" if many_metrics else shown
+
+
+def _update_events(fig: go.Figure, events: Sequence[Event], tz: str) -> None:
+    marked = [e for e in events if e.kind in MARKED_EVENTS]
+    trace = next(t for t in fig.data if t.name == _EVENT_TRACE)
+    times = pd.to_datetime([e.time for e in marked], unit="s", utc=True)
+    trace.x = local_times(times, tz) if marked else []
+    trace.y = [0.97] * len(marked)
+    trace.text = [_event_text(e) for e in marked]
+    trace.marker.symbol = [MARKED_EVENTS[e.kind][0] for e in marked]
+    trace.marker.color = [MARKED_EVENTS[e.kind][1] for e in marked]
+
+
+def _event_text(event: Event) -> str:
+    reason = f" ({event.reason})" if event.reason else ""
+    message = f": {event.message}" if event.message else ""
+    return f"{event.kind}{reason}{message}"[:200]
+
+
+# -- request-duration quantiles --------------------------------------------------------
+
+
+def request_quantiles(
+    frame: pd.DataFrame, window: str = "1min", quantiles: Sequence[float] = (0.5, 0.95)
+) -> pd.DataFrame:
+    """p50/p95 (by default) of request durations per ``window``, per path, as a tidy frame.
+
+    ``frame`` holds ``opencode_request_duration_seconds`` samples (one per request).
+    """
+    rows = frame[frame["metric"] == "opencode_request_duration_seconds"] if len(frame) else frame
+    if rows.empty:
+        return frame.iloc[0:0]
+    paths = rows["labels"].map(_path_of)
+    buckets = rows["time"].dt.floor(window)
+    grouped = rows["value"].groupby([paths, buckets]).quantile(np.asarray(quantiles))
+    tidy = grouped.rename("value").reset_index()
+    tidy.columns = ["path", "time", "q", "value"]
+    tidy["metric"] = "opencode_request_duration_seconds"
+    tidy["labels"] = (
+        "q=p" + (tidy["q"] * 100).round().astype(int).astype(str) + ",path=" + tidy["path"]
+    )
+    return tidy[["time", "metric", "labels", "value"]].sort_values(
+        ["labels", "time"], ignore_index=True
+    )
+
+
+def _path_of(labels: str) -> str:
+    pairs = dict(part.split("=", 1) for part in labels.split(",") if "=" in part)
+    return pairs.get("path", "")

@@ -1,0 +1,110 @@
+"""Figures: filled in place from tidy frames, on Figure and FigureWidget alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from nexus_ops.metrics import figures as F
+from nexus_ops.metrics.frames import concat_frames, empty_frame, tidy_frame
+from nexus_ops.models import Event
+
+NOW = 1_800_000_000.0
+TIMES = NOW - np.arange(100)[::-1] * 5.0
+
+
+def _connections() -> pd.DataFrame:
+    return concat_frames(
+        [
+            tidy_frame("opencode_connections", f"state={s}", TIMES, np.full(100, float(n)))
+            for s, n in (("LISTEN", 1), ("CLOSE_WAIT", 7))
+        ]
+    )
+
+
+EVENTS = [
+    Event(id=1, time=NOW - 100, kind="restart", reason="hang", message="3 probes failed"),
+    Event(id=2, time=NOW - 200, kind="exit", reason="crash", message="pid 9 exited with code 1"),
+    Event(id=3, time=NOW - 300, kind="ready", message="not drawn"),
+]
+
+
+@pytest.mark.parametrize("kind", [go.Figure, go.FigureWidget])
+def test_timeseries_draws_a_line_per_series_and_the_events(kind: type[go.Figure]) -> None:
+    fig = kind(F.timeseries_figure(F.PANELS["connections"], tz="Asia/Tokyo"))
+    F.update_timeseries(fig, _connections(), EVENTS)
+    lines = {t.name: t for t in fig.data if t.name != "events"}
+    assert set(lines) == {"CLOSE_WAIT", "LISTEN"}
+    assert list(lines["CLOSE_WAIT"].y) == [7.0] * 100
+    # Tokyo is UTC+9 all year: the axis shows wall-clock time there.
+    first = pd.Timestamp(lines["LISTEN"].x[0])
+    assert first == pd.Timestamp(TIMES[0], unit="s") + pd.Timedelta(hours=9)
+    assert fig.layout.xaxis.title.text == "time (Asia/Tokyo)"
+    events = next(t for t in fig.data if t.name == "events")
+    assert list(events.text) == [
+        "restart (hang): 3 probes failed",
+        "exit (crash): pid 9 exited with code 1",
+    ]
+    assert list(events.marker.symbol) == ["triangle-down", "x"]
+
+
+def test_update_replaces_data_in_place_and_empties_vanished_series() -> None:
+    fig = F.timeseries_figure(F.PANELS["connections"], tz="UTC")
+    F.update_timeseries(fig, _connections())
+    first_traces = list(fig.data)
+    only_listen = _connections().query("labels == 'state=LISTEN'")
+    F.update_timeseries(fig, only_listen)
+    assert list(fig.data) == first_traces  # the same trace objects, no rebuild
+    close_wait = next(t for t in fig.data if t.name == "CLOSE_WAIT")
+    assert len(close_wait.y) == 0
+    F.update_timeseries(fig, empty_frame())
+    assert all(len(t.y) == 0 for t in fig.data)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "text", "color"),
+    [
+        ("server_status", 1.0, "UP", F.GREEN),
+        ("server_status", 0.0, "DOWN", F.RED),
+        ("memory", 3.3e8, "314.7 MiB", F.GREEN),
+        ("memory", 2e9, "1.9 GiB", F.ORANGE),
+        ("uptime", 3725.0, "1h 2m", F.GREEN),
+        ("restarts", 12.0, "12", F.RED),
+    ],
+)
+def test_stat_panels_show_value_and_threshold_colour(key, value, text, color) -> None:
+    spec = F.STATS[key]
+    fig = go.FigureWidget(F.stat_figure(spec))
+    frame = tidy_frame(spec.metric, "", TIMES[-2:], np.array([0.5, value]))
+    F.update_stat(fig, frame, spec)
+    assert fig.layout.annotations[0].text == text
+    assert fig.layout.paper_bgcolor == color
+    assert list(fig.data[0].y) == [0.5, value]
+
+
+def test_stat_without_data_is_grey() -> None:
+    fig = F.update_stat(F.stat_figure(F.STATS["memory"]), empty_frame(), F.STATS["memory"])
+    assert fig.layout.annotations[0].text == "-" and fig.layout.paper_bgcolor == F.GREY
+
+
+def test_request_quantiles_per_window_and_path() -> None:
+    times = NOW + np.arange(120.0)  # two minutes of one request a second
+    values = np.arange(120.0) / 1000
+    frame = concat_frames(
+        [tidy_frame("opencode_request_duration_seconds", "outcome=ok,path=/session", times, values)]
+    )
+    q = F.request_quantiles(frame)
+    assert sorted(q["labels"].unique()) == ["q=p50,path=/session", "q=p95,path=/session"]
+    p95 = q[q["labels"] == "q=p95,path=/session"]["value"].tolist()
+    minute = np.floor(times / 60) * 60
+    expected = [np.quantile(values[minute == m], 0.95) for m in sorted(set(minute))]
+    assert p95 == pytest.approx(expected)
+
+
+def test_format_value() -> None:
+    assert F.format_value(512, "bytes") == "512 B"
+    assert F.format_value(float("nan"), "bytes") == "-"
+    assert F.format_value(0.25, "seconds", 2) == "0.25 seconds"
+    assert F.threshold_color(5, ((-np.inf, "a"), (3, "b"), (10, "c"))) == "b"
