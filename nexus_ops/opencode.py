@@ -74,19 +74,21 @@ def locate_binary(configured: Path | None, prefix: Path) -> Path:
 
 
 def _native(path: Path) -> Path:
+    """The native binary for ``path``: itself, or, for npm's wrapper, the binary beside it."""
     if not is_script(path):
         return path
     real = path.resolve()
-    for parent in real.parents:
-        if parent.name == "node_modules":
-            native = native_binary_in(parent)
-            if native is not None:
-                return native
-    raise BinaryNotFound(
-        f"{path} is the npm wrapper script, not the native binary",
-        hint="set NEXUS_OPENCODE_BIN to node_modules/opencode-linux-x64/bin/opencode, "
-        "or run `nexus-ops opencode install`",
-    )
+    wrapper = next((p for p in real.parents if p.name == "node_modules"), None)
+    if wrapper is None:
+        return path  # a script of the operator's own: run as given
+    native = native_binary_in(wrapper)
+    if native is None:
+        raise BinaryNotFound(
+            f"{path} is npm's wrapper script, and no native binary is installed beside it",
+            hint="reinstall with `nexus-ops opencode install`, or set NEXUS_OPENCODE_BIN to "
+            "node_modules/opencode-linux-x64/bin/opencode",
+        )
+    return native
 
 
 def binary_version(binary: Path) -> str:
@@ -193,7 +195,9 @@ class AsyncOpenCodeClient:
             base_url=self.base_url,
             auth=(credentials.username, credentials.password),
             timeout=timeout,
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+            # A fresh connection per probe: a pooled one may point at a server that
+            # has since died or been replaced, and a probe should test accept() too.
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=0),
         )
 
     async def aclose(self) -> None:

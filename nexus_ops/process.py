@@ -61,7 +61,11 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
                 f"could not start {argv[0]}: {exc.strerror}",
                 hint="check that the binary exists and is executable",
             ) from exc
-    return Spawned(record=identify(popen.pid, fallback_cmdline=list(argv)), popen=popen)
+    try:
+        record = identify(popen.pid, fallback_cmdline=list(argv))
+    except ProcessError:  # it exited at once: still ours to reap and report
+        record = ProcessRecord(pid=popen.pid, create_time=time.time(), cmdline=list(argv))
+    return Spawned(record=record, popen=popen)
 
 
 def identify(pid: int, fallback_cmdline: list[str] | None = None) -> ProcessRecord:

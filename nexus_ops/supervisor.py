@@ -309,14 +309,13 @@ class Supervisor:
         self._version = health.version
 
     async def _timed_health(self, observe: bool = True) -> Health:
+        # httpx applies probe_timeout to connect and to every read: a hung (or
+        # SIGSTOPped) server that accepts but never answers fails in that time.
         if not observe:
-            return await asyncio.wait_for(self.client.health(), self.settings.probe_timeout)
+            return await self.client.health()
         started = time.perf_counter()
         try:
-            health = await asyncio.wait_for(self.client.health(), self.settings.probe_timeout)
-        except TimeoutError as exc:
-            self._observe("/global/health", time.perf_counter() - started, False)
-            raise OpenCodeUnavailable("GET /global/health timed out") from exc
+            health = await self.client.health()
         except OpenCodeUnavailable:
             self._observe("/global/health", time.perf_counter() - started, False)
             raise
@@ -393,7 +392,7 @@ class Supervisor:
         while self._now() < deadline and self._state is ServerState.STARTING:
             try:
                 health = await self._timed_health(observe=False)
-            except (OpenCodeUnavailable, TimeoutError):
+            except OpenCodeUnavailable:
                 await asyncio.sleep(0.1)
                 continue
             await self._mark_ready(health)

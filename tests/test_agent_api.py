@@ -1,0 +1,123 @@
+"""The agent's HTTP API: tokens, probes, OpenAPI and Prometheus exposition."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import RunningAgent, private_env, wait_for
+from fastapi.testclient import TestClient
+
+from nexus_ops.agent import check_bind, create_app
+from nexus_ops.client import AgentClient
+from nexus_ops.config import load_settings
+from nexus_ops.errors import SecurityError, Unauthorized
+from nexus_ops.paths import Layout
+
+PUBLIC = {"/health", "/ready"}
+
+
+@pytest.fixture
+def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
+    """The agent's app in-process (no supervision), through httpx."""
+    settings = load_settings(private_env(tmp_path))
+    app = create_app(settings, manage=False)
+    token = Layout(settings.home).agent_token_file.read_text().strip()
+    with TestClient(app) as client:
+        yield client, token
+
+
+def routes(client: TestClient) -> list[tuple[str, str]]:
+    """Every (method, path) of the API, read from its OpenAPI document."""
+    spec = client.app.openapi()  # type: ignore[attr-defined]
+    found = [("GET", "/api/v1/openapi.json")]
+    for path, operations in spec["paths"].items():
+        concrete = re.sub(r"\{[^}]+\}", "1", path)
+        found += [(method.upper(), concrete) for method in operations]
+    return found
+
+
+def test_every_route_but_the_probes_needs_the_token(app_client: tuple[TestClient, str]) -> None:
+    client, token = app_client
+    checked = 0
+    for method, path in routes(client):
+        if path in PUBLIC:
+            continue
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {token}"}):
+            response = client.request(method, path, headers=headers)
+            assert response.status_code == 401, (method, path, headers)
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert token not in response.text
+        checked += 1
+    assert checked >= 8
+
+
+def test_probes_need_no_token(app_client: tuple[TestClient, str]) -> None:
+    client, _ = app_client
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json() == {
+        "ready": False,
+        "state": "stopped",
+        "detail": "",
+    }
+
+
+def test_token_file_is_private_and_strong(tmp_path: Path) -> None:
+    settings = load_settings(private_env(tmp_path))
+    create_app(settings, manage=False)
+    layout = Layout(settings.home)
+    assert layout.agent_token_file.stat().st_mode & 0o777 == 0o600
+    assert layout.secrets.stat().st_mode & 0o777 == 0o700
+    assert len(layout.agent_token_file.read_text().strip()) >= 40
+
+
+def test_openapi_document_describes_the_api(app_client: tuple[TestClient, str]) -> None:
+    client, token = app_client
+    spec = client.get("/api/v1/openapi.json", headers={"Authorization": f"Bearer {token}"}).json()
+    assert spec["openapi"].startswith("3.")
+    for path in ("/health", "/ready", "/api/v1/status", "/api/v1/server/start", "/api/v1/events"):
+        assert path in spec["paths"], path
+
+
+def test_client_maps_a_wrong_token_and_a_missing_agent(app_client: tuple[TestClient, str]) -> None:
+    client, _ = app_client
+    wrong = AgentClient("http://testserver", "nope", transport=client._transport)  # type: ignore[attr-defined]
+    with pytest.raises(Unauthorized, match="refused the token"):
+        wrong.status()
+    nobody = AgentClient("http://127.0.0.1:9", "t", timeout=1.0)
+    with pytest.raises(Exception, match="nexus-ops agent start"):
+        nobody.status()
+
+
+def test_non_loopback_bind_is_refused_without_the_flag(tmp_path: Path) -> None:
+    env = private_env(tmp_path, {"NEXUS_AGENT_HOST": "0.0.0.0"})
+    with pytest.raises(SecurityError, match="NEXUS_ALLOW_REMOTE"):
+        check_bind(load_settings(env))
+    check_bind(load_settings({**env, "NEXUS_ALLOW_REMOTE": "true"}))
+
+
+@pytest.mark.opencode
+def test_metrics_pass_promtool(agent: RunningAgent, tmp_path: Path) -> None:
+    agent.client.start()
+    text = str(wait_for(lambda: "seconds_bucket" in (t := agent.client.metrics_text()) and t))
+    for name in (
+        "opencode_server_status 1.0",
+        "opencode_server_starts_total 1.0",
+        "opencode_server_stops_total",
+        "opencode_server_uptime_seconds",
+        "opencode_request_duration_seconds_bucket",
+        "nexus_agent_resident_memory_bytes",
+    ):
+        assert name in text, name
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, text=True, capture_output=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    anonymous = httpx.get(f"{agent.client.base_url}/metrics")
+    assert anonymous.status_code == 401

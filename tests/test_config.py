@@ -1,0 +1,86 @@
+"""Settings: profiles, .env files, and one clear error for every bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import nexus_cli, private_env
+
+from nexus_ops.config import PROFILE_DEFAULTS, Settings, load_settings, settings_table
+from nexus_ops.errors import ConfigError
+from nexus_ops.redact import MASK, mask_setting, redact
+
+
+def test_defaults_are_safe(tmp_path: Path) -> None:
+    settings = load_settings({}, directory=tmp_path)
+    assert settings.env == "development"
+    assert settings.agent_host == "127.0.0.1" and settings.opencode_host == "127.0.0.1"
+    assert settings.agent_port == 1420 and settings.opencode_port == 4096
+    assert not settings.allow_remote
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILE_DEFAULTS))
+def test_each_profile_applies_its_defaults(profile: str, tmp_path: Path) -> None:
+    settings = load_settings({"NEXUS_ENV": profile}, directory=tmp_path)
+    for name, value in PROFILE_DEFAULTS[profile].items():
+        assert getattr(settings, name) == value
+
+
+def test_environment_beats_profile_file_beats_env_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "NEXUS_ENV=staging\nNEXUS_PROBE_FAILURES=7\nNEXUS_LOG_BACKUPS=2\n"
+    )
+    (tmp_path / ".env.staging").write_text("NEXUS_PROBE_FAILURES=8\n")
+    settings = load_settings({"NEXUS_LOG_BACKUPS": "9"}, directory=tmp_path)
+    assert settings.env == "staging"
+    assert settings.probe_failures == 8
+    assert settings.log_backups == 9
+
+
+def test_every_bad_variable_is_listed_at_once(tmp_path: Path) -> None:
+    bad = {
+        "NEXUS_PROBE_TIMEOUT": "abc",
+        "NEXUS_ENV": "prod",
+        "NEXUS_OPENCODE_PORT": "99999",
+        "NEXUS_PROBE_INTERVALL": "3",
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_settings(bad, directory=tmp_path)
+    text = str(caught.value)
+    assert "NEXUS_PROBE_TIMEOUT='abc'" in text and "number of seconds" in text
+    assert "NEXUS_ENV='prod'" in text and "'production'" in text
+    assert "NEXUS_OPENCODE_PORT='99999'" in text
+    assert "did you mean NEXUS_PROBE_INTERVAL?" in text
+
+
+def test_config_check_exits_non_zero_with_a_clear_message(tmp_path: Path) -> None:
+    env = private_env(tmp_path, {"NEXUS_PROBE_TIMEOUT": "abc"})
+    done = nexus_cli(env, "config", "check")
+    assert done.returncode == 2
+    assert "NEXUS_PROBE_TIMEOUT='abc'" in done.stderr
+    assert "Traceback" not in done.stderr
+    ok = nexus_cli(private_env(tmp_path / "ok"), "config", "check")
+    assert ok.returncode == 0 and "valid" in ok.stdout
+
+
+def test_agent_refuses_to_start_on_bad_settings(tmp_path: Path) -> None:
+    env = private_env(tmp_path, {"NEXUS_BACKOFF_MAX": "-1"})
+    done = nexus_cli(env, "agent", "run", timeout=30)
+    assert done.returncode == 2 and "NEXUS_BACKOFF_MAX='-1'" in done.stderr
+
+
+def test_config_show_lists_every_setting(tmp_path: Path) -> None:
+    done = nexus_cli(private_env(tmp_path), "config", "show")
+    assert done.returncode == 0
+    for name in Settings.model_fields:
+        assert f"NEXUS_{name.upper()}" in done.stdout
+
+
+def test_secrets_are_masked() -> None:
+    assert mask_setting("webhook_token", "s3cret") == MASK
+    assert mask_setting("opencode_port", "4096") == "4096"
+    assert mask_setting("prometheus_url", "http://u:pw@h:9090") == f"http://u:{MASK}@h:9090"
+    assert redact("Authorization: Bearer abc.def", []) == f"Authorization: Bearer {MASK}"
+    rows = dict((v, val) for v, val, _ in settings_table(load_settings({})))
+    assert rows["NEXUS_AGENT_PORT"] == "1420"

@@ -1,0 +1,128 @@
+"""Process identity, tree termination and port checks on real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from nexus_ops.errors import BinaryNotFound, PortInUse
+from nexus_ops.models import ProcessRecord
+from nexus_ops.opencode import locate_binary
+from nexus_ops.process import (
+    check_port_free,
+    find_live,
+    identify,
+    load_record,
+    save_record,
+    spawn,
+    terminate_tree,
+)
+from nexus_ops.supervisor import backoff_delay
+
+FORKER = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a stubborn parent
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+escapee = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                           start_new_session=True)   # leaves the process group
+print(child.pid, escapee.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_identity_refuses_a_reused_pid(tmp_path: Path) -> None:
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        record = identify(proc.pid)
+        assert find_live(record) is not None
+        reused = record.model_copy(update={"create_time": record.create_time - 100})
+        assert find_live(reused) is None
+        other = record.model_copy(update={"cmdline": ["opencode", "serve"]})
+        assert find_live(other) is None
+        save_record(tmp_path / "x.pid", record)
+        assert load_record(tmp_path / "x.pid") == record
+        assert oct((tmp_path / "x.pid").stat().st_mode & 0o777) == "0o600"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_garbage_pidfile_reads_as_none(tmp_path: Path) -> None:
+    (tmp_path / "bad.pid").write_text("{not json")
+    assert load_record(tmp_path / "bad.pid") is None
+    assert load_record(tmp_path / "missing.pid") is None
+
+
+def test_terminate_tree_kills_stubborn_parent_and_escaped_children(tmp_path: Path) -> None:
+    script = tmp_path / "forker.py"
+    script.write_text(FORKER)
+    spawned = spawn([sys.executable, str(script)], dict(os.environ), tmp_path, tmp_path / "out.log")
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "out.log").read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child, escapee = map(int, (tmp_path / "out.log").read_text().split())
+    assert os.getpgid(spawned.record.pid) == spawned.record.pid  # own group
+    survivors = terminate_tree(spawned.record, grace=0.5)
+    spawned.popen.wait(timeout=5)
+    assert survivors == []
+    for pid in (child, escapee):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_terminate_of_a_gone_process_is_a_no_op() -> None:
+    record = ProcessRecord(pid=2**22 - 1, create_time=1.0, cmdline=["gone"])
+    assert terminate_tree(record, grace=0.1) == []
+
+
+def test_port_in_use_names_the_holder() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PortInUse) as caught:
+            check_port_free("127.0.0.1", port)
+    assert f"pid {os.getpid()}" in str(caught.value)
+    assert "NEXUS_OPENCODE_PORT" in str(caught.value)
+
+
+def test_missing_binary_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BinaryNotFound) as caught:
+        locate_binary(None, tmp_path / "prefix")
+    assert "nexus-ops opencode install" in str(caught.value)
+    with pytest.raises(BinaryNotFound) as configured:
+        locate_binary(tmp_path / "nope", tmp_path)
+    assert "NEXUS_OPENCODE_BIN" in str(configured.value)
+
+
+def test_npm_wrapper_script_is_resolved_to_the_native_binary(
+    opencode_bin: Path, tmp_path: Path
+) -> None:
+    node_modules = tmp_path / "node_modules"
+    wrapper = node_modules / "opencode-ai" / "bin" / "opencode"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text("#!/usr/bin/env node\nrequire('child_process')\n")
+    with pytest.raises(BinaryNotFound, match="wrapper"):
+        locate_binary(wrapper, tmp_path)
+    native = node_modules / "opencode-linux-x64" / "bin" / "opencode"
+    native.parent.mkdir(parents=True)
+    native.symlink_to(opencode_bin)
+    assert locate_binary(wrapper, tmp_path) == native
+    own_script = tmp_path / "my-opencode.sh"
+    own_script.write_text('#!/bin/sh\nexec opencode "$@"\n')
+    assert locate_binary(own_script, tmp_path) == own_script
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    delays = [backoff_delay(n, initial=0.25, cap=4.0, jitter=1.0) for n in range(1, 8)]
+    assert delays == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert backoff_delay(3, initial=0.25, cap=4.0, jitter=0.0) == 0.5

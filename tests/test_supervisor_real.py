@@ -1,0 +1,238 @@
+"""The agent supervising the real OpenCode server, with faults injected."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import RunningAgent, kill_everything_of, nexus_cli, private_env, start_agent, wait_for
+
+from nexus_ops.models import ServerState
+
+pytestmark = pytest.mark.opencode
+
+
+def started_server(agent: RunningAgent) -> int:
+    result = agent.client.start()
+    assert result.ok, result.message
+    assert result.status.state is ServerState.RUNNING
+    assert result.status.pid is not None
+    return result.status.pid
+
+
+def kinds(agent: RunningAgent) -> list[str]:
+    return [e.kind for e in agent.client.events(limit=1000)]
+
+
+def running_with_new_pid(agent: RunningAgent, old: int) -> int | None:
+    status = agent.client.status()
+    if status.state is ServerState.RUNNING and status.healthy and status.pid not in (None, old):
+        return status.pid
+    return None
+
+
+def test_lifecycle_start_status_restart_stop(agent: RunningAgent) -> None:
+    pid = started_server(agent)
+    status = agent.client.status()
+    assert status.version and status.version[0].isdigit()
+    assert status.port == agent.settings.opencode_port
+    assert agent.client.ready().ready
+    assert psutil.Process(pid).is_running()
+
+    restarted = agent.client.restart()
+    assert restarted.ok and restarted.status.pid != pid
+    assert restarted.status.restarts == status.restarts + 1
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    new_pid = restarted.status.pid
+    stopped = agent.client.stop()
+    assert stopped.ok and stopped.survivors == []
+    assert stopped.status.state is ServerState.STOPPED and stopped.status.pid is None
+    assert not psutil.pid_exists(new_pid)
+    assert not agent.client.ready().ready
+    with socket.socket() as sock:  # the port is free again (TIME_WAIT aside)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", agent.settings.opencode_port))
+    assert {"start", "ready", "restart", "stop", "exit"} <= set(kinds(agent))
+
+
+def test_kill_9_is_restarted_and_healthy(agent: RunningAgent) -> None:
+    pid = started_server(agent)
+    os.kill(pid, signal.SIGKILL)
+    new_pid = wait_for(lambda: running_with_new_pid(agent, pid), 30, what="a new healthy server")
+    events = agent.client.events(limit=100)
+    exits = [e for e in events if e.kind == "exit" and e.pid == pid]
+    assert exits and exits[0].reason == "crash" and exits[0].details["signal"] == 9
+    assert any(e.kind == "restart" and e.reason == "crash" for e in events)
+    assert agent.client.status().last_exit is not None
+    assert psutil.Process(int(new_pid)).is_running()  # type: ignore[call-overload]
+
+
+def test_sigstop_is_declared_hung_and_restarted(agent: RunningAgent) -> None:
+    pid = started_server(agent)
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: running_with_new_pid(agent, pid), 40, what="the hung server replaced")
+    events = agent.client.events(limit=100)
+    hung = [e for e in events if e.kind == "hung"]
+    assert hung and hung[0].pid == pid and hung[0].reason == "hang"
+    assert not psutil.pid_exists(pid), "the stopped server must not be left behind"
+
+
+def test_crash_loop_backs_off_then_goes_fatal(nexus_env: dict[str, str], tmp_path: Path) -> None:
+    crasher = tmp_path / "crasher.sh"
+    crasher.write_text("#!/bin/sh\necho 'boom: cannot start' >&2\nexit 3\n")
+    crasher.chmod(0o755)
+    nexus_env.update(NEXUS_OPENCODE_BIN=str(crasher), NEXUS_RESTART_LIMIT="4")
+    running = start_agent(nexus_env)
+    try:
+        result = running.client.start(wait=False)
+        assert result.status.state in (ServerState.STARTING, ServerState.BACKOFF)
+        wait_for(lambda: running.client.status().state is ServerState.FATAL, 40, what="fatal")
+        events = running.client.events(limit=1000)
+        starts = [e.time for e in events if e.kind == "start"]
+        assert len(starts) == 4 + 1  # the operator's start and the limit of restarts
+        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        assert gaps[-1] > gaps[0], f"backoff must grow: {gaps}"
+        assert any(e.kind == "fatal" for e in events)
+        exits = [e for e in events if e.kind == "exit"]
+        assert exits[0].details["code"] == 3
+        time.sleep(2.0)  # fatal: no more tries
+        assert len([e for e in running.client.events(limit=1000) if e.kind == "start"]) == 5
+        assert not running.client.ready().ready
+        log = "\n".join(running.client.logs(50))
+        assert "boom: cannot start" in log
+    finally:
+        running.client.close()
+        running.stop()
+
+
+def test_killed_agent_leaves_server_and_new_agent_adopts(agent: RunningAgent) -> None:
+    pid = started_server(agent)
+    starts_before = kinds(agent).count("start")
+    agent.stop(signal.SIGKILL)
+    time.sleep(0.5)
+    assert psutil.Process(pid).is_running(), "the server must outlive its agent"
+    second = start_agent(agent.env)
+    try:
+        status = wait_for(lambda: second.client.ready().ready and second.client.status(), 20)
+        assert status.pid == pid  # type: ignore[attr-defined]
+        all_kinds = kinds(second)
+        assert all_kinds.count("start") == starts_before, "adoption must not restart"
+        assert "adopt" in all_kinds
+    finally:
+        second.client.close()
+        second.stop()
+    assert psutil.Process(pid).is_running(), "stopping the agent leaves the server running"
+
+
+def test_stale_pidfile_with_reused_pid_is_never_signalled(nexus_env: dict[str, str]) -> None:
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        record = {"pid": bystander.pid, "create_time": 1000.0, "cmdline": ["opencode", "serve"]}
+        pidfile = Path(nexus_env["NEXUS_HOME"]) / "opencode.pid"
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        pidfile.write_text(__import__("json").dumps(record))
+        running = start_agent(nexus_env)
+        try:
+            events = running.client.events()
+            stale = [e for e in events if e.kind == "stale_pidfile"]
+            assert stale and stale[0].pid == bystander.pid
+            assert running.client.status().pid is None
+        finally:
+            running.client.close()
+            running.stop()
+        assert bystander.poll() is None, "a reused pid must never be signalled"
+        assert not pidfile.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_port_taken_is_a_clear_error(agent: RunningAgent) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", agent.settings.opencode_port))
+        holder.listen()
+        done = nexus_cli(agent.env, "server", "start")
+        assert done.returncode == 1
+        assert f"port {agent.settings.opencode_port}" in done.stderr
+        assert f"pid {os.getpid()}" in done.stderr, done.stderr  # names the holder
+        assert "NEXUS_OPENCODE_PORT" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert agent.client.status().state is ServerState.STOPPED
+
+
+def test_desired_stop_survives_an_agent_restart(agent: RunningAgent) -> None:
+    started_server(agent)
+    agent.client.stop()
+    agent.stop()
+    second = start_agent(agent.env)
+    try:
+        time.sleep(1.5)
+        status = second.client.status()
+        assert status.state is ServerState.STOPPED and status.desired == "stopped"
+    finally:
+        second.client.close()
+        second.stop()
+
+
+def test_memory_limit_restarts_the_server(nexus_env: dict[str, str]) -> None:
+    nexus_env.update(NEXUS_MEMORY_LIMIT_MB="64", NEXUS_MEMORY_LIMIT_DURATION="2")
+    running = start_agent(nexus_env)
+    try:
+        pid = started_server(running)
+        wait_for(lambda: any(e.kind == "memory_limit" for e in running.client.events()), 30)
+        event = next(e for e in running.client.events() if e.kind == "memory_limit")
+        assert event.pid == pid and "MiB" in event.message
+        wait_for(lambda: running_with_new_pid(running, pid), 30, what="restart after memory")
+    finally:
+        running.client.close()
+        running.stop()
+
+
+def test_server_log_is_rotated_by_size(nexus_env: dict[str, str]) -> None:
+    nexus_env.update(NEXUS_LOG_MAX_BYTES="1024", NEXUS_LOG_BACKUPS="2")
+    running = start_agent(nexus_env)
+    try:
+        started_server(running)
+        logs = Path(nexus_env["NEXUS_HOME"]) / "logs"
+        wait_for(lambda: (logs / "opencode.log.1").exists(), 20, what="a rotated log")
+        assert "opencode server listening" in (logs / "opencode.log.1").read_text()
+        assert not (logs / "opencode.log.3").exists()
+    finally:
+        running.client.close()
+        running.stop()
+
+
+def test_agent_daemon_start_and_stop_leave_server_running(
+    tmp_path: Path, opencode_bin: Path
+) -> None:
+    env = private_env(tmp_path, {"NEXUS_OPENCODE_BIN": str(opencode_bin)})
+    try:
+        started = nexus_cli(env, "agent", "start")
+        assert started.returncode == 0, started.stderr
+        status = nexus_cli(env, "server", "start")
+        assert status.returncode == 0, status.stderr
+        assert "state running" in status.stdout
+        as_json = nexus_cli(env, "server", "status", "--json")
+        body = __import__("json").loads(as_json.stdout)
+        assert {
+            "state",
+            "pid",
+            "version",
+            "port",
+            "uptime_seconds",
+            "restarts",
+            "last_exit",
+        } <= set(body)
+        stopped = nexus_cli(env, "agent", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert psutil.Process(body["pid"]).is_running()
+        assert nexus_cli(env, "agent", "status").returncode == 3
+    finally:
+        kill_everything_of(env)
