@@ -82,5 +82,5 @@ def test_secrets_are_masked() -> None:
     assert mask_setting("opencode_port", "4096") == "4096"
     assert mask_setting("prometheus_url", "http://u:pw@h:9090") == f"http://u:{MASK}@h:9090"
     assert redact("Authorization: Bearer abc.def", []) == f"Authorization: Bearer {MASK}"
-    rows = dict((v, val) for v, val, _ in settings_table(load_settings({})))
+    rows = {v: val for v, val, _ in settings_table(load_settings({}))}
     assert rows["NEXUS_AGENT_PORT"] == "1420"

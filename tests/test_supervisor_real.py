@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -97,7 +98,7 @@ def test_crash_loop_backs_off_then_goes_fatal(nexus_env: dict[str, str], tmp_pat
         events = running.client.events(limit=1000)
         starts = [e.time for e in events if e.kind == "start"]
         assert len(starts) == 4 + 1  # the operator's start and the limit of restarts
-        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert gaps[-1] > gaps[0], f"backoff must grow: {gaps}"
         assert any(e.kind == "fatal" for e in events)
         exits = [e for e in events if e.kind == "exit"]
