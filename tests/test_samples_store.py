@@ -91,7 +91,7 @@ def test_rollups_survive_a_reopen_mid_window(tmp_path) -> None:
     hours = store.read_rollup(sid, HOUR, T0, T0 + 7200)
     assert hours.counts.tolist() == [3600, 3600]
     assert hours.sums.tolist() == [values[:3600].sum(), values[3600:].sum()]
-    t, v = store.read_raw(sid, T0, T0 + 7200)
+    _, v = store.read_raw(sid, T0, T0 + 7200)
     assert np.array_equal(v, values)
 
 

@@ -1,0 +1,102 @@
+"""deploy/prometheus and deploy/grafana: checked by promtool, the dashboard's PromQL too."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+DASHBOARD = ROOT / "deploy" / "grafana" / "nexus-ops-dashboard.json"
+
+pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+
+
+def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["promtool", *args], capture_output=True, text=True, cwd=cwd, timeout=60, check=False
+    )
+
+
+def test_scrape_config_is_valid(tmp_path: Path) -> None:
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    job = config["scrape_configs"][0]
+    assert job["scrape_interval"] == "5s"
+    assert job["authorization"]["type"] == "Bearer"
+    assert [t.endswith(":1420") for t in job["static_configs"][0]["targets"]] == [True]
+    # promtool wants the credentials file to exist: check a copy pointing at a real one.
+    copy = tmp_path / "prometheus"
+    shutil.copytree(PROMETHEUS, copy)
+    token = tmp_path / "agent.token"
+    token.write_text("t0ken\n")
+    text = (copy / "prometheus.yml").read_text()
+    (copy / "prometheus.yml").write_text(text.replace("/run/secrets/agent.token", str(token)))
+    done = promtool("check", "config", str(copy / "prometheus.yml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_alert_rules_are_valid_and_behave() -> None:
+    rules = PROMETHEUS / "rules" / "nexus-ops.rules.yml"
+    done = promtool("check", "rules", str(rules))
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = {r["alert"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"]}
+    assert {
+        "OpenCodeServerDown",
+        "OpenCodeRestartRate",
+        "OpenCodeMemoryGrowth",
+        "OpenCodeRequestLatency",
+    } <= names
+    tested = promtool("test", "rules", "nexus-ops.rules.test.yml", cwd=PROMETHEUS / "tests")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def _dashboard_exprs() -> list[str]:
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    exprs += [a["expr"] for a in board["annotations"]["list"] if "expr" in a]
+    return exprs
+
+
+def test_dashboard_has_the_seed_panels() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    panels = {p["title"]: p for p in board["panels"]}
+    status = panels["Server Status"]
+    assert status["type"] == "stat"
+    assert status["targets"][0]["expr"].startswith("opencode_server_status{")
+    texts = status["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert (texts["0"]["text"], texts["1"]["text"]) == ("DOWN", "UP")
+    duration = panels["Request Duration"]
+    assert duration["type"] == "timeseries"
+    assert all("opencode_request_duration_seconds_bucket" in t["expr"] for t in duration["targets"])
+    for title in (
+        "Uptime",
+        "Restarts",
+        "Memory",
+        "CPU",
+        "TCP connections by state",
+        "Sessions by status",
+    ):
+        assert title in panels
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_promql_parses(tmp_path: Path) -> None:
+    # promtool parses the expressions of recording rules: one rule per panel query.
+    grafana_vars = {"$__rate_interval": "1m", "$__range": "1h", "$instance": ".*"}
+    rules = []
+    for index, expr in enumerate(_dashboard_exprs()):
+        for var, value in grafana_vars.items():
+            expr = expr.replace(var, value)
+        rules.append({"record": f"dashboard:query{index}", "expr": expr})
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = promtool("check", "rules", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in done.stdout
