@@ -229,5 +229,13 @@ def tree_rss(record: ProcessRecord) -> int | None:
     return total
 
 
+def self_usage() -> tuple[float, int]:
+    """(CPU seconds, resident bytes) of this process."""
+    proc = psutil.Process()
+    with proc.oneshot():
+        cpu = proc.cpu_times()
+        return cpu.user + cpu.system, proc.memory_info().rss
+
+
 def uptime(record: ProcessRecord) -> float:
     return max(0.0, time.time() - record.create_time)

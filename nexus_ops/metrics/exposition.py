@@ -7,16 +7,15 @@ histogram observed on every request the agent makes to the server.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 
-import psutil
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from nexus_ops.models import Counters, ServerState, ServerStatus
+from nexus_ops.process import self_usage
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -68,19 +67,16 @@ class AgentCollector(Collector):
     """The agent's own process: CPU, memory, uptime and version."""
 
     def __init__(self, version: str) -> None:
-        self._proc = psutil.Process(os.getpid())
         self._version = version
         self._started = time.time()
 
     def collect(self) -> Iterator[Metric]:
-        with self._proc.oneshot():
-            cpu = self._proc.cpu_times()
-            rss = self._proc.memory_info().rss
+        cpu_seconds, rss = self_usage()
         info = GaugeMetricFamily("nexus_agent_info", "Agent version.", labels=["version"])
         info.add_metric([self._version], 1.0)
         yield info
         cpu_total = CounterMetricFamily("nexus_agent_cpu_seconds", "Agent CPU time.")
-        cpu_total.add_metric([], cpu.user + cpu.system)
+        cpu_total.add_metric([], cpu_seconds)
         yield cpu_total
         memory = GaugeMetricFamily("nexus_agent_resident_memory_bytes", "Agent resident memory.")
         memory.add_metric([], float(rss))
@@ -93,7 +89,8 @@ class AgentCollector(Collector):
 class Exposition:
     """The agent's registry: collectors plus the request-duration histogram.
 
-    >>> from nexus_ops.models import Counters, ServerStatus, ServerState
+    >>> from nexus_ops.process import self_usage
+from nexus_ops.models import Counters, ServerStatus, ServerState
     >>> expo = Exposition(lambda: ServerStatus(state=ServerState.STOPPED, desired="stopped",
     ...                   port=4096), Counters, version="0.1.0")
     >>> b"opencode_server_status 0.0" in expo.render()
