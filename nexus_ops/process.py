@@ -239,3 +239,88 @@ def self_usage() -> tuple[float, int]:
 
 def uptime(record: ProcessRecord) -> float:
     return max(0.0, time.time() - record.create_time)
+
+
+# Connection states always counted (0 when absent), so their series exist from the start.
+CONNECTION_STATES = ("ESTABLISHED", "CLOSE_WAIT", "LISTEN", "FIN_WAIT1", "FIN_WAIT2", "LAST_ACK")
+
+
+@dataclass(frozen=True)
+class TreeUsage:
+    """One look at a process tree: CPU seconds per member and the tree's totals."""
+
+    pid: int
+    cpu_seconds: dict[int, float]
+    rss_bytes: int
+    threads: int
+    open_fds: int
+    children: int
+    connections: dict[str, int]
+
+
+def child_pids(pid: int, proc_root: Path = Path("/proc")) -> list[int] | None:
+    """Direct children of ``pid`` from /proc (None where the kernel does not say)."""
+    found: list[int] = []
+    try:
+        for task in (proc_root / str(pid) / "task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                found.extend(int(p) for p in (task / "children").read_text().split())
+    except FileNotFoundError:
+        return [] if not (proc_root / str(pid)).exists() else None
+    except (NotADirectoryError, PermissionError):
+        return None
+    return found
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants, found through /proc/<pid>/task/*/children.
+
+    Unlike psutil's ``children()``, this never reads the whole host's process
+    list; psutil is the fallback where the kernel has no ``children`` files.
+    """
+    order, queue = [], [pid]
+    while queue:
+        current = queue.pop(0)
+        order.append(current)
+        kids = child_pids(current)
+        if kids is None:
+            with contextlib.suppress(psutil.Error):
+                order.extend(p.pid for p in psutil.Process(current).children(recursive=True))
+            continue
+        queue.extend(k for k in kids if k not in order)
+    return order
+
+
+def tree_usage(record: ProcessRecord, port: int | None) -> TreeUsage | None:
+    """CPU, memory, threads, fds and children of a process tree, and its sockets on ``port``.
+
+    None when the process of ``record`` is gone (or its pid now belongs to another).
+    """
+    root = find_live(record)
+    if root is None:
+        return None
+    members = [root]
+    for pid in tree_pids(record.pid)[1:]:
+        with contextlib.suppress(psutil.Error):
+            members.append(psutil.Process(pid))
+    cpu: dict[int, float] = {}
+    rss = threads = fds = 0
+    for proc in members:
+        with contextlib.suppress(psutil.Error), proc.oneshot():
+            times = proc.cpu_times()
+            cpu[proc.pid] = times.user + times.system
+            rss += proc.memory_info().rss
+            threads += proc.num_threads()
+            fds += proc.num_fds()
+    conns = connections_on(root, port) if port else {}
+    return TreeUsage(record.pid, cpu, rss, threads, fds, len(members) - 1, conns)
+
+
+def connections_on(proc: psutil.Process, port: int) -> dict[str, int]:
+    """The process's TCP sockets on its own ``port``, counted by state."""
+    counts = dict.fromkeys(CONNECTION_STATES, 0)
+    with contextlib.suppress(psutil.Error):
+        for conn in proc.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port:
+                counts[conn.status] = counts.get(conn.status, 0) + 1
+    return counts

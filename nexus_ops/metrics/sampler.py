@@ -145,7 +145,7 @@ class Sampler:
         return reading
 
     def _measure(self, record: ProcessRecord | None) -> tuple[TreeStats | None, tuple[float, ...]]:
-        tree = self._tree.sample(record.pid if record else None, self.port)
+        tree = self._tree.sample(record, self.port)
         return tree, self._self.sample()
 
     # -- what a reading holds ------------------------------------------------------
