@@ -169,3 +169,14 @@ def nexus_cli(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def opencode_config(opencode_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OpenCode's config folder with its npm plugin installed: prepared once per session.
+
+    Copy it into a test's environment with ``backup_helpers.install_config``.
+    """
+    from backup_helpers import prepare_opencode_config
+
+    return prepare_opencode_config(opencode_bin, tmp_path_factory.mktemp("opencode-config"))

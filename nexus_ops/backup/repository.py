@@ -1,0 +1,145 @@
+"""The backups folder: names, listing, reading and deleting backups.
+
+A backup is two files: ``<id>.tar.gz`` and ``<id>.json`` (its manifest). The
+archive is written as ``.<id>.tar.gz.part``, synced and renamed; the manifest is
+written last, atomically. Only a backup whose manifest exists is listed, so an
+interrupted backup (even by ``kill -9``) is never offered for a restore; its
+partial files are removed by the next create or prune.
+
+>>> import tempfile
+>>> repo = BackupRepository(Path(tempfile.mkdtemp()))
+>>> repo.manifests()
+[]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from nexus_ops.backup.models import Manifest
+from nexus_ops.errors import BackupError
+from nexus_ops.locks import FileLock, LockBusy
+from nexus_ops.paths import atomic_write, fsync_dir
+
+ARCHIVE_SUFFIX = ".tar.gz"
+MANIFEST_SUFFIX = ".json"
+PARTIAL_SUFFIX = ".part"
+SCRATCH_SUFFIX = ".scratch"
+
+
+class BackupRepository:
+    """Backups kept in one folder (``Layout.backups``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    # Names.
+    def new_id(self, now: float | None = None) -> str:
+        stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+        return f"{stamp:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+
+    def archive_path(self, backup_id: str) -> Path:
+        return self.folder / f"{backup_id}{ARCHIVE_SUFFIX}"
+
+    def manifest_path(self, backup_id: str) -> Path:
+        return self.folder / f"{backup_id}{MANIFEST_SUFFIX}"
+
+    def partial_path(self, backup_id: str) -> Path:
+        return self.folder / f".{backup_id}{ARCHIVE_SUFFIX}{PARTIAL_SUFFIX}"
+
+    def scratch_dir(self, backup_id: str) -> Path:
+        """A private folder for database copies while a backup is written."""
+        path = self.folder / f".{backup_id}{SCRATCH_SUFFIX}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def lock(self, what: str, wait: float = 0.0) -> FileLock:
+        """The lock every create, prune and restore holds; raise BackupError if busy."""
+        try:
+            return FileLock(self.folder / ".lock", what).acquire(wait)
+        except LockBusy as exc:
+            raise BackupError(exc.message, hint=exc.hint) from None
+
+    # Reading.
+    def manifests(self) -> list[Manifest]:
+        """Complete backups, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in self.folder.glob(f"*{MANIFEST_SUFFIX}"):
+            manifest = self._read(path)
+            if manifest is not None and self.archive_path(manifest.id).is_file():
+                found.append(manifest)
+        return sorted(found, key=lambda m: (m.created, m.id))
+
+    def get(self, backup_id: str) -> Manifest:
+        """The manifest of ``backup_id``; a clear error if there is no such backup."""
+        path = self.manifest_path(backup_id)
+        manifest = self._read(path) if path.is_file() else None
+        if manifest is None or not self.archive_path(backup_id).is_file():
+            known = [m.id for m in self.manifests()[-5:]]
+            raise BackupError(
+                f"there is no backup {backup_id!r} in {self.folder}",
+                hint="`nexus-ops backup list` shows the backups"
+                + (f"; the newest are {', '.join(known)}" if known else "; there are none yet"),
+            )
+        return manifest
+
+    @staticmethod
+    def _read(path: Path) -> Manifest | None:
+        try:
+            return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, ValidationError):
+            return None
+
+    # Writing.
+    def publish(self, partial: Path, manifest: Manifest) -> None:
+        """Rename the finished archive into place, then write its manifest (last)."""
+        partial.replace(self.archive_path(manifest.id))
+        fsync_dir(self.folder)
+        data = manifest.model_dump_json(indent=1).encode()
+        atomic_write(self.manifest_path(manifest.id), data)
+
+    def delete(self, backup_id: str) -> int:
+        """Remove a backup (manifest first, so it is never listed half-deleted); bytes freed."""
+        freed = 0
+        for path in (self.manifest_path(backup_id), self.archive_path(backup_id)):
+            with contextlib.suppress(FileNotFoundError):
+                freed += path.stat().st_size
+                path.unlink()
+        return freed
+
+    def leftovers(self) -> list[Path]:
+        """Partial archives, scratch folders and archives without a manifest.
+
+        Only meaningful while holding :meth:`lock`: then nobody is writing them.
+        """
+        if not self.folder.is_dir():
+            return []
+        found = [*self.folder.glob(f".*{PARTIAL_SUFFIX}"), *self.folder.glob(f".*{SCRATCH_SUFFIX}")]
+        for archive in self.folder.glob(f"*{ARCHIVE_SUFFIX}"):
+            backup_id = archive.name[: -len(ARCHIVE_SUFFIX)]
+            if not self.manifest_path(backup_id).is_file():
+                found.append(archive)
+        return sorted(found)
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove :meth:`leftovers`; return their names."""
+        removed = []
+        for path in self.leftovers():
+            if path.is_dir():
+                for child in path.iterdir():
+                    child.unlink()
+                path.rmdir()
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed.append(path.name)
+        return removed
