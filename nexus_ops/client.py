@@ -7,12 +7,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Generator, Mapping
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 
 from nexus_ops.config import Settings
 from nexus_ops.errors import AgentError, AgentUnavailable, Unauthorized
+from nexus_ops.metrics.frames import frame_from_payload, labels_text
 from nexus_ops.models import ActionResult, AgentHealth, Event, Readiness, ServerStatus
 from nexus_ops.paths import Layout
 
@@ -25,27 +31,19 @@ class AgentClient:
     def __init__(
         self,
         base_url: str,
-        token: str,
+        token: str | Path,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-            transport=transport,
+            base_url=self.base_url, auth=BearerAuth(token), timeout=timeout, transport=transport
         )
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float = 10.0) -> AgentClient:
         """A client of the agent of these settings, with the token from its secrets folder."""
-        token_file = Layout(settings.home).agent_token_file
-        try:
-            token = token_file.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            token = ""
-        return cls(settings.agent_base_url, token, timeout=timeout)
+        return cls(settings.agent_base_url, Layout(settings.home).agent_token_file, timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -131,6 +129,67 @@ class AgentClient:
 
     def openapi(self) -> dict[str, Any]:
         return dict(self.json("GET", f"{API}/openapi.json"))
+
+    def query_metrics(
+        self,
+        metric: str,
+        labels: Mapping[str, str] | str | None = None,
+        start: str | float | datetime = "1h",
+        end: str | float | datetime = "now",
+        max_points: int = 2000,
+        resolution: str = "auto",
+        method: str = "minmax",
+        agg: str = "mean",
+    ) -> pd.DataFrame:
+        """Metric history as a tidy DataFrame (time, metric, labels, value).
+
+        ``start``/``end``: epoch seconds, a datetime, ISO 8601 text, ``now``, or a
+        duration before now (``24h``). See :class:`nexus_ops.metrics.backends.MetricQuery`.
+        """
+        params: dict[str, Any] = {
+            "metric": metric,
+            "start": _time_param(start),
+            "end": _time_param(end),
+            "max_points": max_points,
+            "resolution": resolution,
+            "method": method,
+            "agg": agg,
+        }
+        if labels:
+            params["labels"] = labels if isinstance(labels, str) else labels_text(labels)
+        return frame_from_payload(self.json("GET", f"{API}/metrics/query", params=params))
+
+    def metric_names(self) -> list[str]:
+        """Names of the metrics the agent's store holds."""
+        return list(self.json("GET", f"{API}/metrics/names"))
+
+    def metrics_store(self) -> dict[str, Any]:
+        """Size of the agent's metrics.db, its samples, and each tier's retention."""
+        return dict(self.json("GET", f"{API}/metrics/store"))
+
+
+def _time_param(value: str | float | datetime) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+class BearerAuth(httpx.Auth):
+    """The agent's token, given or read from its file when first needed.
+
+    The file is read late because a client may be made before the agent that
+    writes the token has started.
+    """
+
+    def __init__(self, token: str | Path) -> None:
+        self._token = token if isinstance(token, str) else ""
+        self._file = token if isinstance(token, Path) else None
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if not self._token and self._file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._token = self._file.read_text(encoding="utf-8").strip()
+        if self._token:
+            request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
 
 
 def _error(response: httpx.Response) -> AgentError:
