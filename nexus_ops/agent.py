@@ -37,6 +37,7 @@ from nexus_ops.errors import (
     Unauthorized,
 )
 from nexus_ops.metrics.exposition import CONTENT_TYPE, Exposition
+from nexus_ops.metrics.service import MetricsService
 from nexus_ops.models import (
     ActionResult,
     AgentHealth,
@@ -73,6 +74,7 @@ class AgentContext:
     supervisor: Supervisor
     exposition: Exposition
     started: float = field(default_factory=time.time)
+    metrics: MetricsService | None = None
 
 
 class LogTail(Frozen):
@@ -105,9 +107,12 @@ def create_app(
         exposition = Exposition(supervisor.status, lambda: supervisor.counters, __version__)
         supervisor.request_observers.append(exposition.observe_request)
         ctx = AgentContext(settings, layout, token, database, journal, supervisor, exposition)
+        ctx.metrics = MetricsService(settings, supervisor)
+        exposition.registry.register(ctx.metrics.collector())
         app.state.ctx = ctx
         journal.record(EventKind.AGENT_START, pid=os.getpid(), message=f"agent {__version__}")
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(job(ctx)) for job in jobs or []]
+        tasks.append(asyncio.create_task(ctx.metrics.run()))
         if manage:
             tasks.append(asyncio.create_task(supervisor.run()))
         try:
@@ -119,6 +124,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await supervisor.shutdown()
+            await asyncio.to_thread(ctx.metrics.close)
             journal.record(EventKind.AGENT_STOP, pid=os.getpid(), message="agent stopped")
             database.close()
 
@@ -265,6 +271,34 @@ def api_router() -> APIRouter:
         """The tail of the server's log, optionally only lines containing a text."""
         tail = await asyncio.to_thread(logs.tail, ctx.layout.server_log, lines, contains)
         return LogTail(lines=[_redact_line(ctx, line) for line in tail])
+
+    @router.get(f"{API}/metrics/query", tags=["metrics"])
+    def query_metrics(
+        ctx: Ctx,
+        metric: Annotated[str, Query(description="Metric name, e.g. opencode_connections.")],
+        labels: Annotated[str | None, Query(description="name=value,... to match.")] = None,
+        start: Annotated[str, Query(description="Epoch s, ISO 8601, or 24h ago.")] = "1h",
+        end: Annotated[str, Query(description="Epoch s, ISO 8601, or now.")] = "now",
+        max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000,
+        resolution: Annotated[str, Query(description="auto, raw, 1m or 1h.")] = "auto",
+        method: Annotated[str, Query(description="minmax, lttb or none.")] = "minmax",
+        agg: Annotated[str, Query(description="mean, min, max, sum or count.")] = "mean",
+    ) -> dict[str, Any]:
+        """Metric history from metrics.db: one entry per series (times, values)."""
+        assert ctx.metrics is not None
+        return ctx.metrics.query(metric, labels, start, end, max_points, resolution, method, agg)
+
+    @router.get(f"{API}/metrics/names", tags=["metrics"])
+    def metric_names(ctx: Ctx) -> list[str]:
+        """Names of the metrics metrics.db holds."""
+        assert ctx.metrics is not None
+        return ctx.metrics.names()
+
+    @router.get(f"{API}/metrics/store", tags=["metrics"])
+    def metrics_store(ctx: Ctx) -> dict[str, Any]:
+        """Size of metrics.db on disk, its samples, and each tier's retention."""
+        assert ctx.metrics is not None
+        return ctx.metrics.store_info()
 
     @router.get(f"{API}/config", tags=["meta"])
     async def config(ctx: Ctx) -> ConfigView:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from nexus_ops.metrics.sampler import Reading
 from nexus_ops.models import Counters, ServerState, ServerStatus
 from nexus_ops.process import self_usage
 
@@ -89,8 +90,7 @@ class AgentCollector(Collector):
 class Exposition:
     """The agent's registry: collectors plus the request-duration histogram.
 
-    >>> from nexus_ops.process import self_usage
-from nexus_ops.models import Counters, ServerStatus, ServerState
+    >>> from nexus_ops.models import Counters, ServerStatus, ServerState
     >>> expo = Exposition(lambda: ServerStatus(state=ServerState.STOPPED, desired="stopped",
     ...                   port=4096), Counters, version="0.1.0")
     >>> b"opencode_server_status 0.0" in expo.render()
@@ -116,3 +116,74 @@ from nexus_ops.models import Counters, ServerStatus, ServerState
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class SamplerCollector(Collector):
+    """The process tree, its sockets and sessions from the sampler's latest reading,
+    and the size of the sample store.
+
+    Status, uptime, starts and the agent's own CPU and memory come from the
+    collectors above; the CPU percents the sampler keeps are left to PromQL's
+    ``rate()``.
+    """
+
+    GAUGES = (
+        ("opencode_process_resident_memory_bytes", "Resident memory of the server's process tree."),
+        ("opencode_process_threads", "Threads of the server's process tree."),
+        ("opencode_process_open_fds", "Open file descriptors of the server's process tree."),
+        ("opencode_process_children", "Descendant processes of the server."),
+    )
+
+    def __init__(
+        self, latest: Callable[[], Reading | None], store: Callable[[], tuple[int, int]]
+    ) -> None:
+        self._latest = latest
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        reading = self._latest()
+        values = reading.values if reading else []
+        cpu = CounterMetricFamily(
+            "opencode_process_cpu_seconds", "CPU time of the server's process tree."
+        )
+        for metric, _, value in values:
+            if metric == "opencode_process_cpu_seconds_total":
+                cpu.add_metric([], value)
+        yield cpu
+        for name, text in self.GAUGES:
+            gauge = GaugeMetricFamily(name, text)
+            for metric, _, value in values:
+                if metric == name:
+                    gauge.add_metric([], value)
+            yield gauge
+        yield _labelled(
+            values,
+            "opencode_connections",
+            "state",
+            "TCP sockets of the server on its port, by state.",
+        )
+        yield _labelled(
+            values,
+            "opencode_sessions",
+            "status",
+            "Sessions of the server by status (idle, busy, retry).",
+        )
+        size, dropped = self._store()
+        store = GaugeMetricFamily("nexus_agent_metrics_store_bytes", "Size of metrics.db on disk.")
+        store.add_metric([], float(size))
+        yield store
+        lost = CounterMetricFamily(
+            "nexus_agent_metrics_samples_dropped", "Samples refused (out of order or NaN)."
+        )
+        lost.add_metric([], float(dropped))
+        yield lost
+
+
+def _labelled(
+    values: list[tuple[str, dict[str, str], float]], name: str, label: str, text: str
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, text, labels=[label])
+    for metric, labels, value in values:
+        if metric == name:
+            family.add_metric([labels.get(label, "")], value)
+    return family

@@ -196,3 +196,30 @@ def minmax_indices(times: Floats, values: Floats, buckets: int) -> Indices:
 def _first_true_per_segment(flags: npt.NDArray[np.bool_], starts: Indices) -> Indices:
     hits = np.flatnonzero(flags)
     return hits[np.searchsorted(hits, starts)].astype(np.int64)
+
+
+def frame_to_payload(frame: pd.DataFrame) -> dict[str, object]:
+    """A tidy frame as JSON-ready columns per series (times in epoch seconds; NaN as null)."""
+    series = []
+    if len(frame):
+        for (metric, labels), rows in frame.groupby(["metric", "labels"], sort=True):
+            values = rows["value"].to_numpy(dtype=np.float64)
+            series.append(
+                {
+                    "metric": metric,
+                    "labels": labels,
+                    "times": (rows["time"].astype("int64") / 1e9).round(3).tolist(),
+                    "values": [v if np.isfinite(v) else None for v in values.tolist()],
+                }
+            )
+    return {"columns": COLUMNS, "series": series}
+
+
+def frame_from_payload(payload: Mapping[str, object]) -> pd.DataFrame:
+    """The tidy frame of :func:`frame_to_payload`'s output."""
+    frames = []
+    for item in payload.get("series", []):  # type: ignore[attr-defined]
+        values = np.array([np.nan if v is None else v for v in item["values"]], dtype=np.float64)
+        times = np.asarray(item["times"], dtype=np.float64)
+        frames.append(tidy_frame(str(item["metric"]), str(item["labels"]), times, values))
+    return concat_frames(frames)

@@ -56,8 +56,12 @@ class ServerView(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    counters: Counters
-    client: OpenCodeApi
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def client(self) -> OpenCodeApi: ...
+
     request_observers: list[RequestObserver]
 
 

@@ -1,0 +1,94 @@
+"""The agent's metrics, assembled: sample store, sampler, queries and exposition.
+
+>>> # metrics = MetricsService(settings, supervisor)
+>>> # exposition.registry.register(metrics.collector()); await metrics.run()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from nexus_ops.config import Settings
+from nexus_ops.metrics.backends import MetricQuery, SQLiteBackend, open_store
+from nexus_ops.metrics.exposition import SamplerCollector
+from nexus_ops.metrics.frames import frame_to_payload, parse_labels, parse_time
+from nexus_ops.metrics.sampler import Sampler, ServerView
+
+
+class MetricsService:
+    """Owns ``metrics.db``, samples the server into it, answers queries on it."""
+
+    def __init__(
+        self, settings: Settings, server: ServerView, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.store = open_store(settings)
+        self.sampler = Sampler(
+            self.store,
+            server,
+            port=settings.opencode_port,
+            interval=settings.metrics_interval,
+            flush_interval=settings.metrics_flush_interval,
+            clock=clock,
+        )
+        self.backend = SQLiteBackend(self.store, clock=clock)
+        self._clock = clock
+
+    async def run(self) -> None:
+        """Sample until cancelled (then write what is pending)."""
+        await self.sampler.run()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def collector(self) -> SamplerCollector:
+        """The /metrics collector of the sampler's latest reading and the store's size."""
+        return SamplerCollector(
+            lambda: self.sampler.latest, lambda: (self.store.size_bytes(), self.store.dropped)
+        )
+
+    def query(
+        self,
+        metric: str,
+        labels: str | None = None,
+        start: str | float = "1h",
+        end: str | float = "now",
+        max_points: int = 2000,
+        resolution: str = "auto",
+        method: str = "minmax",
+        agg: str = "mean",
+    ) -> dict[str, Any]:
+        """A query from the API's parameters; the answer as JSON-ready series."""
+        now = self._clock()
+        query = MetricQuery(
+            metric=metric,
+            labels=parse_labels(labels),
+            start=parse_time(start, now, "start"),
+            end=parse_time(end, now, "end"),
+            max_points=max_points,
+            resolution=resolution,  # type: ignore[arg-type]  # checked by MetricQuery
+            method=method,
+            agg=agg,  # type: ignore[arg-type]
+        )
+        frame = self.backend.query(query)
+        tier = self.backend.pick_tier(query)
+        payload = frame_to_payload(frame)
+        payload.update(
+            metric=metric, start=query.start, end=min(query.end, now), resolution=tier.name
+        )
+        return payload
+
+    def store_info(self) -> dict[str, Any]:
+        """Size and content of metrics.db, and the retention of each tier."""
+        stats = self.store.stats()
+        info = asdict(stats)
+        info["bytes_per_raw_sample"] = round(stats.bytes_per_raw_sample, 3)
+        info["retention_seconds"] = {t.name: t.retention for t in self.store.tiers}
+        info["interval"] = self.sampler.interval
+        return info
+
+    def names(self) -> list[str]:
+        return self.store.metrics()

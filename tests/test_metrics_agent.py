@@ -1,0 +1,171 @@
+"""The sampler in a real agent, against the real OpenCode server: values present and sane."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from conftest import RunningAgent, start_agent, wait_for
+
+from nexus_ops.errors import AgentError
+from nexus_ops.paths import Layout
+
+pytestmark = pytest.mark.opencode
+
+
+@pytest.fixture
+def sampled_agent(nexus_env: dict[str, str]) -> Iterator[RunningAgent]:
+    """A real agent sampling every second, with its server started."""
+    nexus_env.update(NEXUS_METRICS_INTERVAL="1", NEXUS_METRICS_FLUSH_INTERVAL="1")
+    running = start_agent(nexus_env)
+    try:
+        assert running.client.start(wait=True).ok
+        yield running
+    finally:
+        running.client.close()
+        running.stop()
+
+
+def _latest(agent: RunningAgent, metric: str, **labels: str) -> float:
+    frame = agent.client.query_metrics(metric, labels=labels or None, start="5m")
+    assert not frame.empty, f"no samples of {metric} {labels}"
+    return float(frame["value"].iloc[-1])
+
+
+def _sample_after(agent: RunningAgent, metric: str, after: float) -> float | None:
+    frame = agent.client.query_metrics(metric, start="1m")
+    fresh = frame[frame["time"].astype("int64") / 1e9 > after]
+    return float(fresh["value"].iloc[0]) if len(fresh) else None
+
+
+def _server_password(agent: RunningAgent) -> str:
+    path = Layout(agent.settings.home).server_password_file
+    return path.read_text().strip()
+
+
+def test_sampler_measures_the_real_server(sampled_agent: RunningAgent) -> None:
+    agent = sampled_agent
+    pid = agent.client.status().pid
+    assert pid is not None
+    wait_for(
+        lambda: len(agent.client.query_metrics("opencode_process_threads", start="5m")) >= 3,
+        timeout=30,
+        what="three samples of the server",
+    )
+    server = psutil.Process(pid)
+    # The sampler's number is the one psutil reports for the pid (the server has no
+    # children): it lies between psutil's readings just before and after the sample.
+    before, asked = server.memory_info().rss, time.time()
+    rss = float(
+        wait_for(
+            lambda: _sample_after(agent, "opencode_process_resident_memory_bytes", asked),
+            timeout=10,
+            what="a fresh sample",
+        )
+    )
+    after = server.memory_info().rss
+    assert min(before, after) * 0.99 <= rss <= max(before, after) * 1.01
+    assert 50e6 < rss < 4e9
+    assert _latest(agent, "opencode_process_threads") == pytest.approx(server.num_threads(), abs=4)
+    assert _latest(agent, "opencode_process_open_fds") == pytest.approx(server.num_fds(), abs=8)
+    assert _latest(agent, "opencode_process_children") == len(server.children(recursive=True))
+    assert _latest(agent, "opencode_connections", state="LISTEN") == 1
+    assert _latest(agent, "opencode_server_status") == 1
+    uptime = _latest(agent, "opencode_server_uptime_seconds")
+    assert 0 < uptime <= time.time() - server.create_time() + 1
+    cpu = agent.client.query_metrics("opencode_process_cpu_seconds_total", start="5m")["value"]
+    assert (np.diff(cpu.to_numpy()) >= 0).all() and cpu.iloc[-1] > 0
+    assert 0 <= _latest(agent, "opencode_process_cpu_percent") < 100 * psutil.cpu_count()
+    assert _latest(agent, "nexus_agent_resident_memory_bytes") > 20e6
+    for status in ("idle", "busy", "retry"):
+        assert _latest(agent, "opencode_sessions", status=status) == 0
+
+
+def test_sessions_and_request_durations(sampled_agent: RunningAgent) -> None:
+    agent = sampled_agent
+    url = agent.client.status().url
+    auth = (agent.settings.opencode_username, _server_password(agent))
+    created = httpx.post(f"{url}/session", json={}, auth=auth, timeout=60)
+    assert created.status_code == 200, created.text
+    wait_for(
+        lambda: _latest(agent, "opencode_sessions", status="idle") == 1,
+        timeout=30,
+        what="the new session counted as idle",
+    )
+    durations = agent.client.query_metrics("opencode_request_duration_seconds", start="5m")
+    paths = {
+        dict(p.split("=") for p in labels.split(","))["path"]
+        for labels in durations["labels"].unique()
+    }
+    assert {"/global/health", "/session", "/session/status"} <= paths
+    assert durations["value"].between(0, 1.5).all()
+
+
+def test_metrics_endpoint_and_store_size(sampled_agent: RunningAgent) -> None:
+    agent = sampled_agent
+    text = str(
+        wait_for(
+            lambda: "opencode_sessions{" in (t := agent.client.metrics_text()) and t,
+            timeout=30,
+            what="a sampler reading on /metrics",
+        )
+    )
+    for name in (
+        "opencode_process_cpu_seconds_total",
+        "opencode_process_resident_memory_bytes",
+        "opencode_process_open_fds",
+        "opencode_process_threads",
+        "opencode_process_children",
+        'opencode_connections{state="LISTEN"} 1.0',
+        'opencode_sessions{status="idle"}',
+        "nexus_agent_metrics_store_bytes",
+        "opencode_server_status 1.0",
+        "opencode_request_duration_seconds_bucket",
+    ):
+        assert name in text, name
+    if shutil.which("promtool"):
+        done = subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=text,
+            text=True,
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    wait_for(lambda: agent.client.metrics_store()["raw_samples"] > 50, timeout=30)
+    store = agent.client.metrics_store()
+    database = Layout(agent.settings.home).metrics_database
+    assert store["path"] == str(database)
+    assert store["size_bytes"] == pytest.approx(
+        database.stat().st_size + database.with_name("metrics.db-wal").stat().st_size, rel=0.5
+    )
+    assert store["retention_seconds"] == {"raw": 48 * 3600, "1m": 30 * 86400, "1h": 365 * 86400}
+    assert "opencode_process_threads" in agent.client.metric_names()
+
+
+def test_query_errors_name_the_parameter(sampled_agent: RunningAgent) -> None:
+    client = sampled_agent.client
+    with pytest.raises(AgentError, match="resolution='5m' is not a resolution") as bad:
+        client.query_metrics("opencode_server_status", resolution="5m")
+    assert bad.value.status == 400
+    with pytest.raises(AgentError, match="start='yesterday' is not a time"):
+        client.query_metrics("opencode_server_status", start="yesterday")
+
+
+def test_stopping_the_server_is_sampled_as_down(sampled_agent: RunningAgent) -> None:
+    agent = sampled_agent
+    wait_for(lambda: _latest(agent, "opencode_server_status") == 1, timeout=30)
+    assert agent.client.stop().ok
+    wait_for(
+        lambda: _latest(agent, "opencode_server_status") == 0,
+        timeout=30,
+        what="status 0 after the stop",
+    )
+    stops = _latest(agent, "opencode_server_stops_total")
+    assert stops >= 1
