@@ -1,0 +1,147 @@
+"""The Prometheus backend against a real Prometheus scraping a real agent.
+
+Both backends must return the same series for the same period: every sample
+Prometheus scraped is one the agent's store holds for that moment.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import RunningAgent, kill_everything_of, private_env, start_agent, wait_for
+from prometheus_helpers import PrometheusServer, instant, running_prometheus, scrape_config
+
+from nexus_ops.metrics.backends import MetricQuery, MetricsBackend
+from nexus_ops.metrics.frames import QueryError
+from nexus_ops.metrics.prometheus import PrometheusBackend, PrometheusUnavailable
+from nexus_ops.paths import Layout
+
+pytestmark = [
+    pytest.mark.prometheus,
+    pytest.mark.opencode,
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed"),
+]
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "nexus-ops-dashboard.json"
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, opencode_bin: Path
+) -> Iterator[tuple[RunningAgent, PrometheusServer]]:
+    """A real agent (sampling every second, server started) scraped by a real Prometheus."""
+    root = tmp_path_factory.mktemp("stack")
+    env = private_env(root / "agent", {"NEXUS_OPENCODE_BIN": str(opencode_bin)})
+    env.update(NEXUS_METRICS_INTERVAL="1", NEXUS_METRICS_FLUSH_INTERVAL="1")
+    agent = start_agent(env)
+    try:
+        assert agent.client.start(wait=True).ok
+        token = Layout(agent.settings.home).agent_token_file
+        target = f"127.0.0.1:{agent.settings.agent_port}"
+        with running_prometheus(root / "prometheus", scrape_config(target, token)) as prom:
+            yield agent, prom
+    finally:
+        agent.client.close()
+        agent.stop()
+        kill_everything_of(env)
+
+
+def _scraped(prom: PrometheusServer, metric: str) -> int:
+    result = instant(prom.url, f"count_over_time({metric}[5m])")
+    return int(float(result[0]["value"][1])) if result else 0  # type: ignore[index]
+
+
+def _by_series(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {
+        str(labels): ((rows["time"].astype("int64") / 1e9).to_numpy(), rows["value"].to_numpy())
+        for labels, rows in frame.groupby("labels")
+    }
+
+
+@pytest.mark.parametrize(
+    ("metric", "labels"),
+    [
+        ("opencode_process_resident_memory_bytes", None),
+        ("opencode_process_cpu_seconds_total", None),
+        ("opencode_connections", None),
+        ("opencode_sessions", None),
+        ("opencode_server_status", None),
+    ],
+)
+def test_both_backends_return_the_same_series(stack, metric: str, labels: dict | None) -> None:
+    agent, prom = stack
+    wait_for(lambda: _scraped(prom, metric) >= 8, timeout=60, what=f"8 scrapes of {metric}")
+    backend: MetricsBackend = PrometheusBackend(prom.url)
+    end = time.time()
+    query = MetricQuery(metric, start=end - 300, end=end, method="none", max_points=100_000)
+    from_prometheus = backend.query(query)
+    time.sleep(1.5)  # the store's flush after the last scrape
+    from_store = agent.client.query_metrics(
+        metric, start=end - 400, end=end + 5, method="none", max_points=100_000, resolution="raw"
+    )
+    scraped, stored = _by_series(from_prometheus), _by_series(from_store)
+    assert set(scraped) == set(stored)
+    assert list(from_prometheus.columns) == list(from_store.columns)
+    for labels_text, (times, values) in scraped.items():
+        store_times, store_values = stored[labels_text]
+        assert len(times) >= 8
+        for t, v in zip(times, values, strict=True):
+            # The value a scrape at t saw is the latest reading at t; a reading being
+            # taken at that very moment may be the one before or after it.
+            i = int(np.searchsorted(store_times, t, side="right")) - 1
+            near = store_values[max(0, i - 1) : i + 2]
+            assert v in near, f"{labels_text} at {t}: scraped {v}, stored {near}"
+
+
+def test_downsampled_and_rollup_queries(stack) -> None:
+    _, prom = stack
+    wait_for(lambda: _scraped(prom, "opencode_process_threads") >= 12, timeout=60)
+    backend = PrometheusBackend(prom.url)
+    end = time.time()
+    raw = backend.query(
+        MetricQuery(
+            "opencode_process_resident_memory_bytes", start=end - 600, end=end, method="none"
+        )
+    )
+    small = backend.query(
+        MetricQuery(
+            "opencode_process_resident_memory_bytes", start=end - 600, end=end, max_points=4
+        )
+    )
+    assert len(small) <= 4 + 2 and len(raw) > len(small)
+    assert small["value"].max() == raw["value"].max()
+    assert small["value"].min() == raw["value"].min()
+    minutes = backend.query(
+        MetricQuery(
+            "opencode_process_threads", start=end - 120, end=end, resolution="1m", agg="max"
+        )
+    )
+    assert not minutes.empty and (minutes["time"].diff().dropna() == pd.Timedelta(minutes=1)).all()
+    cpu = backend.query(MetricQuery("opencode_process_cpu_percent", start=end - 120, end=end))
+    assert not cpu.empty and (cpu["value"] >= 0).all()
+    assert "opencode_server_status" in backend.metrics()
+
+
+def test_dashboard_queries_run_on_prometheus(stack) -> None:
+    _, prom = stack
+    board = json.loads(DASHBOARD.read_text())
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$__rate_interval", "1m").replace("$__range", "1h")
+            instant(prom.url, expr.replace("$instance", ".*"))  # raises on a bad query
+    wait_for(lambda: instant(prom.url, 'opencode_server_status{job="nexus-ops"}'), timeout=60)
+
+
+def test_errors_of_the_prometheus_backend(stack) -> None:
+    _, prom = stack
+    with pytest.raises(QueryError, match="Prometheus refused the query"):
+        PrometheusBackend(prom.url).query(MetricQuery('bad"metric', start=time.time() - 60))
+    with pytest.raises(PrometheusUnavailable, match="did not answer"):
+        PrometheusBackend("http://127.0.0.1:9", timeout=1).metrics()
