@@ -144,6 +144,11 @@ def test_ci_workflow_runs_what_ci_run_runs() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: check", makefile, re.M)
     assert "$(PYTEST_ARGS)" in makefile
+    # Every marker runs in CI: the browser, OpenCode and Prometheus tests included.
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        addopts = tomllib.load(handle)["tool"]["pytest"]["ini_options"]["addopts"]
+    pytest_lines = [line for line in makefile.splitlines() if "/pytest" in line]
+    assert pytest_lines and not any(" -m " in f" {line} " for line in [*pytest_lines, addopts])
 
 
 def test_security_workflow_audits_keeps_an_sbom_and_checks_licences() -> None:
