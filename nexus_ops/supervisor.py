@@ -233,8 +233,13 @@ class Supervisor:
     async def run(self) -> None:
         """Recover (adopt or apply the desired state), then watch until cancelled."""
         await self._recover()
+        interval = self.settings.probe_interval
+        next_tick = self._now() + interval
         while True:
-            await asyncio.sleep(self.settings.probe_interval)
+            # A fixed rate: a probe that times out does not stretch the interval,
+            # so a hung server is declared after about probe_failures intervals.
+            await asyncio.sleep(max(0.0, next_tick - self._now()))
+            next_tick = max(next_tick + interval, self._now())
             try:
                 await self._tick()
             except NexusOpsError as exc:
@@ -482,7 +487,11 @@ class Supervisor:
         self._unwatch()
         if self._ready_task is not None and self._ready_task is not asyncio.current_task():
             self._ready_task.cancel()
-        survivors = await asyncio.to_thread(terminate_tree, record, self.settings.stop_grace)
+        grace = self.settings.stop_grace
+        if reason is RestartReason.HANG:
+            # A hung server will not finish its work; WAL keeps its database safe.
+            grace = min(grace, self.settings.probe_timeout)
+        survivors = await asyncio.to_thread(terminate_tree, record, grace)
         code, sig = await asyncio.to_thread(wait_status, spawned.popen if spawned else None)
         self._forget_process(
             ExitInfo(pid=record.pid, code=code, signal=sig, reason=reason.value, time=time.time())
