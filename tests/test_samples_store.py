@@ -9,6 +9,7 @@ from nexus_ops.errors import StoreError
 from nexus_ops.store.codec import (
     aggregate,
     decode_raw,
+    decode_raw_many,
     decode_rollup,
     encode_raw,
     encode_rollup,
@@ -31,6 +32,25 @@ def test_codec_round_trips_exactly() -> None:
     back = decode_rollup(encode_rollup(rollup))
     for name in ("times", "mins", "maxs", "sums", "counts"):
         assert np.array_equal(getattr(back, name), getattr(rollup, name))
+
+
+def test_many_blocks_decode_at_once_like_one_by_one() -> None:
+    rng = np.random.default_rng(11)
+    blobs, times, values = [], [], []
+    start = T0
+    for n in (1, 2, 3, 900, 17, 1, 250):
+        t = start + np.cumsum(rng.integers(1, 3000, n)) / 1000.0
+        v = rng.normal(size=n) * 1e5
+        start = float(t[-1]) + 1
+        blobs.append(encode_raw(t, v))
+        times.append(t)
+        values.append(v)
+    t, v = decode_raw_many(blobs)
+    one_by_one = np.concatenate([decode_raw(blob)[0] for blob in blobs])
+    assert np.array_equal(t, one_by_one)
+    assert np.array_equal(t, np.round(np.concatenate(times) * 1000) / 1000)  # milliseconds
+    assert np.array_equal(v, np.concatenate(values))
+    assert len(decode_raw_many([])[0]) == 0
 
 
 def test_codec_compresses_a_steady_sampler_well() -> None:

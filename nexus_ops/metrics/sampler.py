@@ -8,8 +8,11 @@ is what ``/metrics`` shows for the gauges it holds. Every request the agent make
 to the server (the supervisor's health probes, the sampler's session requests)
 is stored as a sample of ``opencode_request_duration_seconds{path}``.
 
-The retention of the store is enforced by the same loop, every
-``retention_interval`` seconds.
+``GET /session/status`` is asked every reading (busy and retrying sessions);
+the full list of sessions, ``GET /session``, at most every
+``session_list_interval`` seconds (5 s): it can be long, and only its length
+(for the idle count) changes. The retention of the store is enforced by the
+same loop, every ``retention_interval`` seconds.
 
 >>> reading = Reading(time=0.0, values=[("opencode_server_status", {}, 1.0)])
 >>> reading.value("opencode_server_status")
@@ -92,6 +95,7 @@ class Sampler:
         interval: float = 5.0,
         flush_interval: float = 10.0,
         retention_interval: float = 600.0,
+        session_list_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -100,12 +104,14 @@ class Sampler:
         self.interval = interval
         self.flush_interval = flush_interval
         self.retention_interval = retention_interval
+        self.session_list_interval = max(interval, session_list_interval)
         self.latest: Reading | None = None
         self.errors = 0
         self._clock = clock
         self._tree = TreeMeter()
         self._self = SelfMeter()
         self._ids: dict[tuple[str, frozenset[tuple[str, str]]], int] = {}
+        self._sessions: tuple[float, int] | None = None  # (next list due, sessions listed)
 
     # -- the loop ----------------------------------------------------------------
 
@@ -170,12 +176,17 @@ class Sampler:
 
     async def _session_values(self) -> list[Sample]:
         if not self.server.ready:
+            self._sessions = None
             return []
-        sessions = await self._timed_get("/session")
+        if self._sessions is None or time.monotonic() >= self._sessions[0]:
+            sessions = await self._timed_get("/session")
+            if isinstance(sessions, list):
+                due = time.monotonic() + self.session_list_interval
+                self._sessions = (due, len(sessions))
         statuses = await self._timed_get("/session/status")
-        if not isinstance(sessions, list) or not isinstance(statuses, Mapping):
+        if self._sessions is None or not isinstance(statuses, Mapping):
             return []
-        return session_values(len(sessions), statuses)
+        return session_values(self._sessions[1], statuses)
 
     async def _timed_get(self, path: str) -> Any:
         started = time.perf_counter()

@@ -43,6 +43,7 @@ from nexus_ops.store.codec import (
     Rollup,
     aggregate,
     decode_raw,
+    decode_raw_many,
     decode_rollup,
     empty_rollup,
     encode_raw,
@@ -382,11 +383,8 @@ class SampleStore:
             return self._read_raw(sid, start, end)
 
     def _read_raw(self, sid: int, start: float, end: float) -> tuple[Floats, Floats]:
-        times, values = [], []
-        for (blob,) in self._blocks(sid, RAW, start, end):
-            t, v = decode_raw(blob)
-            times.append(t)
-            values.append(v)
+        blocks = decode_raw_many([blob for (blob,) in self._blocks(sid, RAW, start, end)])
+        times, values = [blocks[0]], [blocks[1]]
         head = self.db.query(
             "SELECT time, value FROM head WHERE series_id = ? AND time >= ? AND time <= ? "
             "ORDER BY time",
@@ -396,11 +394,11 @@ class SampleStore:
             pairs = np.asarray(head, dtype=np.float64)
             times.append(pairs[:, 0])
             values.append(pairs[:, 1])
-        if not times:
-            return np.empty(0), np.empty(0)
         t, v = np.concatenate(times), np.concatenate(values)
-        mask = (t >= start) & (t <= end)
-        return t[mask], v[mask]
+        if len(t) and t[0] >= start and t[-1] <= end:
+            return t, v
+        lo, hi = np.searchsorted(t, start, "left"), np.searchsorted(t, end, "right")
+        return t[lo:hi], v[lo:hi]
 
     def read_rollup(self, sid: int, tier: int, start: float, end: float) -> Rollup:
         """Rollup buckets of a series starting within ``[start, end]`` (the open window too)."""
