@@ -380,3 +380,45 @@ def _sock_diag_dump(family: int) -> list[tuple[int, int]]:
                 state = data[offset + 17]
                 found.append((state, struct.unpack_from("!H", data, offset + 20)[0]))
                 offset += (length + 3) & ~3
+
+
+# ---- used by the recovery runbooks (nexus_ops.recovery) ---------------------------------
+
+
+def port_listener(port: int) -> int | None:
+    """Pid of the process listening on TCP ``port`` (None: nobody, or not visible)."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return None
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            return conn.pid
+    return None
+
+
+def is_ancestor(ancestor: int, pid: int) -> bool:
+    """True when ``pid`` is ``ancestor`` or one of its descendants."""
+    with contextlib.suppress(psutil.Error):
+        proc: psutil.Process | None = psutil.Process(pid)
+        while proc is not None:
+            if proc.pid == ancestor:
+                return True
+            proc = proc.parent()
+    return False
+
+
+def fd_usage(pid: int) -> tuple[int, int] | None:
+    """(open file descriptors, soft limit) of a process; None if not visible."""
+    try:
+        proc = psutil.Process(pid)
+        soft, _ = proc.rlimit(psutil.RLIMIT_NOFILE)
+        return proc.num_fds(), int(soft)
+    except (psutil.Error, AttributeError):
+        return None
+
+
+def memory_available() -> tuple[int, int]:
+    """(available, total) bytes of memory on this host."""
+    memory = psutil.virtual_memory()
+    return int(memory.available), int(memory.total)
