@@ -17,10 +17,11 @@ console refresh costs milliseconds. Times are shown in the user's time zone
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -115,10 +116,21 @@ def user_timezone(tz: str | None = None) -> str:
     if tz:
         return tz
     if os.environ.get("TZ"):
-        return os.environ["TZ"]
-    local = datetime.now().astimezone().tzinfo
-    key = getattr(local, "key", None) or (local.tzname(None) if local else None)
-    return str(key) if key and key not in ("UTC",) else "UTC"
+        return os.environ["TZ"].lstrip(":")
+    return _machine_timezone() or "UTC"
+
+
+def _machine_timezone() -> str | None:
+    """The IANA name of the machine's zone (/etc/localtime's target, /etc/timezone)."""
+    localtime = Path("/etc/localtime")
+    with contextlib.suppress(OSError):
+        target = str(localtime.resolve())
+        if "zoneinfo/" in target:
+            return target.split("zoneinfo/", 1)[1]
+    with contextlib.suppress(OSError):
+        name = Path("/etc/timezone").read_text().strip()
+        return name or None
+    return None
 
 
 def local_times(times: pd.Series | pd.DatetimeIndex, tz: str) -> np.ndarray:

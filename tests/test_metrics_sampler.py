@@ -1,0 +1,141 @@
+"""The sampler's logic with a stand-in server view (the real server: test_metrics_agent.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nexus_ops.errors import OpenCodeUnavailable
+from nexus_ops.metrics.exposition import SamplerCollector
+from nexus_ops.metrics.sampler import Reading, Sampler, session_values
+from nexus_ops.models import Counters, ProcessRecord
+from nexus_ops.process import identify
+from nexus_ops.store.samples import Retention, SampleStore
+
+
+class StandIn:
+    """What the sampler reads of a supervisor; the process is this test's own."""
+
+    def __init__(self, answers: dict[str, Any], ready: bool = True) -> None:
+        self.answers = answers
+        self._ready = ready
+        self.counters = Counters(starts=2, stops=1, restarts_by_reason={"crash": 1})
+        self.request_observers: list[Any] = []
+        self.client = self
+        self.asked: list[str] = []
+
+    @property
+    def record(self) -> ProcessRecord | None:
+        return identify(os.getpid()) if self._ready else None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def get(self, path: str) -> Any:
+        self.asked.append(path)
+        answer = self.answers[path]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_sessions_by_status() -> None:
+    statuses = {"a": {"type": "busy"}, "b": {"type": "retry", "attempt": 1}, "c": {"type": "idle"}}
+    assert session_values(5, statuses) == [
+        ("opencode_sessions", {"status": "idle"}, 3.0),
+        ("opencode_sessions", {"status": "busy"}, 1.0),
+        ("opencode_sessions", {"status": "retry"}, 1.0),
+    ]
+    assert session_values(0, {})[0][2] == 0.0
+
+
+def test_a_tick_stores_a_full_reading_and_request_durations(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "metrics.db")
+    server = StandIn({"/session": [{}, {}], "/session/status": {"x": {"type": "busy"}}})
+    sampler = Sampler(store, server, port=1, interval=1.0)
+    server.request_observers.append(sampler.observe_request)
+    reading = asyncio.run(sampler.tick())
+    assert reading.value("opencode_server_status") == 1.0
+    assert reading.value("opencode_server_starts_total") == 2.0
+    assert reading.value("opencode_server_restarts_total", {"reason": "crash"}) == 1.0
+    assert reading.value("opencode_sessions", {"status": "busy"}) == 1.0
+    assert reading.value("opencode_sessions", {"status": "idle"}) == 1.0
+    assert reading.value("opencode_process_resident_memory_bytes") > 0  # type: ignore[operator]
+    assert reading.value("opencode_connections", {"state": "CLOSE_WAIT"}) == 0.0
+    store.flush()
+    assert {"opencode_request_duration_seconds", "nexus_agent_cpu_percent"} <= set(store.metrics())
+    paths = {s.labels["path"] for s in store.series("opencode_request_duration_seconds")}
+    assert paths == {"/session", "/session/status"}
+
+
+def test_the_session_list_is_asked_at_most_every_few_seconds(tmp_path: Path) -> None:
+    server = StandIn({"/session": [], "/session/status": {}})
+    sampler = Sampler(SampleStore(tmp_path / "m.db"), server, port=1, interval=1.0)
+
+    async def three() -> None:
+        for _ in range(3):
+            await sampler.tick()
+
+    asyncio.run(three())
+    assert server.asked.count("/session") == 1 and server.asked.count("/session/status") == 3
+
+
+def test_a_failing_server_is_recorded_as_errors_not_raised(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "metrics.db")
+    down = OpenCodeUnavailable("GET /session timed out")
+    server = StandIn({"/session": down, "/session/status": down})
+    sampler = Sampler(store, server, port=1)
+    server.request_observers.append(sampler.observe_request)
+    reading = asyncio.run(sampler.tick())
+    assert reading.value("opencode_sessions", {"status": "idle"}) is None
+    store.flush()
+    outcomes = {s.labels["outcome"] for s in store.series("opencode_request_duration_seconds")}
+    assert outcomes == {"error"}
+    stopped = asyncio.run(Sampler(store, StandIn({}, ready=False), port=1).tick())
+    assert stopped.value("opencode_server_status") == 0.0
+    assert stopped.value("opencode_process_threads") is None
+
+
+def test_the_loop_flushes_and_enforces_retention(tmp_path: Path) -> None:
+    retention = Retention(raw=3600.0, minute=7200.0, hour=7200.0)
+    store = SampleStore(tmp_path / "metrics.db", retention)
+    old = np.arange(100.0) + 1_000_000.0  # 1970: far past every retention
+    store.append_many("old_metric", {}, old, np.ones(100))
+    store.flush()
+    server = StandIn({"/session": [], "/session/status": {}})
+    sampler = Sampler(store, server, port=1, interval=0.05, flush_interval=0.05)
+
+    async def run_briefly() -> None:
+        task = asyncio.create_task(sampler.run())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run_briefly())
+    assert "old_metric" not in store.metrics()
+    threads = store.series("opencode_process_threads")[0].id
+    assert len(store.read_raw(threads, 0, 2e10)[0]) >= 3
+    assert server.request_observers == []  # the loop unhooks itself
+
+
+def test_collector_exposes_the_latest_reading() -> None:
+    reading = Reading(
+        time=0.0,
+        values=[
+            ("opencode_process_resident_memory_bytes", {}, 5.0),
+            ("opencode_connections", {"state": "CLOSE_WAIT"}, 3.0),
+        ],
+    )
+    families = {f.name: f for f in SamplerCollector(lambda: reading, lambda: (10, 2)).collect()}
+    assert families["opencode_process_resident_memory_bytes"].samples[0].value == 5.0
+    assert families["opencode_connections"].samples[0].labels == {"state": "CLOSE_WAIT"}
+    assert families["nexus_agent_metrics_store_bytes"].samples[0].value == 10.0
+    empty = {f.name: f for f in SamplerCollector(lambda: None, lambda: (0, 0)).collect()}
+    assert empty["opencode_process_threads"].samples == []
