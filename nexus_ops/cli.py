@@ -23,6 +23,7 @@ from nexus_ops.errors import ConfigError, NexusOpsError
 from nexus_ops.models import ActionResult, Event, ServerStatus
 from nexus_ops.opencode import binary_version, install, locate_binary
 from nexus_ops.paths import Layout
+from nexus_ops.recovery.commands import backup_commands, runbook_commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -313,4 +314,6 @@ COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParse
     server_commands,
     events_commands,
     console_commands,
+    backup_commands,
+    runbook_commands,
 ]

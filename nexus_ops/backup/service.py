@@ -9,6 +9,7 @@ the same way: a row in the backup history and an event in the journal.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import TypeVar
 
 from nexus_ops.backup.control import ServerControl
 from nexus_ops.backup.create import create_backup
+from nexus_ops.backup.metrics import BackupCollector
 from nexus_ops.backup.models import (
     BackupInfo,
     Kind,
@@ -29,6 +31,7 @@ from nexus_ops.backup.prune import prune
 from nexus_ops.backup.repository import BackupRepository
 from nexus_ops.backup.restore import restore_live, restore_to_folder
 from nexus_ops.backup.retention import RetentionPolicy
+from nexus_ops.backup.schedule import BackupScheduler
 from nexus_ops.backup.sources import BackupSources, OpenCodeLocations
 from nexus_ops.backup.verify import verify_backup
 from nexus_ops.config import Settings, settings_table
@@ -72,6 +75,7 @@ class BackupService:
         self.locations = OpenCodeLocations.from_environ(environ)
         self.journal = journal
         self.runs = BackupRuns(database)
+        self.scheduler: BackupScheduler | None = None
 
     @classmethod
     def open(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> BackupService:
@@ -224,6 +228,20 @@ class BackupService:
             raise BackupError(f"backup {manifest.id} does not verify: {report.problems[:3]}")
         self.prune(dry_run=False, trigger="schedule")
         return manifest
+
+    # ---- in the agent ----------------------------------------------------------------
+
+    async def run_schedule(self) -> None:
+        """The agent's job: :meth:`scheduled_run` at each time of NEXUS_BACKUP_SCHEDULE."""
+        scheduler = BackupScheduler(
+            self.settings.backup_schedule, lambda: asyncio.to_thread(self.scheduled_run)
+        )
+        self.scheduler = scheduler
+        await scheduler.run()
+
+    def collector(self) -> BackupCollector:
+        """Backup metrics for the agent's registry."""
+        return BackupCollector(self.runs, self.backups)
 
     # ---- helpers ---------------------------------------------------------------------
 

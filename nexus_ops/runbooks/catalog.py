@@ -1,0 +1,145 @@
+"""The runbook catalog: every notebook of the runbooks folder, its purpose and parameters.
+
+Parameters are read with papermill's own inspection (``papermill.inspect_notebook``),
+so the catalog shows exactly what papermill would inject. A runbook must declare a
+type for each parameter (``name: type = default  # help``).
+
+Where the runbooks are (first found wins):
+
+1. ``NEXUS_RUNBOOKS_DIR``;
+2. ``runbooks/`` beside the package in a source checkout (also an editable install);
+3. ``<prefix>/share/nexus-ops/runbooks``, where a wheel installs them (pyproject's
+   ``data-files``), for the interpreter's prefix and the user scheme.
+
+>>> # catalog = RunbookCatalog.locate(); [r.name for r in catalog.list()]
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import papermill
+from pydantic import Field
+
+from nexus_ops.errors import RunbookError
+from nexus_ops.models import Frozen
+from nexus_ops.runbooks.nbio import read_notebook
+from nexus_ops.runbooks.params import ParamSpec, parse_default, supported
+
+INSTALLED = Path("share") / "nexus-ops" / "runbooks"
+
+
+def candidate_folders(configured: Path | None = None) -> list[Path]:
+    """Where runbooks are looked for, in order."""
+    folders = [] if configured is None else [configured]
+    folders.append(Path(__file__).resolve().parents[2] / "runbooks")
+    for scheme in (None, "posix_user"):
+        try:
+            data = sysconfig.get_path("data", scheme) if scheme else sysconfig.get_path("data")
+        except KeyError:
+            continue
+        folders.append(Path(data) / INSTALLED)
+    return folders
+
+
+def locate(configured: Path | None = None) -> Path:
+    """The runbooks folder (see the module's docstring for the order)."""
+    if configured is not None and not configured.is_dir():
+        raise RunbookError(
+            f"NEXUS_RUNBOOKS_DIR={configured} is not a folder",
+            hint="point it at a folder of runbook notebooks, or unset it",
+        )
+    for folder in candidate_folders(configured):
+        if folder.is_dir() and any(folder.glob("*.ipynb")):
+            return folder
+    raise RunbookError(
+        "no runbooks folder found (looked in: "
+        + ", ".join(str(f) for f in candidate_folders(configured))
+        + ")",
+        hint="reinstall nexus-ops, or set NEXUS_RUNBOOKS_DIR to the runbooks/ of a checkout",
+    )
+
+
+class Runbook(Frozen):
+    """One runbook: its name (the notebook's stem), what it is for, and its parameters."""
+
+    name: str
+    title: str
+    description: str = ""
+    path: str
+    parameters: list[ParamSpec] = Field(default_factory=list)
+
+    def spec(self) -> dict[str, ParamSpec]:
+        return {p.name: p for p in self.parameters}
+
+
+class RunbookCatalog:
+    """The runbooks of one folder.
+
+    >>> import tempfile
+    >>> RunbookCatalog(Path(tempfile.mkdtemp())).list()
+    []
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @classmethod
+    def locate(cls, configured: Path | None = None) -> RunbookCatalog:
+        return cls(locate(configured))
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.ipynb") if not p.name.startswith("."))
+
+    def list(self) -> list[Runbook]:
+        return [self.get(name) for name in self.names()]
+
+    def get(self, name: str) -> Runbook:
+        path = self.folder / f"{name}.ipynb"
+        if "/" in name or not path.is_file():
+            raise RunbookError(
+                f"there is no runbook {name!r}",
+                hint=f"the runbooks are: {', '.join(self.names()) or 'none'} (in {self.folder})",
+            )
+        return read_runbook(path)
+
+
+def read_runbook(path: Path) -> Runbook:
+    """A runbook's title, description and typed parameters."""
+    try:
+        notebook = read_notebook(path)
+        inferred: dict[str, dict[str, Any]] = papermill.inspect_notebook(str(path))
+    except Exception as exc:  # nbformat and papermill raise many kinds
+        raise RunbookError(f"cannot read the runbook {path}: {exc}") from exc
+    title, description = _describe(notebook)
+    parameters = []
+    for name, info in inferred.items():
+        type_name = str(info.get("inferred_type_name") or "None")
+        if not supported(type_name):
+            raise RunbookError(
+                f"runbook {path.stem}: parameter {name!r} has no supported type ({type_name})",
+                hint="declare it as `name: bool|int|float|str|list[str] = default  # help`",
+            )
+        parameters.append(
+            ParamSpec(
+                name=name,
+                type=type_name,
+                default=parse_default(str(info.get("default"))),
+                help=str(info.get("help") or ""),
+            )
+        )
+    return Runbook(
+        name=path.stem, title=title, description=description, path=str(path), parameters=parameters
+    )
+
+
+def _describe(notebook: Any) -> tuple[str, str]:
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            lines = [line.strip() for line in str(cell.source).splitlines()]
+            title = next((ln.lstrip("# ").strip() for ln in lines if ln.startswith("#")), "")
+            body = [ln for ln in lines if ln and not ln.startswith("#")]
+            return title, " ".join(body)
+    return "", ""
