@@ -35,14 +35,14 @@ EVENTS = [
 def test_timeseries_draws_a_line_per_series_and_the_events(kind: type[go.Figure]) -> None:
     fig = kind(F.timeseries_figure(F.PANELS["connections"], tz="Asia/Tokyo"))
     F.update_timeseries(fig, _connections(), EVENTS)
-    lines = {t.name: t for t in fig.data if t.name != "events"}
+    lines = {t.name: t for t in fig.data if t.name != "restarts and crashes"}
     assert set(lines) == {"CLOSE_WAIT", "LISTEN"}
     assert list(lines["CLOSE_WAIT"].y) == [7.0] * 100
     # Tokyo is UTC+9 all year: the axis shows wall-clock time there.
     first = pd.Timestamp(lines["LISTEN"].x[0])
     assert first == pd.Timestamp(TIMES[0], unit="s") + pd.Timedelta(hours=9)
     assert fig.layout.xaxis.title.text == "time (Asia/Tokyo)"
-    events = next(t for t in fig.data if t.name == "events")
+    events = next(t for t in fig.data if t.name == "restarts and crashes")
     assert list(events.text) == [
         "restart (hang): 3 probes failed",
         "exit (crash): pid 9 exited with code 1",
@@ -108,3 +108,14 @@ def test_format_value() -> None:
     assert F.format_value(float("nan"), "bytes") == "-"
     assert F.format_value(0.25, "seconds", 2) == "0.25 seconds"
     assert F.threshold_color(5, ((-np.inf, "a"), (3, "b"), (10, "c"))) == "b"
+
+
+def test_panels_name_their_lines_for_people() -> None:
+    frame = concat_frames(
+        [
+            tidy_frame("opencode_process_resident_memory_bytes", "", TIMES, np.ones(100)),
+            tidy_frame("nexus_agent_resident_memory_bytes", "", TIMES, np.ones(100)),
+        ]
+    )
+    fig = F.update_timeseries(F.timeseries_figure(F.PANELS["memory"], tz="UTC"), frame)
+    assert {t.name for t in fig.data} == {"server", "agent", "restarts and crashes"}

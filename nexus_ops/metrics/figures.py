@@ -56,7 +56,7 @@ class PanelSpec:
     title: str
     metrics: tuple[str, ...]
     unit: str = ""
-    events: bool = True
+    names: Mapping[str, str] = field(default_factory=dict)  # metric -> legend name
 
 
 STATS: dict[str, StatSpec] = {
@@ -87,11 +87,20 @@ STATS: dict[str, StatSpec] = {
 }
 
 PANELS: dict[str, PanelSpec] = {
-    "cpu": PanelSpec("CPU", ("opencode_process_cpu_percent", "nexus_agent_cpu_percent"), "%"),
+    "cpu": PanelSpec(
+        "CPU",
+        ("opencode_process_cpu_percent", "nexus_agent_cpu_percent"),
+        "%",
+        {"opencode_process_cpu_percent": "server", "nexus_agent_cpu_percent": "agent"},
+    ),
     "memory": PanelSpec(
         "Resident memory",
         ("opencode_process_resident_memory_bytes", "nexus_agent_resident_memory_bytes"),
         "bytes",
+        {
+            "opencode_process_resident_memory_bytes": "server",
+            "nexus_agent_resident_memory_bytes": "agent",
+        },
     ),
     "connections": PanelSpec("TCP connections by state", ("opencode_connections",), "count"),
     "request_duration": PanelSpec(
@@ -108,7 +117,7 @@ MARKED_EVENTS: dict[str, tuple[str, str]] = {
     "fatal": ("octagon", RED),
     "start_failed": ("x-open", RED),
 }
-_EVENT_TRACE = "events"
+_EVENT_TRACE = "restarts and crashes"
 
 
 def user_timezone(tz: str | None = None) -> str:
@@ -258,11 +267,11 @@ def timeseries_figure(spec: PanelSpec, tz: str | None = None, height: int = 300)
         height=height,
         hovermode="x unified",
         margin={"l": 60, "r": 20, "t": 40, "b": 40},
-        legend={"orientation": "h", "y": -0.2},
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
         xaxis={"title": {"text": f"time ({zone})"}, "type": "date"},
         yaxis=yaxis,
         yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
-        meta={"tz": zone},
+        meta={"tz": zone, "names": dict(spec.names)},
     )
     return fig
 
@@ -274,8 +283,9 @@ def update_timeseries(
     tz: str | None = None,
 ) -> go.Figure:
     """One line per series of ``frame`` (named metric and labels), plus event markers."""
-    zone = tz or (fig.layout.meta or {}).get("tz") or user_timezone()
-    series = _series_of(frame, zone)
+    meta = fig.layout.meta or {}
+    zone = tz or meta.get("tz") or user_timezone()
+    series = _series_of(frame, zone, meta.get("names") or {})
     with fig.batch_update():
         existing = {trace.name: trace for trace in fig.data if trace.name != _EVENT_TRACE}
         for index, (name, (x, y)) in enumerate(series.items()):
@@ -291,19 +301,21 @@ def update_timeseries(
     return fig
 
 
-def _series_of(frame: pd.DataFrame, tz: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _series_of(
+    frame: pd.DataFrame, tz: str, names: Mapping[str, str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if frame.empty:
         return {}
     out = {}
     many_metrics = frame["metric"].nunique() > 1
     for (metric, labels), rows in frame.groupby(["metric", "labels"], sort=True):
-        name = _trace_name(str(metric), str(labels), many_metrics)
+        name = _trace_name(str(metric), str(labels), many_metrics, names)
         out[name] = (local_times(rows["time"], tz), rows["value"].to_numpy())
     return out
 
 
-def _trace_name(metric: str, labels: str, many_metrics: bool) -> str:
-    short = metric.removeprefix("opencode_").removeprefix("nexus_")
+def _trace_name(metric: str, labels: str, many_metrics: bool, names: Mapping[str, str]) -> str:
+    short = names.get(metric) or metric.removeprefix("opencode_").removeprefix("nexus_")
     if not labels:
         return short
     shown = ",".join(part.split("=", 1)[-1] for part in labels.split(","))
