@@ -176,11 +176,16 @@ def bench_prometheus(folder: Path, times: np.ndarray, values: np.ndarray, sqlite
             f"ratio metrics.db / Prometheus: {sqlite_s / median:.2f} (below 1: metrics.db faster)"
         )
         step = (end - start) / 1000
-        bare = f"max_over_time({METRIC}[{round(step * 1000)}ms])"
-        _, one = timed(lambda: backend._range(bare, start + step, end, step), repeat=5)
+        window = f"[{round(step * 1000)}ms]"
+
+        def min_and_max() -> None:
+            for fn in ("min_over_time", "max_over_time"):
+                backend._range(f"{fn}({METRIC}{window})", start + step, end, step)
+
+        _, bare = timed(min_and_max, repeat=5)
         print(
-            f"(one bare max_over_time range query in Prometheus: {one * 1000:.1f} ms; "
-            f"the backend runs a count and a min and a max query)"
+            f"Prometheus, only its min_over_time and max_over_time range queries: "
+            f"{bare * 1000:.1f} ms; ratio metrics.db / that: {sqlite_s / bare:.2f}"
         )
 
 
