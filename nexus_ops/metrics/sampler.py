@@ -141,6 +141,9 @@ class Sampler:
         except NexusOpsError as exc:  # a full disk must not stop the sampling
             self.errors += 1
             log.warning("metrics: %s", exc)
+        except Exception:  # nor must a bug in one reading: log it and sample on
+            self.errors += 1
+            log.exception("metrics: a sampling step failed")
 
     async def tick(self) -> Reading:
         """Take one reading, store it and make it the latest."""
