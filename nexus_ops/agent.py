@@ -20,21 +20,28 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
 
 from nexus_ops import __version__, logs
+from nexus_ops.backup import BackupService, CallbackControl
+from nexus_ops.backup.models import BackupInfo, Manifest, PruneReport, RestoreReport, VerifyReport
 from nexus_ops.config import Settings, settings_table
 from nexus_ops.errors import (
     BinaryNotFound,
     NexusOpsError,
+    OpenCodeUnavailable,
+    ParameterError,
     PortInUse,
     SecurityError,
     Unauthorized,
+    UnsafeArchive,
 )
 from nexus_ops.metrics.exposition import CONTENT_TYPE, Exposition
 from nexus_ops.metrics.service import MetricsService
@@ -51,7 +58,10 @@ from nexus_ops.models import (
 from nexus_ops.paths import Layout, read_or_create_secret
 from nexus_ops.process import check_port_free, identify, remove_record, save_record
 from nexus_ops.redact import redact
+from nexus_ops.runbooks.models import Runbook
+from nexus_ops.runbooks.service import RunbookService
 from nexus_ops.store import Database, Journal
+from nexus_ops.store.runs import RunRecord
 from nexus_ops.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -75,6 +85,9 @@ class AgentContext:
     exposition: Exposition
     started: float = field(default_factory=time.time)
     metrics: MetricsService | None = None
+    backups: BackupService | None = None
+    runbooks: RunbookService | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 class LogTail(Frozen):
@@ -109,10 +122,15 @@ def create_app(
         ctx = AgentContext(settings, layout, token, database, journal, supervisor, exposition)
         ctx.metrics = MetricsService(settings, supervisor)
         exposition.registry.register(ctx.metrics.collector())
+        ctx.backups = BackupService(settings, database, journal)
+        exposition.registry.register(ctx.backups.collector())
+        ctx.runbooks = RunbookService(settings, database)
+        ctx.loop = asyncio.get_running_loop()
         app.state.ctx = ctx
         journal.record(EventKind.AGENT_START, pid=os.getpid(), message=f"agent {__version__}")
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(job(ctx)) for job in jobs or []]
         tasks.append(asyncio.create_task(ctx.metrics.run()))
+        tasks.append(asyncio.create_task(ctx.backups.run_schedule()))
         if manage:
             tasks.append(asyncio.create_task(supervisor.run()))
         try:
@@ -140,6 +158,7 @@ def create_app(
     app.add_exception_handler(NexusOpsError, _nexus_error)
     app.include_router(public_router())
     app.include_router(api_router(), dependencies=[Depends(require_token)])
+    app.include_router(recovery_router(), dependencies=[Depends(require_token)])
     return app
 
 
@@ -173,6 +192,8 @@ _STATUS_BY_ERROR: dict[type[NexusOpsError], int] = {
     PortInUse: 409,
     BinaryNotFound: 424,
     SecurityError: 403,
+    ParameterError: 400,
+    UnsafeArchive: 422,
 }
 
 
@@ -310,6 +331,159 @@ def api_router() -> APIRouter:
         return ConfigView(profile=ctx.settings.env, settings=rows)
 
     return router
+
+
+class BackupRequest(Frozen):
+    include_nexus: bool | None = None
+
+
+class RestoreRequest(Frozen):
+    parts: list[str] | None = None
+    to_folder: str | None = None
+
+
+class RunRequest(Frozen):
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    who: str | None = None
+
+
+class BackupSchedule(Frozen):
+    schedule: str
+    next_run: float | None = None
+    last_success: float | None = None
+    last_size: int | None = None
+    last_duration: float | None = None
+    backups: int = 0
+
+
+def recovery_router() -> APIRouter:
+    """Backups (``/api/v1/backups``), runbooks and their runs (``/api/v1/runbooks``, ``/runs``).
+
+    Slow work (creating, verifying, restoring) runs in FastAPI's thread pool; a
+    runbook run starts in its own thread and is read back from ``/api/v1/runs/{id}``.
+    """
+    router = APIRouter(responses=ERRORS)
+
+    def backups(ctx: AgentContext) -> BackupService:
+        assert ctx.backups is not None
+        return ctx.backups
+
+    def runbooks(ctx: AgentContext) -> RunbookService:
+        assert ctx.runbooks is not None
+        return ctx.runbooks
+
+    @router.get(f"{API}/backups", tags=["backups"])
+    def list_backups(ctx: Ctx) -> list[BackupInfo]:
+        """Complete backups, newest first."""
+        return backups(ctx).backups()
+
+    @router.post(f"{API}/backups", tags=["backups"])
+    def create_backup(ctx: Ctx, body: BackupRequest | None = None) -> Manifest:
+        """Back up now (waits until the backup is written)."""
+        include = body.include_nexus if body else None
+        return backups(ctx).create(trigger="api", include_nexus=include)
+
+    @router.get(f"{API}/backups/schedule", tags=["backups"])
+    def backup_schedule(ctx: Ctx) -> BackupSchedule:
+        """The schedule, its next run, and the last successful backup."""
+        service = backups(ctx)
+        last = service.last_success()
+        scheduler = service.scheduler
+        nxt = scheduler.next_at.timestamp() if scheduler and scheduler.next_at else None
+        return BackupSchedule(
+            schedule=ctx.settings.backup_schedule,
+            next_run=nxt,
+            last_success=last.finished if last else None,
+            last_size=last.size if last else None,
+            last_duration=last.duration if last else None,
+            backups=len(service.backups()),
+        )
+
+    @router.post(f"{API}/backups/prune", tags=["backups"])
+    def prune_backups(ctx: Ctx, dry_run: bool = True) -> PruneReport:
+        """Apply the retention policy (a dry run unless dry_run=false)."""
+        return backups(ctx).prune(dry_run=dry_run, trigger="api")
+
+    @router.get(f"{API}/backups/{{backup_id}}", tags=["backups"])
+    def get_backup(ctx: Ctx, backup_id: str) -> Manifest:
+        """A backup's manifest: every file with its size and sha256."""
+        return backups(ctx).get(backup_id)
+
+    @router.post(f"{API}/backups/{{backup_id}}/verify", tags=["backups"])
+    def verify_backup(ctx: Ctx, backup_id: str) -> VerifyReport:
+        """Checksums of the archive and every member, and integrity_check of each database."""
+        return backups(ctx).verify(backup_id, trigger="api")
+
+    @router.post(f"{API}/backups/{{backup_id}}/restore", tags=["backups"])
+    def restore_backup(ctx: Ctx, backup_id: str, body: RestoreRequest) -> RestoreReport:
+        """Restore into a folder, or over the live folders (the server is stopped, the
+        replaced data kept in a pre-restore backup; rolled back if anything fails)."""
+        service = backups(ctx)
+        if body.to_folder:
+            return service.restore_to_folder(backup_id, Path(body.to_folder), body.parts, "api")
+        return service.restore_live(backup_id, supervisor_control(ctx), body.parts, trigger="api")
+
+    @router.get(f"{API}/runbooks", tags=["runbooks"])
+    def list_runbooks(ctx: Ctx) -> list[Runbook]:
+        """The runbooks, with their purpose and typed parameters."""
+        return runbooks(ctx).runbooks()
+
+    @router.get(f"{API}/runbooks/{{name}}", tags=["runbooks"])
+    def get_runbook(ctx: Ctx, name: str) -> Runbook:
+        return runbooks(ctx).get(name)
+
+    @router.post(f"{API}/runbooks/{{name}}/runs", tags=["runbooks"], status_code=202)
+    def start_run(ctx: Ctx, name: str, body: RunRequest) -> RunRecord:
+        """Check the parameters, then run in the background; read it back from /runs/{id}."""
+        who = f"api:{body.who}" if body.who else "api"
+        return runbooks(ctx).start(name, dict(body.parameters), who)
+
+    @router.get(f"{API}/runs", tags=["runbooks"])
+    def list_runs(
+        ctx: Ctx, limit: Annotated[int, Query(ge=1, le=1000)] = 50, runbook: str | None = None
+    ) -> list[RunRecord]:
+        """Recent runs, newest first: who, when, parameters, status, verdict."""
+        return runbooks(ctx).runs(limit, runbook)
+
+    @router.get(f"{API}/runs/{{run_id}}", tags=["runbooks"])
+    def get_run(ctx: Ctx, run_id: str) -> RunRecord:
+        """One run; ``cells_done`` of ``cells_total`` while it runs."""
+        return runbooks(ctx).run(run_id)
+
+    @router.get(f"{API}/runs/{{run_id}}/notebook", tags=["runbooks"])
+    def run_notebook(ctx: Ctx, run_id: str) -> FileResponse:
+        """The executed notebook: the audit record of the run."""
+        path = runbooks(ctx).notebook(run_id)
+        return FileResponse(path, media_type="application/x-ipynb+json", filename=path.name)
+
+    return router
+
+
+def supervisor_control(ctx: AgentContext) -> CallbackControl:
+    """The ServerControl of a restore run by the agent: its own supervisor, from a thread."""
+    loop = ctx.loop
+    assert loop is not None
+
+    def call(coro: Coroutine[Any, Any, ActionResult]) -> ActionResult:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=300)
+
+    def stop() -> None:
+        result = call(ctx.supervisor.stop())
+        if not result.ok:
+            raise NexusOpsError(f"the server did not stop: {result.message}")
+
+    def start() -> None:
+        call(ctx.supervisor.start(wait=False))
+
+    def wait_healthy(timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ctx.supervisor.ready:
+                return
+            time.sleep(0.2)
+        raise OpenCodeUnavailable(f"the server was not healthy within {timeout:g} s")
+
+    return CallbackControl(stop=stop, start=start, wait_healthy=wait_healthy)
 
 
 def _redact_line(ctx: AgentContext, line: str) -> str:

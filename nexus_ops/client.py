@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Generator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -16,11 +17,14 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from nexus_ops.backup.models import BackupInfo, Manifest, PruneReport, RestoreReport, VerifyReport
 from nexus_ops.config import Settings
 from nexus_ops.errors import AgentError, AgentUnavailable, Unauthorized
 from nexus_ops.metrics.frames import frame_from_payload, labels_text
 from nexus_ops.models import ActionResult, AgentHealth, Event, Readiness, ServerStatus
 from nexus_ops.paths import Layout
+from nexus_ops.runbooks.models import Runbook
+from nexus_ops.store.runs import RunRecord
 
 API = "/api/v1"
 
@@ -166,6 +170,79 @@ class AgentClient:
     def metrics_store(self) -> dict[str, Any]:
         """Size of the agent's metrics.db, its samples, and each tier's retention."""
         return dict(self.json("GET", f"{API}/metrics/store"))
+
+    # ---- backups -----------------------------------------------------------------------
+
+    def backups(self) -> list[BackupInfo]:
+        """Complete backups, newest first."""
+        return [BackupInfo.model_validate(b) for b in self.json("GET", f"{API}/backups")]
+
+    def create_backup(self, include_nexus: bool | None = None) -> Manifest:
+        body = {"include_nexus": include_nexus}
+        return Manifest.model_validate(self.json("POST", f"{API}/backups", json=body, timeout=3600))
+
+    def backup(self, backup_id: str) -> Manifest:
+        return Manifest.model_validate(self.json("GET", f"{API}/backups/{backup_id}"))
+
+    def backup_schedule(self) -> dict[str, Any]:
+        return dict(self.json("GET", f"{API}/backups/schedule"))
+
+    def verify_backup(self, backup_id: str) -> VerifyReport:
+        body = self.json("POST", f"{API}/backups/{backup_id}/verify", timeout=3600)
+        return VerifyReport.model_validate(body)
+
+    def prune_backups(self, dry_run: bool = True) -> PruneReport:
+        params = {"dry_run": str(dry_run).lower()}
+        return PruneReport.model_validate(
+            self.json("POST", f"{API}/backups/prune", params=params, timeout=600)
+        )
+
+    def restore_backup(
+        self, backup_id: str, parts: list[str] | None = None, to_folder: str | None = None
+    ) -> RestoreReport:
+        """Restore into ``to_folder``, or over the live folders (the agent stops and starts
+        the server, and rolls back if anything fails)."""
+        body = {"parts": parts, "to_folder": to_folder}
+        return RestoreReport.model_validate(
+            self.json("POST", f"{API}/backups/{backup_id}/restore", json=body, timeout=3600)
+        )
+
+    # ---- runbooks ----------------------------------------------------------------------
+
+    def runbooks(self) -> list[Runbook]:
+        return [Runbook.model_validate(r) for r in self.json("GET", f"{API}/runbooks")]
+
+    def runbook(self, name: str) -> Runbook:
+        return Runbook.model_validate(self.json("GET", f"{API}/runbooks/{name}"))
+
+    def start_run(
+        self, name: str, parameters: Mapping[str, Any] | None = None, who: str | None = None
+    ) -> RunRecord:
+        """Start a runbook in the agent; the parameters are checked before it starts."""
+        body = {"parameters": dict(parameters or {}), "who": who}
+        return RunRecord.model_validate(self.json("POST", f"{API}/runbooks/{name}/runs", json=body))
+
+    def runs(self, limit: int = 50, runbook: str | None = None) -> list[RunRecord]:
+        params: dict[str, Any] = {"limit": limit}
+        if runbook:
+            params["runbook"] = runbook
+        return [RunRecord.model_validate(r) for r in self.json("GET", f"{API}/runs", params=params)]
+
+    def run(self, run_id: str) -> RunRecord:
+        return RunRecord.model_validate(self.json("GET", f"{API}/runs/{run_id}"))
+
+    def wait_run(self, run_id: str, timeout: float = 600.0, interval: float = 0.5) -> RunRecord:
+        """Poll a run until it is no longer running (or ``timeout`` s have passed)."""
+        deadline = time.monotonic() + timeout
+        record = self.run(run_id)
+        while record.status == "running" and time.monotonic() < deadline:
+            time.sleep(interval)
+            record = self.run(run_id)
+        return record
+
+    def run_notebook(self, run_id: str) -> dict[str, Any]:
+        """The executed notebook of a run (its audit record), as JSON."""
+        return dict(self.json("GET", f"{API}/runs/{run_id}/notebook"))
 
 
 def _time_param(value: str | float | datetime) -> str:

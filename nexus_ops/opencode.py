@@ -189,15 +189,18 @@ class OpenCodeClient:
 class AsyncOpenCodeClient:
     """The agent's asynchronous client: one connection pool, a timeout on every call."""
 
-    def __init__(self, base_url: str, credentials: Credentials, timeout: float = 1.0) -> None:
+    def __init__(
+        self, base_url: str, credentials: Credentials, timeout: float = 1.0, keepalive: int = 0
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             auth=(credentials.username, credentials.password),
             timeout=timeout,
-            # A fresh connection per probe: a pooled one may point at a server that
-            # has since died or been replaced, and a probe should test accept() too.
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=0),
+            # By default a fresh connection per probe: a pooled one may point at a server
+            # that has since died or been replaced, and a probe should test accept() too.
+            # The metrics sampler keeps ``keepalive`` connections: it asks every second.
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=keepalive),
         )
 
     async def aclose(self) -> None:

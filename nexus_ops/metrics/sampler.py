@@ -97,9 +97,11 @@ class Sampler:
         retention_interval: float = 600.0,
         session_list_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
+        client: OpenCodeApi | None = None,
     ) -> None:
         self.store = store
         self.server = server
+        self.client = client or server.client
         self.port = port
         self.interval = interval
         self.flush_interval = flush_interval
@@ -194,7 +196,7 @@ class Sampler:
     async def _timed_get(self, path: str) -> Any:
         started = time.perf_counter()
         try:
-            body = await self.server.client.get(path)
+            body = await self.client.get(path)
         except NexusOpsError:
             self._notify(path, time.perf_counter() - started, False)
             return None

@@ -16,6 +16,8 @@ from nexus_ops.metrics.backends import MetricQuery, SQLiteBackend, open_store
 from nexus_ops.metrics.exposition import SamplerCollector
 from nexus_ops.metrics.frames import frame_to_payload, parse_labels, parse_time
 from nexus_ops.metrics.sampler import Sampler, ServerView
+from nexus_ops.opencode import AsyncOpenCodeClient, Credentials
+from nexus_ops.paths import Layout, read_or_create_secret
 
 
 class MetricsService:
@@ -26,6 +28,15 @@ class MetricsService:
     ) -> None:
         self.settings = settings
         self.store = open_store(settings)
+        # Its own client, keeping its connection: the supervisor's probes open a fresh
+        # one each time (to test accept()), which costs more than asking does.
+        password = read_or_create_secret(Layout(settings.home).server_password_file)
+        self.client = AsyncOpenCodeClient(
+            settings.opencode_base_url,
+            Credentials(settings.opencode_username, password),
+            timeout=settings.probe_timeout,
+            keepalive=1,
+        )
         self.sampler = Sampler(
             self.store,
             server,
@@ -33,13 +44,17 @@ class MetricsService:
             interval=settings.metrics_interval,
             flush_interval=settings.metrics_flush_interval,
             clock=clock,
+            client=self.client,
         )
         self.backend = SQLiteBackend(self.store, clock=clock)
         self._clock = clock
 
     async def run(self) -> None:
         """Sample until cancelled (then write what is pending)."""
-        await self.sampler.run()
+        try:
+            await self.sampler.run()
+        finally:
+            await self.client.aclose()
 
     def close(self) -> None:
         self.store.close()

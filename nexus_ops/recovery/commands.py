@@ -23,7 +23,7 @@ from nexus_ops.store import Database
 from nexus_ops.store.runs import RunRecord
 
 if TYPE_CHECKING:  # papermill takes a second to import: only when a runbook command runs
-    from nexus_ops.runbooks.catalog import Runbook
+    from nexus_ops.runbooks.models import Runbook
     from nexus_ops.runbooks.service import RunbookService
 
 Groups: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

@@ -5,6 +5,10 @@
 * ``params``: checking a caller's parameters against the declared types
 * ``engine``: running one with papermill (lock, timeout, progress, run index)
 * ``verdict``: the structured outcome a runbook's last cell records
+* ``models``: the value types; ``service``: runbooks as the agent serves them
+
+Names are loaded on first use: papermill takes a second to import, and the value
+types (for the client and the CLI) need none of it.
 
 >>> from nexus_ops.runbooks import ParamSpec, validate
 >>> validate({"dry_run": ParamSpec(name="dry_run", type="bool")}, {"dry_run": "no"},
@@ -14,10 +18,26 @@
 
 from __future__ import annotations
 
-from nexus_ops.runbooks.catalog import Runbook, RunbookCatalog, locate
-from nexus_ops.runbooks.engine import PreparedRun, RunbookRunner
-from nexus_ops.runbooks.params import ParamSpec, validate
-from nexus_ops.runbooks.verdict import VERDICT_MIME, Action, Finding, Verdict, find_verdict
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nexus_ops.runbooks.catalog import RunbookCatalog, locate
+    from nexus_ops.runbooks.engine import PreparedRun, RunbookRunner
+    from nexus_ops.runbooks.models import ParamSpec, Runbook
+    from nexus_ops.runbooks.params import validate
+    from nexus_ops.runbooks.service import RunbookService
+    from nexus_ops.runbooks.verdict import VERDICT_MIME, Action, Finding, Verdict, find_verdict
+
+_HOMES = {
+    "catalog": ["RunbookCatalog", "locate"],
+    "engine": ["PreparedRun", "RunbookRunner"],
+    "models": ["ParamSpec", "Runbook"],
+    "params": ["validate"],
+    "service": ["RunbookService"],
+    "verdict": ["VERDICT_MIME", "Action", "Finding", "Verdict", "find_verdict"],
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "VERDICT_MIME",
@@ -28,8 +48,22 @@ __all__ = [
     "Runbook",
     "RunbookCatalog",
     "RunbookRunner",
+    "RunbookService",
     "Verdict",
     "find_verdict",
     "locate",
     "validate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nexus_ops.runbooks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"nexus_ops.runbooks.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

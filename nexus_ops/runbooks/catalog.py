@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import papermill
-from pydantic import Field
 
 from nexus_ops.errors import RunbookError
-from nexus_ops.models import Frozen
+from nexus_ops.runbooks.models import ParamSpec, Runbook
 from nexus_ops.runbooks.nbio import read_notebook
-from nexus_ops.runbooks.params import ParamSpec, parse_default, supported
+from nexus_ops.runbooks.params import parse_default, supported
 
 INSTALLED = Path("share") / "nexus-ops" / "runbooks"
 
@@ -60,19 +59,6 @@ def locate(configured: Path | None = None) -> Path:
         + ")",
         hint="reinstall nexus-ops, or set NEXUS_RUNBOOKS_DIR to the runbooks/ of a checkout",
     )
-
-
-class Runbook(Frozen):
-    """One runbook: its name (the notebook's stem), what it is for, and its parameters."""
-
-    name: str
-    title: str
-    description: str = ""
-    path: str
-    parameters: list[ParamSpec] = Field(default_factory=list)
-
-    def spec(self) -> dict[str, ParamSpec]:
-        return {p.name: p for p in self.parameters}
 
 
 class RunbookCatalog:

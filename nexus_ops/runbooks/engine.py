@@ -29,7 +29,8 @@ from papermill.execute import raise_for_execution_errors
 
 from nexus_ops.errors import RunbookError
 from nexus_ops.locks import FileLock, LockBusy
-from nexus_ops.runbooks.catalog import Runbook, RunbookCatalog
+from nexus_ops.runbooks.catalog import RunbookCatalog
+from nexus_ops.runbooks.models import Runbook
 from nexus_ops.runbooks.nbio import error_output, read_notebook
 from nexus_ops.runbooks.params import validate
 from nexus_ops.runbooks.verdict import find_verdict

@@ -25,24 +25,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field
-
 from nexus_ops.errors import ParameterError
-from nexus_ops.models import Frozen
+from nexus_ops.runbooks.models import ParamSpec
 
 SCALARS = ("bool", "int", "float", "str")
 _LIST = re.compile(r"^(?:list|List)\[(bool|int|float|str)\]$")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-
-
-class ParamSpec(Frozen):
-    """One parameter of a runbook, as its ``parameters`` cell declares it."""
-
-    name: str
-    type: str = Field(description="bool, int, float, str or list[...] of one of them")
-    default: Any = None
-    help: str = ""
 
 
 def supported(type_name: str) -> bool:

@@ -12,8 +12,9 @@ from typing import Any
 from nexus_ops.config import Settings
 from nexus_ops.errors import RunbookError
 from nexus_ops.paths import Layout
-from nexus_ops.runbooks.catalog import Runbook, RunbookCatalog
+from nexus_ops.runbooks.catalog import RunbookCatalog
 from nexus_ops.runbooks.engine import RunbookRunner
+from nexus_ops.runbooks.models import Runbook
 from nexus_ops.store.db import Database
 from nexus_ops.store.runs import RunIndex, RunRecord
 
