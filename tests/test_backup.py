@@ -310,3 +310,50 @@ def test_manifest_is_written_last_and_mentions_every_member(
     assert names[-1] == "MANIFEST.json"
     assert sorted(names[:-1]) == sorted(e.path for e in manifest.files)
     assert embedded.files == manifest.files
+
+
+def test_the_scheduled_run_creates_verifies_prunes_and_records(tmp_path: Path) -> None:
+    from conftest import private_env
+
+    from nexus_ops.backup import BackupService
+    from nexus_ops.config import load_settings
+
+    env = private_env(tmp_path / "env")
+    live = make_opencode_tree(tmp_path / "live")
+    env.update(
+        XDG_CONFIG_HOME=str(live.config_dir.parent),
+        XDG_DATA_HOME=str(live.data_dir.parent),
+        NEXUS_BACKUP_KEEP_LAST="2",
+        NEXUS_BACKUP_KEEP_WITHIN_DAYS="0",
+    )
+    service = BackupService.open(load_settings(env), environ=env)
+    made = [service.scheduled_run() for _ in range(3)]
+    assert [b.id for b in service.backups()] == [made[2].id, made[1].id]  # pruned to 2
+    assert all(m.kind == "scheduled" for m in made)
+    kinds = [e.kind for e in service.journal.events()] if service.journal else []
+    assert kinds.count("backup") == 3 and "prune" in kinds
+    last = service.last_success()
+    assert last is not None and last.backup_id == made[2].id and last.size
+    counts = service.runs.counts()
+    assert counts[("create", True)] == 3 and counts[("verify", True)] == 3
+    text = "\n".join(str(m) for m in service.collector().collect())
+    assert "nexus_backup_last_success_timestamp_seconds" in text
+
+
+def test_a_failed_backup_is_recorded_and_journalled(tmp_path: Path) -> None:
+    from conftest import private_env
+
+    from nexus_ops.backup import BackupService
+    from nexus_ops.config import load_settings
+
+    env = private_env(tmp_path / "env")
+    live = make_opencode_tree(tmp_path / "live")
+    (live.data_dir / "opencode.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 5000)
+    env.update(XDG_CONFIG_HOME=str(live.config_dir.parent), XDG_DATA_HOME=str(live.data_dir.parent))
+    service = BackupService.open(load_settings(env), environ=env)
+    with pytest.raises(BackupError, match="could not copy the database"):
+        service.create(trigger="schedule")
+    assert service.backups() == []
+    assert service.runs.counts() == {("create", False): 1}
+    assert service.journal is not None
+    assert [e.kind for e in service.journal.events()] == ["backup_failed"]
