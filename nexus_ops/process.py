@@ -112,9 +112,12 @@ def remove_record(path: Path) -> None:
 
 
 def descendants(proc: psutil.Process) -> list[psutil.Process]:
-    with contextlib.suppress(psutil.Error):
-        return list(proc.children(recursive=True))
-    return []
+    """The live descendants of ``proc`` (found without scanning the host's process list)."""
+    found = []
+    for pid in tree_pids(proc.pid)[1:]:
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+    return found
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:
