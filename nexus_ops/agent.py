@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 
 from nexus_ops import __version__, logs
+from nexus_ops.alerts import AlertService, AlertsView, load_config
 from nexus_ops.backup import BackupService, CallbackControl
 from nexus_ops.backup.models import BackupInfo, Manifest, PruneReport, RestoreReport, VerifyReport
 from nexus_ops.config import Settings, settings_table
@@ -60,6 +60,7 @@ from nexus_ops.process import check_port_free, identify, remove_record, save_rec
 from nexus_ops.redact import redact
 from nexus_ops.runbooks.models import Runbook
 from nexus_ops.runbooks.service import RunbookService
+from nexus_ops.security.tokens import is_loopback, require_strong_token
 from nexus_ops.store import Database, Journal
 from nexus_ops.store.runs import RunRecord
 from nexus_ops.supervisor import Supervisor
@@ -85,6 +86,7 @@ class AgentContext:
     exposition: Exposition
     started: float = field(default_factory=time.time)
     metrics: MetricsService | None = None
+    alerts: AlertService | None = None
     backups: BackupService | None = None
     runbooks: RunbookService | None = None
     loop: asyncio.AbstractEventLoop | None = None
@@ -122,6 +124,7 @@ def create_app(
         ctx = AgentContext(settings, layout, token, database, journal, supervisor, exposition)
         ctx.metrics = MetricsService(settings, supervisor)
         exposition.registry.register(ctx.metrics.collector())
+        ctx.alerts = AlertService.from_settings(settings, journal)
         ctx.backups = BackupService(settings, database, journal)
         exposition.registry.register(ctx.backups.collector())
         ctx.runbooks = RunbookService(settings, database)
@@ -330,6 +333,13 @@ def api_router() -> APIRouter:
         ]
         return ConfigView(profile=ctx.settings.env, settings=rows)
 
+    @router.get(f"{API}/alerts", tags=["alerts"])
+    async def alerts(ctx: Ctx) -> AlertsView:
+        """Every alert rule with its state, the webhooks' delivery status (URLs masked),
+        and the latest notifications."""
+        assert ctx.alerts is not None
+        return ctx.alerts.view()
+
     return router
 
 
@@ -490,30 +500,49 @@ def _redact_line(ctx: AgentContext, line: str) -> str:
     return redact(line, secrets=[ctx.token, ctx.supervisor.credentials.password])
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(settings: Settings) -> None:
-    """Refuse a non-loopback address unless the operator allowed remote access."""
-    if is_loopback(settings.agent_host) or settings.allow_remote:
+def check_bind(
+    settings: Settings,
+    token: str | None = None,
+    host: str | None = None,
+    variable: str = "NEXUS_AGENT_HOST",
+) -> None:
+    """Refuse a non-loopback address unless the operator allowed remote access, and then
+    insist on a strong token (the agent's, or the console's with ``host``/``variable``)."""
+    host = settings.agent_host if host is None else host
+    if is_loopback(host):
         return
-    raise SecurityError(
-        f"NEXUS_AGENT_HOST={settings.agent_host} is not a loopback address",
-        hint="set NEXUS_ALLOW_REMOTE=true to accept remote connections (the bearer token "
-        "is always required), and put TLS in front of it",
+    if not settings.allow_remote:
+        raise SecurityError(
+            f"{variable}={host} is not a loopback address",
+            hint="set NEXUS_ALLOW_REMOTE=true to accept remote connections (the bearer token "
+            "is always required), and put TLS in front of it",
+        )
+    if token is not None:
+        require_strong_token(token, "the agent token ($NEXUS_HOME/secrets/agent.token)")
+
+
+async def evaluate_alerts(ctx: AgentContext) -> None:
+    """The alert evaluator, on the sampler's readings and the supervisor's requests."""
+    assert ctx.alerts is not None
+    metrics = ctx.metrics
+    await ctx.alerts.run(
+        lambda: metrics.sampler.latest if metrics else None, ctx.supervisor.request_observers
     )
 
 
+# What `nexus-ops agent` runs beside the supervisor and the sampler.
+DEFAULT_JOBS: list[BackgroundJob] = [evaluate_alerts]
+
+
 def serve(settings: Settings, jobs: list[BackgroundJob] | None = None) -> None:
-    """Run the agent in the foreground until SIGINT or SIGTERM (the server keeps running)."""
-    check_bind(settings)
+    """Run the agent in the foreground until SIGINT or SIGTERM (the server keeps running).
+
+    ``jobs`` default to :data:`DEFAULT_JOBS` (the alert evaluator).
+    """
     layout = Layout(settings.home).ensure()
+    check_bind(settings, read_or_create_secret(layout.agent_token_file))
+    load_config(settings)  # a bad alerts file stops the agent here, with what to fix
+    jobs = DEFAULT_JOBS if jobs is None else jobs
     check_port_free(settings.agent_host, settings.agent_port)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from nexus_ops import __version__
+from nexus_ops.alerts import describe_rule_status, export_rules, load_config
 from nexus_ops.client import AgentClient
 from nexus_ops.config import Settings, load_settings, settings_table
 from nexus_ops.daemon import running_agent, start_daemon, stop_daemon
 from nexus_ops.errors import ConfigError, NexusOpsError
 from nexus_ops.models import ActionResult, Event, ServerStatus
 from nexus_ops.opencode import binary_version, install, locate_binary
-from nexus_ops.paths import Layout
+from nexus_ops.paths import Layout, atomic_write
 from nexus_ops.recovery.commands import backup_commands, runbook_commands
 
 Handler = Callable[[argparse.Namespace], int]
@@ -307,6 +308,94 @@ def console_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- alerts ---------------------------------------------------------------------------
+
+
+def alerts_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    alerts = groups.add_parser("alerts", help="alert rules, their states, Prometheus export")
+    sub = alerts.add_subparsers(title="actions", metavar="ACTION", required=True)
+    listing = sub.add_parser("list", help="every rule with its state and the webhooks' status")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=alerts_list)
+    export = sub.add_parser(
+        "export-prometheus", help="the same rules as Prometheus alerting rules (YAML)"
+    )
+    export.add_argument("--out", type=Path, help="write to this file instead of printing")
+    export.set_defaults(handler=alerts_export)
+
+
+def alerts_list(args: argparse.Namespace) -> int:
+    with connect() as client:
+        view = client.alerts()
+    if args.json:
+        print_json(view.model_dump(mode="json"))
+        return 0
+    print(f"{'rule':<28} {'state':<22} {'value':>12}  condition")
+    for status in view.rules:
+        print(describe_rule_status(status))
+    for receiver in view.receivers:
+        error = f"; last error: {receiver.last_error}" if receiver.last_error else ""
+        print(
+            f"webhook {receiver.receiver}: {receiver.delivered} delivered, "
+            f"{receiver.failed} failed{error}"
+        )
+    return 0
+
+
+def alerts_export(args: argparse.Namespace) -> int:
+    rules = load_config(settings()).rules
+    text = export_rules(rules)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    atomic_write(args.out, text.encode())
+    print(f"wrote {len(rules)} rules to {args.out}", file=sys.stderr)
+    return 0
+
+
+# ---- security -------------------------------------------------------------------------
+
+
+def security_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = groups.add_parser("security", help="security posture report and dependency audit")
+    sub = group.add_subparsers(title="actions", metavar="ACTION", required=True)
+    check = sub.add_parser("check", help="pass, warn or fail for each item; exit 1 on a fail")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.set_defaults(handler=security_check)
+    audit = sub.add_parser(
+        "audit", help="vulnerabilities (pip-audit), SBOM (CycloneDX) and licences into a folder"
+    )
+    audit.add_argument("--out", type=Path, required=True, help="folder to write the reports to")
+    audit.add_argument(
+        "--service", choices=("pypi", "osv"), default="pypi", help="vulnerability service (pypi)"
+    )
+    audit.add_argument("--json", action="store_true", help="print JSON")
+    audit.set_defaults(handler=security_audit)
+
+
+def security_check(args: argparse.Namespace) -> int:
+    from nexus_ops.security import posture_check
+
+    report = posture_check(settings())
+    if args.json:
+        print_json({"ok": report.ok, **report.model_dump(mode="json")})
+    else:
+        print(report.text())
+    return 0 if report.ok else 1
+
+
+def security_audit(args: argparse.Namespace) -> int:
+    from nexus_ops.security import run_audit
+
+    print("auditing the installed packages (about a minute) ...", file=sys.stderr)
+    report = run_audit(args.out, vulnerability_service=args.service)
+    if args.json:
+        print_json({"ok": report.ok, **report.model_dump(mode="json")})
+    else:
+        print(report.text())
+    return 0 if report.ok else 1
+
+
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     config_commands,
     opencode_commands,
@@ -314,6 +403,8 @@ COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParse
     server_commands,
     events_commands,
     console_commands,
+    alerts_commands,
+    security_commands,
     backup_commands,
     runbook_commands,
 ]

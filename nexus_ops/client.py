@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from nexus_ops.alerts import AlertsView
 from nexus_ops.backup.models import BackupInfo, Manifest, PruneReport, RestoreReport, VerifyReport
 from nexus_ops.config import Settings
 from nexus_ops.errors import AgentError, AgentUnavailable, Unauthorized
@@ -127,6 +128,10 @@ class AgentClient:
 
     def config(self) -> dict[str, Any]:
         return dict(self.json("GET", f"{API}/config"))
+
+    def alerts(self) -> AlertsView:
+        """Every alert rule with its state, the webhooks' status and recent notifications."""
+        return AlertsView.model_validate(self.json("GET", f"{API}/alerts"))
 
     def metrics_text(self) -> str:
         return self.request("GET", "/metrics").text

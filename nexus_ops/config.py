@@ -191,6 +191,43 @@ class Settings(BaseSettings):
         description="Comma-separated URLs of outside services the server needs (network checks).",
     )
 
+    # Alerts: rules evaluated by the agent, notifications to webhooks.
+    alerts_file: Path | None = Field(
+        None, description="YAML file of alert rules and webhooks (see docs/alerts.md)."
+    )
+    alert_default_rules: bool = Field(
+        True, description="Evaluate the built-in rules (server down, restarts, memory, latency)."
+    )
+    alert_interval: float = Field(
+        5.0, ge=0.2, le=3600, description="Seconds between evaluations of the alert rules."
+    )
+    alert_memory_mb: int = Field(
+        3072, ge=1, description="Resident memory (MiB) over which the built-in memory alert fires."
+    )
+    alert_latency_p95: float = Field(
+        1.0, gt=0, description="Seconds of p95 request latency over which the latency alert fires."
+    )
+    alert_webhook_urls: str = Field(
+        "", description="Comma-separated webhook URLs notified of alerts (shown masked)."
+    )
+    alert_webhook_token: str | None = Field(
+        None, description="Bearer token sent to the webhooks of NEXUS_ALERT_WEBHOOK_URLS."
+    )
+    alert_webhook_timeout: float = Field(
+        5.0, gt=0, le=120, description="Seconds one webhook delivery may take."
+    )
+    alert_webhook_retries: int = Field(
+        3, ge=0, le=10, description="Retries of a failed webhook delivery (backoff doubles)."
+    )
+
+    @field_validator("alert_webhook_urls", mode="after")
+    @classmethod
+    def _webhooks(cls, value: str) -> str:
+        urls = [url.strip() for url in value.split(",") if url.strip()]
+        if any(not url.startswith(("http://", "https://")) for url in urls):
+            raise ValueError("is not a comma-separated list of http:// or https:// URLs")
+        return ",".join(urls)
+
     @field_validator("backup_schedule", mode="after")
     @classmethod
     def _cron(cls, value: str) -> str:
@@ -200,7 +237,9 @@ class Settings(BaseSettings):
             return value.strip()
         raise ValueError("is not a cron expression (e.g. '0 2 * * *' for daily at 02:00, or off)")
 
-    @field_validator("home", "opencode_bin", "opencode_workdir", "runbooks_dir", mode="after")
+    @field_validator(
+        "home", "opencode_bin", "opencode_workdir", "runbooks_dir", "alerts_file", mode="after"
+    )
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -299,6 +338,8 @@ def _describe(error: Mapping[str, Any], values: Mapping[str, str]) -> str:
     field = str(error["loc"][0]) if error["loc"] else "?"
     var = field_env_name(field)
     shown = values.get(var, error.get("input"))
+    if isinstance(shown, str):  # an error message must not show a secret either
+        shown = mask_setting(field, shown)
     expected = _EXPECTED.get(str(error["type"]), "")
     message = str(error["msg"])
     detail = f"{message}; expected {expected}" if expected else message

@@ -80,9 +80,13 @@ class Layout:
         return self.secrets / "agent.token"
 
     def ensure(self) -> Layout:
-        """Create the folders (secrets 0700) and return self."""
+        """Create the folders and return self.
+
+        New folders are 0700: the backups hold OpenCode's provider keys and
+        sessions, the logs and runs what the server said; no other user reads them.
+        """
         for folder in (self.home, self.logs, self.backups, self.runs):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.secrets.chmod(0o700)
         return self

@@ -1,0 +1,84 @@
+"""Security by default: token and address rules, the posture report, the dependency audit.
+
+* ``tokens``: what counts as loopback, and as a strong token (the agent uses it)
+* ``posture``: ``nexus-ops security check``: each item passes, warns or fails
+* ``audit``: ``nexus-ops security audit``: pip-audit, CycloneDX SBOM, pip-licenses
+* ``licences``: which licences nexus-ops may ship with
+* ``runbook``: the permission repair and the verdict of the ``security_audit`` runbook
+
+The names are loaded on first use, so that the agent's start does not pay for
+the runbook machinery.
+
+>>> from nexus_ops import security
+>>> security.token_problem("x" * 40)
+'uses only 1 distinct characters; use a random one'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nexus_ops.security.audit import AuditReport, ToolResult, run_audit
+    from nexus_ops.security.licences import licence_allowed
+    from nexus_ops.security.posture import (
+        PostureItem,
+        PostureReport,
+        posture_check,
+        readable_by_others,
+    )
+    from nexus_ops.security.runbook import (
+        PermissionFixes,
+        audit,
+        fix_permissions,
+        record_verdict,
+        security_verdict,
+    )
+    from nexus_ops.security.tokens import is_loopback, require_strong_token, token_problem
+
+_HOMES = {
+    "audit": ["AuditReport", "ToolResult", "run_audit"],
+    "licences": ["licence_allowed"],
+    "posture": ["PostureItem", "PostureReport", "posture_check", "readable_by_others"],
+    "runbook": [
+        "PermissionFixes",
+        "audit",
+        "fix_permissions",
+        "record_verdict",
+        "security_verdict",
+    ],
+    "tokens": ["is_loopback", "require_strong_token", "token_problem"],
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = [
+    "AuditReport",
+    "PermissionFixes",
+    "PostureItem",
+    "PostureReport",
+    "ToolResult",
+    "audit",
+    "fix_permissions",
+    "is_loopback",
+    "licence_allowed",
+    "posture_check",
+    "readable_by_others",
+    "record_verdict",
+    "require_strong_token",
+    "run_audit",
+    "security_verdict",
+    "token_problem",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nexus_ops.security' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"nexus_ops.security.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
