@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 OPENCODE_PREFIX := .cache/opencode
-PYTEST_ARGS ?=
+# The coverage gate of CI; subprocesses (agent, CLI, kernels) are measured too.
+PYTEST_ARGS ?= --cov=nexus_ops --cov-report=term --cov-fail-under=80
 
 .PHONY: setup system-deps opencode console test check lint typecheck pytest clean
 
