@@ -357,3 +357,16 @@ def test_a_failed_backup_is_recorded_and_journalled(tmp_path: Path) -> None:
     assert service.runs.counts() == {("create", False): 1}
     assert service.journal is not None
     assert [e.kind for e in service.journal.events()] == ["backup_failed"]
+
+
+def test_a_member_made_unsafe_after_the_check_is_still_refused(tmp_path: Path) -> None:
+    # As if the archive were swapped between verify and extract: each member is
+    # checked again as it is written.
+    archive = tmp_path / "evil.tar.gz"
+    evil_archive(archive)
+    target = tmp_path / "sandbox" / "target"
+    with pytest.raises(UnsafeArchive, match="changed since it was checked"):
+        extract_parts(archive, {"data": target / "data"}, prechecked=True)
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "sandbox" / "escaped.txt").exists()
+    assert [p.name for p in (target / "data").iterdir()] == ["ok.txt"]

@@ -1,9 +1,8 @@
 """Writing a backup archive (gzip-compressed tar) while hashing every member.
 
 Each file is read once: the bytes go to the archive and to its sha256 at the
-same time. Compression runs in a second thread (zlib releases the GIL), so that
-reading and hashing overlap with deflating, the way ``tar czf`` overlaps tar and
-gzip in two processes.
+same time. Compression runs on a pool of threads (zlib releases the GIL), block by
+block, so that reading and hashing overlap with deflating and every core deflates.
 
 >>> import io, tempfile
 >>> from pathlib import Path
@@ -16,15 +15,17 @@ gzip in two processes.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
+import gzip
 import hashlib
 import io
 import os
-import queue
 import tarfile
-import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -34,51 +35,50 @@ from nexus_ops.errors import BackupError
 
 COMPRESS_LEVEL = 6  # gzip's default, so that sizes compare with `tar czf`
 CHUNK = 1 << 20
+BLOCK = 4 << 20  # compressed independently: enough context for gzip's 32 KiB window
 
 
 class _GzipPipe(io.RawIOBase):
-    """A write-only stream that gzips in a background thread into ``raw``."""
+    """A write-only stream that gzips into ``raw`` on several threads, like pigz.
+
+    The stream is cut into blocks of ``BLOCK`` bytes; each is compressed by a pool
+    of threads (zlib releases the GIL) into a gzip member of its own, and the members
+    are written in order. Concatenated members are one valid gzip file (RFC 1952):
+    ``gzip -d``, ``tar xzf`` and Python's ``gzip`` module read it whole.
+    """
 
     def __init__(self, raw: BinaryIO, level: int = COMPRESS_LEVEL) -> None:
         super().__init__()
         self._raw = raw
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        self._error: BaseException | None = None
-        self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip header
+        self._level = level
+        workers = max(1, min(4, os.cpu_count() or 1))
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "backup-gzip")
+        self._inflight: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+        self._window = workers * 2
         self.digest = hashlib.sha256()  # of the compressed bytes: the archive's checksum
         self.size = 0
-        self._thread = threading.Thread(target=self._work, name="backup-gzip", daemon=True)
         self._pending: list[bytes] = []
         self._pending_size = 0
-        self._thread.start()
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._error is not None:
-            raise self._error
         chunk = bytes(data)
         self._pending.append(chunk)
         self._pending_size += len(chunk)
-        if self._pending_size >= CHUNK:
-            self._flush_pending()
+        if self._pending_size >= BLOCK:
+            self._submit()
         return len(chunk)
 
-    def _flush_pending(self) -> None:
-        if self._pending:
-            self._queue.put(b"".join(self._pending))
-            self._pending, self._pending_size = [], 0
-
-    def _work(self) -> None:
-        try:
-            while (chunk := self._queue.get()) is not None:
-                self._emit(self._compressor.compress(chunk))
-            self._emit(self._compressor.flush())
-        except BaseException as exc:  # handed to the writer thread on its next write
-            self._error = exc
-            while self._queue.get() is not None:
-                pass
+    def _submit(self) -> None:
+        if not self._pending:
+            return
+        block = b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
+        self._inflight.append(self._pool.submit(_gzip_member, block, self._level))
+        while len(self._inflight) > self._window:
+            self._emit(self._inflight.popleft().result())
 
     def _emit(self, data: bytes) -> None:
         self.digest.update(data)
@@ -88,12 +88,27 @@ class _GzipPipe(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
-        self._flush_pending()
-        self._queue.put(None)
-        self._thread.join()
-        super().close()
-        if self._error is not None:
-            raise self._error
+        try:
+            self._submit()
+            if not self.size and not self._inflight:  # an empty stream is one empty member
+                self._inflight.append(self._pool.submit(_gzip_member, b"", self._level))
+            while self._inflight:
+                self._emit(self._inflight.popleft().result())
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            super().close()
+
+
+def _gzip_member(block: bytes, level: int) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: with a gzip header
+    return compressor.compress(block) + compressor.flush()
+
+
+@contextlib.contextmanager
+def read_archive(path: Path) -> Iterator[tarfile.TarFile]:
+    """The archive as a tar stream (every gzip member of it, in one pass)."""
+    with gzip.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        yield tar
 
 
 class _HashingReader:

@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from nexus_ops.backup.archive import read_archive
 from nexus_ops.backup.repository import BackupRepository
 from nexus_ops.errors import BackupError
 from nexus_ops.store.backups_copy import session_ids
@@ -33,7 +34,7 @@ def backup_sessions(
     with tempfile.TemporaryDirectory(prefix="nexus-sessions-") as scratch:
         copy = Path(scratch) / "opencode.db"
         try:
-            with tarfile.open(repo.archive_path(backup_id), mode="r|gz") as tar:
+            with read_archive(repo.archive_path(backup_id)) as tar:
                 for info in tar:
                     if info.name == member and info.isreg():
                         source = tar.extractfile(info)

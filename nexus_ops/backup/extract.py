@@ -14,16 +14,16 @@ import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from nexus_ops.backup.archive import CHUNK
+from nexus_ops.backup.archive import CHUNK, read_archive
 from nexus_ops.backup.models import FileEntry
-from nexus_ops.backup.safety import MANIFEST_MEMBER, check_archive
-from nexus_ops.errors import BackupError
+from nexus_ops.backup.safety import MANIFEST_MEMBER, MemberChecker, check_archive
+from nexus_ops.errors import BackupError, UnsafeArchive
 
 
 def read_members(archive: Path) -> list[tarfile.TarInfo]:
     """Every member of ``archive`` (one pass over it, nothing extracted)."""
     try:
-        with tarfile.open(archive, mode="r|gz") as tar:
+        with read_archive(archive) as tar:
             return list(tar)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BackupError(
@@ -35,18 +35,28 @@ def extract_parts(
     archive: Path,
     into: Mapping[str, Path],
     expected: Mapping[str, FileEntry] | None = None,
+    *,
+    prechecked: bool = False,
 ) -> int:
     """Write the members of each part in ``into`` (part -> folder); return files written.
 
     A member ``data/log/x`` goes to ``into["data"] / "log/x"``. With ``expected``
-    (the manifest's entries by path) every file must match its checksum.
+    (the manifest's entries by path) every file must match its checksum. Every member
+    is checked in a first pass, unless the caller has just verified the archive
+    (``prechecked``); each is checked again as it is written, in case the archive
+    changed since.
     """
-    check_archive(read_members(archive), str(archive))
+    if not prechecked:
+        check_archive(read_members(archive), str(archive))
+    checker = MemberChecker()
     written = 0
     folders: list[tuple[Path, tarfile.TarInfo]] = []
     try:
-        with tarfile.open(archive, mode="r|gz") as tar:
+        with read_archive(archive) as tar:
             for member in tar:
+                problem = checker.check(member)
+                if problem:
+                    raise UnsafeArchive(f"{archive} changed since it was checked: {problem}")
                 destination = _destination(member.name, into)
                 if destination is None:
                     continue

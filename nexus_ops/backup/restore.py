@@ -73,9 +73,9 @@ def restore_to_folder(
             f"{target} is not an empty folder", hint="restore into a new or empty folder"
         )
     into = {part: target / part for part in chosen}
-    files = extract_parts(
-        repo.archive_path(backup_id), into, {entry.path: entry for entry in manifest.files}
-    )
+    entries = {entry.path: entry for entry in manifest.files}
+    # checked_manifest has just verified every member: no second pass before writing.
+    files = extract_parts(repo.archive_path(backup_id), into, entries, prechecked=True)
     return RestoreReport(
         backup_id=backup_id,
         target=str(target),
@@ -200,6 +200,7 @@ class LiveRestore:
                 self.repo.archive_path(manifest.id),
                 {p: s.staged for p, s in zip(parts, swaps, strict=True)},
                 entries,
+                prechecked=True,  # by checked_manifest, in run()
             )
         except BaseException:
             for swap in swaps:

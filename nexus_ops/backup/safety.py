@@ -27,15 +27,22 @@ _ALLOWED_TOP = {*PARTS, MANIFEST_MEMBER}
 
 def unsafe_members(members: Iterable[tarfile.TarInfo]) -> list[str]:
     """A line per unsafe member: its name and why; empty when all are safe."""
-    problems: list[str] = []
-    links: list[str] = []
-    for member in members:
-        reason = _problem(member, links)
-        if reason:
-            problems.append(f"{member.name}: {reason}")
+    checker = MemberChecker()
+    return [problem for member in members if (problem := checker.check(member))]
+
+
+class MemberChecker:
+    """Checks members one by one, in archive order (it remembers the links seen)."""
+
+    def __init__(self) -> None:
+        self._links: list[str] = []
+
+    def check(self, member: tarfile.TarInfo) -> str | None:
+        """``'name: why'`` when ``member`` is unsafe, else None."""
+        reason = _problem(member, self._links)
         if member.issym():
-            links.append(member.name.rstrip("/"))
-    return problems
+            self._links.append(member.name.rstrip("/"))
+        return f"{member.name}: {reason}" if reason else None
 
 
 def _problem(member: tarfile.TarInfo, links: list[str]) -> str | None:

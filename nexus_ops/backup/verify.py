@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nexus_ops.backup.archive import CHUNK, sha256_file
+from nexus_ops.backup.archive import CHUNK, read_archive, sha256_file
 from nexus_ops.backup.models import FileEntry, Manifest, VerifyReport
 from nexus_ops.backup.repository import BackupRepository
 from nexus_ops.backup.safety import MANIFEST_MEMBER, unsafe_members
@@ -79,7 +79,7 @@ def _check_members(archive: Path, manifest: Manifest) -> tuple[int, list[str], d
     integrity: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="nexus-verify-") as scratch:
         try:
-            with tarfile.open(archive, mode="r|gz") as tar:
+            with read_archive(archive) as tar:
                 for member in tar:
                     problems += unsafe_members([member])
                     if member.name == MANIFEST_MEMBER:

@@ -1,0 +1,336 @@
+"""Backups and runbooks, measured.
+
+1. Backup throughput against ``tar czf`` of the same folders (OpenCode's config
+   without node_modules, and its data; a WAL database of realistic content):
+   nexus-ops also copies the database with SQLite's online backup API, hashes every
+   file and writes a manifest. Target: at least 0.8x tar's throughput.
+2. Restore time: to a folder (with its verify), and over the live folders.
+3. Each runbook's run time with plain papermill against a real agent and a real
+   OpenCode server, and ``database_failure`` on a corrupted database: from the start
+   of the run to a healthy server serving every session of the backup. Target: 30 s.
+
+    python benchmarks/bench_backup.py [--mb 200] [--repeat 3] [--skip-server]
+
+The OpenCode binary is found like the tests find it (NXOPS_TEST_OPENCODE_PREFIX,
+.cache/opencode, or NEXUS_OPENCODE_BIN). Everything runs in a temporary HOME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import sqlite3
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nexus_ops.backup import (  # noqa: E402
+    BackupRepository,
+    BackupSources,
+    NoServer,
+    OpenCodeLocations,
+    create_backup,
+    restore_live,
+    restore_to_folder,
+)
+from nexus_ops.opencode import native_binary_in  # noqa: E402
+
+WORDS = [
+    "the",
+    "function",
+    "returns",
+    "a",
+    "value",
+    "when",
+    "the",
+    "server",
+    "starts",
+    "import",
+    "class",
+    "self",
+    "error",
+    "file",
+    "path",
+    "test",
+    "session",
+    "message",
+    "part",
+    "tool",
+    "output",
+    "diff",
+    "patch",
+    "assistant",
+    "user",
+]
+
+
+def build_tree(root: Path, megabytes: int) -> OpenCodeLocations:
+    """OpenCode's folders: a WAL database of sessions, messages and parts (JSON text, as
+    OpenCode stores them), snapshot blobs, logs, and a plugin cache that is not backed up."""
+    rnd = random.Random(7)
+    locations = OpenCodeLocations(root / "config" / "opencode", root / "data" / "opencode")
+    config, data = locations.config_dir, locations.data_dir
+    (config / "node_modules" / "pkg").mkdir(parents=True)
+    (config / "node_modules" / "pkg" / "big.js").write_bytes(os.urandom(5 << 20))
+    (config / "opencode.jsonc").write_text('{"$schema": "https://opencode.ai/config.json"}')
+    (data / "log").mkdir(parents=True)
+    (data / "log" / "opencode.log").write_text("INFO service=server listening\n" * 20000)
+    conn = sqlite3.connect(data / "opencode.db")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE session (id TEXT PRIMARY KEY, data TEXT)")
+    conn.execute("CREATE TABLE part (id TEXT PRIMARY KEY, session TEXT, data TEXT)")
+    db_bytes, i = int(megabytes * 0.7) << 20, 0
+    while i * 2300 < db_bytes:
+        text = " ".join(rnd.choice(WORDS) for _ in range(300))
+        code = "".join(rnd.choices(string.ascii_letters + string.digits, k=300))
+        conn.execute(
+            "INSERT INTO part VALUES (?, ?, ?)",
+            (
+                f"prt_{i:08d}",
+                f"ses_{i // 500:05d}",
+                json.dumps({"type": "text", "text": text, "code": code}),
+            ),
+        )
+        if i % 500 == 0:
+            conn.execute("INSERT INTO session VALUES (?, ?)", (f"ses_{i // 500:05d}", "{}"))
+        i += 1
+    conn.commit()
+    conn.close()
+    snapshot = data / "snapshot" / "objects"
+    snapshot.mkdir(parents=True)
+    blob_bytes = int(megabytes * 0.3) << 20
+    for n in range(max(blob_bytes // (256 << 10), 1)):
+        half = 128 << 10
+        (snapshot / f"{n:05d}").write_bytes(os.urandom(half // 4) + b"x" * (half * 7 // 4))
+    return locations
+
+
+def tree_bytes(locations: OpenCodeLocations) -> int:
+    return BackupSources.of(locations).total_bytes()
+
+
+def time_it(work: object, repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()  # type: ignore[operator]
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def bench_throughput(work: Path, megabytes: int, repeat: int) -> None:
+    locations = build_tree(work / "live", megabytes)
+    size = tree_bytes(locations)
+    repo = BackupRepository(work / "backups")
+    tar_out = work / "tar.tar.gz"
+
+    def ours() -> None:
+        create_backup(repo, BackupSources.of(locations))
+
+    def tar() -> None:
+        tar_out.unlink(missing_ok=True)
+        subprocess.run(
+            [
+                "tar",
+                "czf",
+                str(tar_out),
+                "--exclude=node_modules",
+                "-C",
+                str(work / "live"),
+                "config/opencode",
+                "data/opencode",
+            ],
+            check=True,
+        )
+        with tar_out.open("rb") as handle:  # tar does not fsync; make it even
+            os.fsync(handle.fileno())
+
+    subprocess.run(["sync"], check=True)
+    tar_times, our_times = [], []
+    for _ in range(repeat):  # interleaved, so that both see the same load on the host
+        tar_times += time_it(tar, 1)
+        our_times += time_it(ours, 1)
+    tar_s, our_s = statistics.median(tar_times), statistics.median(our_times)
+    newest = repo.manifests()[-1]
+    print(
+        f"tree: {size / 2**20:.0f} MiB (database {os.path.getsize(locations.database) >> 20} "
+        f"MiB, WAL mode), {len(newest.files)} files"
+    )
+    print(
+        f"  tar czf          : {tar_s:6.2f} s  {size / tar_s / 2**20:6.1f} MiB/s  "
+        f"archive {tar_out.stat().st_size >> 20} MiB"
+    )
+    archive = newest.archive.size if newest.archive else 0
+    print(
+        f"  nexus-ops backup : {our_s:6.2f} s  {size / our_s / 2**20:6.1f} MiB/s  "
+        f"archive {archive >> 20} MiB (online DB copy + sha256 + manifest)"
+    )
+    print(f"  throughput ratio : {tar_s / our_s:.2f}x tar's (target >= 0.8x)")
+
+    target = work / "restored"
+    started = time.perf_counter()
+    restore_to_folder(repo, newest.id, target)
+    folder_s = time.perf_counter() - started
+    started = time.perf_counter()
+    report = restore_live(repo, newest.id, locations, NoServer())
+    live_s = time.perf_counter() - started
+    assert report.ok, report.error
+    print(f"  restore to folder: {folder_s:6.2f} s (verify + extract)")
+    print(
+        f"  restore live     : {live_s:6.2f} s (verify, extract, pre-restore backup, swap, "
+        "integrity; no server)"
+    )
+
+
+# ---- runbooks against a real server ---------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def opencode_binary() -> Path | None:
+    if os.environ.get("NEXUS_OPENCODE_BIN"):
+        return Path(os.environ["NEXUS_OPENCODE_BIN"])
+    prefix = Path(os.environ.get("NXOPS_TEST_OPENCODE_PREFIX", ROOT / ".cache" / "opencode"))
+    return native_binary_in(prefix.resolve() / "node_modules")
+
+
+def private_env(root: Path, binary: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    for name in ("home", "data", "config", "cache", "state", "nexus"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    env.update(
+        HOME=str(root / "home"),
+        XDG_DATA_HOME=str(root / "data"),
+        XDG_CONFIG_HOME=str(root / "config"),
+        XDG_CACHE_HOME=str(root / "cache"),
+        XDG_STATE_HOME=str(root / "state"),
+        NEXUS_HOME=str(root / "nexus"),
+        NEXUS_OPENCODE_PORT=str(free_port()),
+        NEXUS_AGENT_PORT=str(free_port()),
+        NEXUS_OPENCODE_BIN=str(binary),
+    )
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nexus_ops", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def papermill(env: dict[str, str], name: str, out: Path, **params: object) -> float:
+    argv = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(ROOT / "runbooks" / f"{name}.ipynb"),
+        str(out),
+        "--no-progress-bar",
+    ]
+    for key, value in params.items():
+        argv += ["-p", key, str(value)]
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def bench_runbooks(work: Path, binary: Path) -> None:
+    env = private_env(work / "env", binary)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "nexus_ops", "agent", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        started = cli(env, "server", "start")
+        if started.returncode != 0:
+            raise SystemExit(f"the server did not start: {started.stderr}")
+        password = (Path(env["NEXUS_HOME"]) / "secrets" / "opencode.password").read_text().strip()
+        url = f"http://127.0.0.1:{env['NEXUS_OPENCODE_PORT']}"
+        auth = ("opencode", password)
+        print("creating sessions (the first installs OpenCode's plugin from npm) ...")
+        held = {
+            httpx.post(f"{url}/session", json={}, auth=auth, timeout=120).json()["id"]
+            for _ in range(5)
+        }
+        print("runbook run times (plain papermill, real agent and server):")
+        for name, params in (
+            ("application_failure", {}),
+            ("network_failure", {"timeout": 2.0}),
+            ("backup", {"dry_run": False}),
+            ("restore", {}),
+            ("database_failure", {}),
+        ):
+            seconds = papermill(env, name, work / f"{name}.ipynb", **params)
+            label = (
+                f"{name} ({'dry run' if params.get('dry_run', True) is not False else 'repair'})"
+            )
+            print(f"  {label:<32}: {seconds:5.1f} s")
+        httpx.post(f"{url}/session", json={}, auth=auth, timeout=30)
+        database = Path(env["XDG_DATA_HOME"]) / "opencode" / "opencode.db"
+        with database.open("r+b") as handle:
+            handle.write(b"\0" * 100)
+        started_at = time.perf_counter()
+        papermill(env, "database_failure", work / "repair.ipynb", dry_run=False)
+        served = {s["id"] for s in httpx.get(f"{url}/session", auth=auth, timeout=10).json()}
+        total = time.perf_counter() - started_at
+        ok = held <= served
+        print(
+            f"  database_failure on a corrupted database, start to healthy with its "
+            f"{len(held)} sessions back: {total:.1f} s ({'all back' if ok else 'MISSING'};"
+            " target 30 s)"
+        )
+    finally:
+        cli(env, "server", "stop")
+        agent.terminate()
+        agent.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=int, default=200, help="size of the data tree (MiB)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement")
+    parser.add_argument("--skip-server", action="store_true", help="no runbook measurements")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-backup-") as scratch:
+        work = Path(scratch)
+        bench_throughput(work / "throughput", args.mb, args.repeat)
+        shutil.rmtree(work / "throughput")
+        binary = opencode_binary()
+        if args.skip_server:
+            return
+        if binary is None:
+            print("no OpenCode binary (run `make opencode`): runbook timings skipped")
+            return
+        bench_runbooks(work, binary)
+
+
+if __name__ == "__main__":
+    main()
