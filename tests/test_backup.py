@@ -370,3 +370,20 @@ def test_a_member_made_unsafe_after_the_check_is_still_refused(tmp_path: Path) -
     assert not (tmp_path / "escaped.txt").exists()
     assert not (tmp_path / "sandbox" / "escaped.txt").exists()
     assert [p.name for p in (target / "data").iterdir()] == ["ok.txt"]
+
+
+def test_archives_are_plain_tar_gz_for_gnu_tar(
+    repo: BackupRepository, locations: OpenCodeLocations, tmp_path: Path
+) -> None:
+    import shutil
+
+    if shutil.which("tar") is None:
+        pytest.skip("no tar")
+    manifest = create_backup(repo, BackupSources.of(locations))
+    out = tmp_path / "untarred"
+    out.mkdir()
+    subprocess.run(["tar", "xzf", str(repo.archive_path(manifest.id)), "-C", str(out)], check=True)
+    assert (out / "config" / "opencode.jsonc").read_text() == (
+        locations.config_dir / "opencode.jsonc"
+    ).read_text()
+    assert (out / "MANIFEST.json").is_file()
