@@ -379,6 +379,8 @@ def test_archives_are_plain_tar_gz_for_gnu_tar(
 
     if shutil.which("tar") is None:
         pytest.skip("no tar")
+    big = os.urandom(9 << 20)  # more than two blocks: several gzip members
+    (locations.data_dir / "snapshot" / "big").write_bytes(big)
     manifest = create_backup(repo, BackupSources.of(locations))
     out = tmp_path / "untarred"
     out.mkdir()
@@ -386,4 +388,5 @@ def test_archives_are_plain_tar_gz_for_gnu_tar(
     assert (out / "config" / "opencode.jsonc").read_text() == (
         locations.config_dir / "opencode.jsonc"
     ).read_text()
+    assert (out / "data" / "snapshot" / "big").read_bytes() == big
     assert (out / "MANIFEST.json").is_file()
