@@ -295,17 +295,35 @@ def describe_event(event: Event) -> str:
 
 
 def console_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    console = groups.add_parser("console", help="start the agent and the web console")
+    console = groups.add_parser(
+        "console",
+        help="start the agent and the web console",
+        description="Start the agent (if none runs), then the web console (Voila) in the "
+        "foreground; print its URL with its token. Ctrl-C stops the console; the agent "
+        "and the server keep running.",
+    )
+    console.add_argument("--host", help="address to listen on (default: NEXUS_CONSOLE_HOST)")
+    console.add_argument("--port", type=int, help="port to listen on (default: NEXUS_CONSOLE_PORT)")
+    console.add_argument(
+        "--token",
+        help="token that unlocks the page (default: $NEXUS_HOME/secrets/console.token, "
+        "generated the first time)",
+    )
+    console.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (as NEXUS_ALLOW_REMOTE=true does)",
+    )
     console.set_defaults(handler=console_run)
 
 
 def console_run(args: argparse.Namespace) -> int:
-    current = settings()
-    info = start_daemon(current)
-    with AgentClient.from_settings(current) as client:
-        status = client.status()
-    print(f"agent at {info.url}; server: {describe_status(status)}")
-    return 0
+    from nexus_ops.console import ConsoleOptions, run_console
+
+    options = ConsoleOptions(
+        host=args.host, port=args.port, token=args.token, allow_remote=args.allow_remote
+    )
+    return run_console(settings(), options, say=lambda line: print(line, flush=True))
 
 
 # ---- alerts ---------------------------------------------------------------------------

@@ -94,6 +94,18 @@ class Settings(BaseSettings):
         None, description="URL clients use to reach the agent (default: from host and port)."
     )
 
+    # The web console (Voila).
+    console_host: str = Field("127.0.0.1", description="Address the web console listens on.")
+    console_port: int = Field(8866, ge=1, le=65535, description="Port the web console listens on.")
+    console_refresh: float = Field(
+        2.0, ge=0.5, le=3600, description="Seconds between live refreshes of an open console page."
+    )
+    console_cull_timeout: float = Field(
+        300.0,
+        ge=10,
+        description="Seconds after which the kernel of a closed console page is shut down.",
+    )
+
     # Liveness and restart policy.
     probe_interval: float = Field(1.0, gt=0, description="Seconds between liveness probes.")
     probe_timeout: float = Field(1.0, gt=0, description="Seconds a liveness probe may take.")

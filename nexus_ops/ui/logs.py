@@ -1,0 +1,84 @@
+"""The Logs panel: the tail of the server's log, followed live or frozen, with a filter.
+
+The agent filters (``contains``) and masks secrets; the panel shows the newest
+line at the bottom and stays scrolled there while it follows.
+
+>>> render_lines(["a <b>", "c"])
+"<div class='nx-log-view'><pre>a &lt;b&gt;\\nc</pre></div>"
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+
+from nexus_ops.errors import NexusOpsError
+from nexus_ops.ui.base import Panel, PanelContext
+
+LINE_CHOICES = (100, 200, 500, 1000)
+MAX_FILTER = 200  # what the agent accepts
+
+
+def render_lines(lines: list[str]) -> str:
+    """The log lines as HTML (column-reverse keeps the view scrolled to the newest)."""
+    text = html.escape("\n".join(lines)) if lines else "(no lines)"
+    return f"<div class='nx-log-view'><pre>{text}</pre></div>"
+
+
+class LogsPanel(Panel[list[str]]):
+    """The server's log: follow on or off, how many lines, and a text filter.
+
+    >>> # panel = LogsPanel(ctx); panel.filter.value = "error"; panel.refresh()
+    """
+
+    title = "Logs"
+    interval = 2.0
+    css = "nx-logs"
+
+    def __init__(self, ctx: PanelContext) -> None:
+        self.lines: list[str] = []
+        super().__init__(ctx)
+
+    def build(self) -> widgets.Widget:
+        self.follow = widgets.ToggleButton(value=True, description="Follow", icon="play")
+        self.follow.add_class("nx-log-follow")
+        self.filter = widgets.Text(placeholder="only lines containing ...", description="Filter")
+        self.filter.add_class("nx-log-filter")
+        self.count = widgets.Dropdown(options=LINE_CHOICES, value=200, description="Lines")
+        self.count.layout.width = "160px"
+        self.count.add_class("nx-log-lines")
+        self.follow.observe(self.guarded(self.follow_changed), names="value")
+        self.filter.observe(self.guarded(self.settings_changed), names="value")
+        self.count.observe(self.guarded(self.settings_changed), names="value")
+        self.view = widgets.HTML(render_lines([]))
+        self.view.add_class("nx-log")
+        controls = widgets.HBox([self.follow, self.filter, self.count])
+        return widgets.VBox([controls, self.view])
+
+    @property
+    def live(self) -> bool:
+        """Refreshed by the console's live loop only while following."""
+        return bool(self.follow.value)
+
+    def follow_changed(self, change: object = None) -> None:
+        self.follow.icon = "play" if self.follow.value else "pause"
+        if self.follow.value:
+            self.in_background(self.refresh)
+
+    def settings_changed(self, change: object = None) -> None:
+        self.in_background(self.refresh)
+
+    def fetch(self) -> list[str]:
+        contains = str(self.filter.value).strip()
+        if len(contains) > MAX_FILTER:
+            raise NexusOpsError(
+                f"the filter is {len(contains)} characters long; the agent takes {MAX_FILTER}",
+                hint="shorten the filter",
+            )
+        return self.ctx.client.logs(int(self.count.value), contains or None)
+
+    def show(self, data: list[str]) -> None:
+        if data != self.lines:
+            self.lines = data
+            self.view.value = render_lines(data)

@@ -1,0 +1,193 @@
+"""The Metrics panel: the stat panels and time series of :mod:`nexus_ops.metrics.figures`.
+
+Each figure is a FigureWidget made once and filled in place (``batch_update``):
+a refresh sends only new trace data. The range picker asks the agent for the last
+15 minutes, hour, day or week; the journal's restarts and crashes are drawn as
+markers on every time series.
+
+>>> RANGES["1 h"], RANGE_SECONDS["7d"]
+('1h', 604800.0)
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+import plotly.graph_objects as go
+
+from nexus_ops.metrics import figures
+from nexus_ops.metrics.frames import concat_frames, empty_frame
+from nexus_ops.models import Event
+from nexus_ops.ui.base import Panel, PanelContext
+from nexus_ops.ui.figurewidget import figure_widget
+
+RANGES: dict[str, str] = {"15 min": "15m", "1 h": "1h", "24 h": "24h", "7 d": "7d"}
+RANGE_SECONDS: dict[str, float] = {"15m": 900.0, "1h": 3600.0, "24h": 86400.0, "7d": 604800.0}
+STAT_KEYS = ("server_status", "uptime", "restarts", "memory")
+SERIES_KEYS = ("cpu", "memory", "connections", "request_duration", "sessions")
+REQUESTS = "opencode_request_duration_seconds"
+# Points per series: about one per pixel of a half-width panel.
+MAX_POINTS = 600
+# Raw request durations are turned into p50/p95 per window up to this range; beyond
+# it the per-minute (or per-hour) mean and max rollups are drawn.
+RAW_REQUESTS_UP_TO = 3600.0
+
+
+@dataclass
+class MetricsData:
+    """One refresh's worth: a frame per metric, the request-duration frame, the events."""
+
+    span: str
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    requests: pd.DataFrame = field(default_factory=empty_frame)
+    events: list[Event] = field(default_factory=list)
+
+
+def stat_spec(key: str) -> figures.StatSpec:
+    """The stat of ``key``; the count of server starts is called what it is (the
+    Server tab shows the restarts)."""
+    spec = figures.STATS[key]
+    return replace(spec, title="Starts") if spec.metric == "opencode_server_starts_total" else spec
+
+
+def wanted_metrics() -> list[str]:
+    """Every metric the panel shows, once each (request durations aside)."""
+    names = [figures.STATS[k].metric for k in STAT_KEYS]
+    for key in SERIES_KEYS:
+        names += [m for m in figures.PANELS[key].metrics if m != REQUESTS]
+    return list(dict.fromkeys(names))
+
+
+def quantile_window(span: str) -> str:
+    return "30s" if RANGE_SECONDS[span] <= 900 else "1min"
+
+
+class MetricsPanel(Panel[MetricsData]):
+    """Stat panels over time series, with a range picker; refreshed in batches.
+
+    >>> # panel = MetricsPanel(ctx); panel.refresh(); panel.stats["uptime"].layout.annotations
+    """
+
+    title = "Metrics"
+    interval = 5.0
+    css = "nx-metrics"
+
+    def __init__(self, ctx: PanelContext) -> None:
+        self.span = "1h"
+        self._drawn_span = self.span
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nexus-console-query")
+        super().__init__(ctx)
+        if ctx.settings is not None:
+            self.interval = max(2.0, ctx.settings.metrics_interval)
+
+    def build(self) -> widgets.Widget:
+        self.range = widgets.ToggleButtons(options=list(RANGES.items()), value=self.span)
+        self.range.add_class("nx-range")
+        self.range.style.button_width = "70px"
+        self.range.observe(self.guarded(self.range_changed), names="value")
+        self.stats: dict[str, go.FigureWidget] = {}
+        self.series: dict[str, go.FigureWidget] = {}
+        stat_boxes = [self._stat(key) for key in STAT_KEYS]
+        series_boxes = [self._series(key) for key in SERIES_KEYS]
+        stats = widgets.HBox(stat_boxes, layout=widgets.Layout(width="100%"))
+        grid = widgets.GridBox(
+            series_boxes,
+            layout=widgets.Layout(
+                width="100%", grid_template_columns="repeat(2, minmax(0, 1fr))", grid_gap="8px"
+            ),
+        )
+        self.updated = widgets.HTML()
+        self.updated.add_class("nx-muted")
+        top = widgets.HBox([self.range, self.updated], layout=widgets.Layout(align_items="center"))
+        return widgets.VBox([top, stats, grid])
+
+    def _stat(self, key: str) -> widgets.Box:
+        fig = figure_widget(figures.stat_figure(stat_spec(key), height=120))
+        fig.add_class("nx-figure")
+        fig.add_class("nx-stat")
+        fig.add_class(f"nx-stat-{key.replace('_', '-')}")
+        self.stats[key] = fig
+        return widgets.Box(
+            [fig], layout=widgets.Layout(flex="1 1 25%", min_width="0", padding="2px")
+        )
+
+    def _series(self, key: str) -> widgets.Box:
+        fig = figure_widget(figures.timeseries_figure(figures.PANELS[key], height=280))
+        fig.add_class("nx-figure")
+        fig.add_class("nx-timeseries")
+        fig.add_class(f"nx-series-{key.replace('_', '-')}")
+        self.series[key] = fig
+        return widgets.Box([fig], layout=widgets.Layout(min_width="0"))
+
+    def range_changed(self, change: object = None) -> None:
+        self.span = str(self.range.value)
+        self.in_background(self.refresh)
+
+    # ---- refresh -----------------------------------------------------------------------
+
+    def fetch(self) -> MetricsData:
+        span = self.span
+        client = self.ctx.client
+        names = wanted_metrics()
+        queries = {
+            name: self._pool.submit(client.query_metrics, name, start=span, max_points=MAX_POINTS)
+            for name in names
+        }
+        requests = self._pool.submit(self._requests, span)
+        since = time.time() - RANGE_SECONDS[span]
+        events = client.events(since=since, kinds=list(figures.MARKED_EVENTS), limit=500)
+        return MetricsData(
+            span=span,
+            frames={name: future.result() for name, future in queries.items()},
+            requests=requests.result(),
+            events=events,
+        )
+
+    def _requests(self, span: str) -> pd.DataFrame:
+        client = self.ctx.client
+        if RANGE_SECONDS[span] <= RAW_REQUESTS_UP_TO:
+            raw = client.query_metrics(REQUESTS, start=span, method="none", max_points=100_000)
+            return figures.request_quantiles(raw, window=quantile_window(span))
+        frames = []
+        for agg in ("mean", "max"):
+            frame = client.query_metrics(REQUESTS, start=span, max_points=MAX_POINTS, agg=agg)
+            frame["labels"] = (f"q={agg}," + frame["labels"]).str.rstrip(",")
+            frames.append(frame)
+        return concat_frames(frames)
+
+    def show(self, data: MetricsData) -> None:
+        if data.span != self.span:
+            return  # the range changed while this was fetched; the next refresh shows it
+        for key, fig in self.stats.items():
+            spec = stat_spec(key)
+            figures.update_stat(fig, data.frames.get(spec.metric, empty_frame()), spec)
+        reset = data.span != self._drawn_span
+        window = self._window(data.span)
+        for key, fig in self.series.items():
+            if reset:
+                fig.data = fig.data[:1]  # only the event markers: new lines for the new range
+            with fig.batch_update():  # one message: the lines and the x axis's range
+                figures.update_timeseries(fig, self._frame_of(key, data), data.events)
+                fig.layout.xaxis.range = window
+        self._drawn_span = data.span
+        self.updated.value = f"updated {time.strftime('%H:%M:%S')}"
+
+    def _window(self, span: str) -> list[Any]:
+        """The x axis's range: the chosen span up to now, in the figures' time zone."""
+        now = time.time()
+        times = pd.to_datetime([now - RANGE_SECONDS[span], now], unit="s", utc=True)
+        return list(figures.local_times(times, figures.user_timezone()))
+
+    def _frame_of(self, key: str, data: MetricsData) -> pd.DataFrame:
+        if key == "request_duration":
+            return data.requests
+        frames = [data.frames[m] for m in figures.PANELS[key].metrics if m in data.frames]
+        return concat_frames(frames) if frames else empty_frame()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

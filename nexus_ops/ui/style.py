@@ -1,0 +1,82 @@
+"""The console's look: one style sheet, status lights, and small HTML helpers.
+
+>>> light("running")
+"<span class='nx-light nx-light-running' title='running'></span>"
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+
+# Colour of each server state's light (and of the agent's own).
+LIGHTS = {
+    "running": "#2e7d32",
+    "starting": "#ef6c00",
+    "backoff": "#ef6c00",
+    "stopped": "#9e9e9e",
+    "fatal": "#c62828",
+    "unknown": "#9e9e9e",
+    "connected": "#2e7d32",
+    "lost": "#c62828",
+}
+
+CSS = (
+    """
+.nx-console { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif;
+  max-width: 1400px; }
+.nx-console .widget-html-content { line-height: 1.45; }
+.nx-header { align-items: center; gap: 16px; padding: 4px 0 8px 0; }
+.nx-title { font-size: 20px; font-weight: 600; }
+.nx-agent, .nx-updated { color: #555; }
+.nx-light { display: inline-block; width: 12px; height: 12px; border-radius: 50%;
+  margin-right: 6px; vertical-align: middle; }
+"""
+    + "".join(f".nx-light-{state} {{ background: {color}; }}\n" for state, color in LIGHTS.items())
+    + """
+.nx-banner .nx-banner-error { background: #fdecea; border-left: 4px solid #c62828;
+  padding: 8px 12px; margin: 4px 0; color: #611a15; }
+.nx-banner .nx-banner-info { background: #e8f0fe; border-left: 4px solid #1565c0;
+  padding: 8px 12px; margin: 4px 0; }
+.nx-banner .nx-banner-busy { background: #fff4e5; border-left: 4px solid #ef6c00;
+  padding: 8px 12px; margin: 4px 0; }
+.nx-banner .nx-banner-ok { background: #edf7ed; border-left: 4px solid #2e7d32;
+  padding: 8px 12px; margin: 4px 0; }
+.nx-hint { margin-top: 4px; }
+.nx-table { border-collapse: collapse; font-size: 13px; width: 100%; }
+.nx-table th { text-align: left; border-bottom: 2px solid #ccc; padding: 4px 8px; }
+.nx-table td { border-bottom: 1px solid #eee; padding: 3px 8px; vertical-align: top; }
+.nx-details td:first-child { color: #555; width: 150px; }
+.nx-state-text { font-size: 18px; font-weight: 600; }
+.nx-event-restart td { background: #fff4e5; }
+.nx-event-crash td { background: #fdecea; font-weight: 600; }
+.nx-log-view { display: flex; flex-direction: column-reverse; overflow: auto;
+  max-height: 560px; border: 1px solid #ddd; background: #fafafa; }
+.nx-log-view pre { margin: 0; padding: 6px 8px; font-size: 12px; white-space: pre-wrap;
+  word-break: break-all; }
+.nx-confirm { background: #fff4e5; padding: 6px 10px; align-items: center; gap: 8px; }
+.nx-password code, .nx-url code { font-size: 13px; }
+.nx-qr svg { display: block; }
+.nx-section { font-weight: 600; margin-top: 10px; }
+.nx-muted { color: #777; }
+"""
+)
+
+
+def style_widget() -> widgets.HTML:
+    """The style sheet, as a widget placed once at the top of the console."""
+    sheet = widgets.HTML(f"<style>{CSS}</style>", layout=widgets.Layout(display="none"))
+    sheet.add_class("nx-style")
+    return sheet
+
+
+def light(state: str) -> str:
+    """A coloured dot for ``state`` (a server state, ``connected`` or ``lost``)."""
+    known = state if state in LIGHTS else "unknown"
+    return f"<span class='nx-light nx-light-{known}' title='{html.escape(state)}'></span>"
+
+
+def esc(value: object) -> str:
+    """``value`` as safe HTML text ("-" for None)."""
+    return "-" if value is None else html.escape(str(value))
