@@ -143,11 +143,15 @@ def _machine_timezone() -> str | None:
 
 
 def local_times(times: pd.Series | pd.DatetimeIndex, tz: str) -> np.ndarray:
-    """UTC times as naive wall-clock times of ``tz`` (what a Plotly axis shows as is)."""
+    """UTC times as naive wall-clock times of ``tz`` (what a Plotly axis shows as is).
+
+    In milliseconds: a FigureWidget sends a ``datetime64[ns]`` array as integers
+    (nanoseconds, drawn as numbers), but ``datetime64[ms]`` as dates.
+    """
     index = pd.DatetimeIndex(times)
     if index.tz is None:
         index = index.tz_localize("UTC")
-    return index.tz_convert(tz).tz_localize(None).to_numpy()
+    return index.tz_convert(tz).tz_localize(None).to_numpy().astype("datetime64[ms]")
 
 
 def format_value(value: float, unit: str, decimals: int = 0) -> str:
