@@ -16,17 +16,18 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from nexus_ops import __version__, logs
 from nexus_ops.alerts import AlertService, AlertsView, load_config
@@ -159,10 +160,28 @@ def create_app(
         redoc_url=None,
     )
     app.add_exception_handler(NexusOpsError, _nexus_error)
+    app.middleware("http")(_allow_every_method)
     app.include_router(public_router())
     app.include_router(api_router(), dependencies=[Depends(require_token)])
     app.include_router(recovery_router(), dependencies=[Depends(require_token)])
     return app
+
+
+async def _allow_every_method(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """A 405 lists every method of the path in ``Allow`` (Starlette names only one route's)."""
+    response = await call_next(request)
+    if response.status_code == 405:
+        path = request.url.path
+        methods = {
+            method
+            for route in request.app.routes
+            if isinstance(route, APIRoute) and route.path_regex.match(path)
+            for method in route.methods or ()
+        }
+        response.headers["Allow"] = ", ".join(sorted(methods))
+    return response
 
 
 def context(request: Request) -> AgentContext:
@@ -213,6 +232,23 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
     500: {"model": ErrorBody, "description": "The agent could not do it."},
 }
+_MEANING = {
+    400: "A value of the request makes no sense; the error says which and why.",
+    404: "What the request names does not exist.",
+    409: "The server's port is held by another process.",
+    424: "There is no OpenCode binary to run.",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entries of the errors a route answers beside 401 and 500."""
+    return {code: {"model": ErrorBody, "description": _MEANING[code]} for code in codes}
+
+
+class StrictBody(Frozen):
+    """A request body: no unknown fields, and no coercion (``0`` is not ``false``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 def public_router() -> APIRouter:
@@ -257,7 +293,7 @@ def api_router() -> APIRouter:
         """The managed server's state, pid, version, uptime and restarts."""
         return ctx.supervisor.status()
 
-    @router.post(f"{API}/server/start", tags=["server"])
+    @router.post(f"{API}/server/start", tags=["server"], responses=responses(409, 424))
     async def start(ctx: Ctx, wait: bool = True) -> ActionResult:
         """Start the server (and clear a fatal state); waits until healthy unless wait=false."""
         return await ctx.supervisor.start(wait=wait)
@@ -267,7 +303,7 @@ def api_router() -> APIRouter:
         """Stop the server and keep it stopped."""
         return await ctx.supervisor.stop()
 
-    @router.post(f"{API}/server/restart", tags=["server"])
+    @router.post(f"{API}/server/restart", tags=["server"], responses=responses(409, 424))
     async def restart(ctx: Ctx, wait: bool = True) -> ActionResult:
         """Restart the server now."""
         return await ctx.supervisor.restart(wait=wait)
@@ -296,17 +332,29 @@ def api_router() -> APIRouter:
         tail = await asyncio.to_thread(logs.tail, ctx.layout.server_log, lines, contains)
         return LogTail(lines=[_redact_line(ctx, line) for line in tail])
 
-    @router.get(f"{API}/metrics/query", tags=["metrics"])
+    @router.get(f"{API}/metrics/query", tags=["metrics"], responses=responses(400))
     def query_metrics(
         ctx: Ctx,
-        metric: Annotated[str, Query(description="Metric name, e.g. opencode_connections.")],
+        metric: Annotated[
+            str,
+            Query(
+                description="Metric name, e.g. opencode_connections.",
+                pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
+            ),
+        ],
         labels: Annotated[str | None, Query(description="name=value,... to match.")] = None,
         start: Annotated[str, Query(description="Epoch s, ISO 8601, or 24h ago.")] = "1h",
         end: Annotated[str, Query(description="Epoch s, ISO 8601, or now.")] = "now",
         max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000,
-        resolution: Annotated[str, Query(description="auto, raw, 1m or 1h.")] = "auto",
-        method: Annotated[str, Query(description="minmax, lttb or none.")] = "minmax",
-        agg: Annotated[str, Query(description="mean, min, max, sum or count.")] = "mean",
+        resolution: Annotated[
+            Literal["auto", "raw", "1m", "1h"], Query(description="The tier to read.")
+        ] = "auto",
+        method: Annotated[
+            Literal["minmax", "lttb", "none"], Query(description="Downsampling method.")
+        ] = "minmax",
+        agg: Annotated[
+            Literal["mean", "min", "max", "sum", "count"], Query(description="What a rollup shows.")
+        ] = "mean",
     ) -> dict[str, Any]:
         """Metric history from metrics.db: one entry per series (times, values)."""
         assert ctx.metrics is not None
@@ -343,16 +391,16 @@ def api_router() -> APIRouter:
     return router
 
 
-class BackupRequest(Frozen):
+class BackupRequest(StrictBody):
     include_nexus: bool | None = None
 
 
-class RestoreRequest(Frozen):
+class RestoreRequest(StrictBody):
     parts: list[str] | None = None
     to_folder: str | None = None
 
 
-class RunRequest(Frozen):
+class RunRequest(StrictBody):
     parameters: dict[str, Any] = Field(default_factory=dict)
     who: str | None = None
 
@@ -372,7 +420,7 @@ def recovery_router() -> APIRouter:
     Slow work (creating, verifying, restoring) runs in FastAPI's thread pool; a
     runbook run starts in its own thread and is read back from ``/api/v1/runs/{id}``.
     """
-    router = APIRouter(responses=ERRORS)
+    router = APIRouter(responses={**ERRORS, **responses(400, 404)})
 
     def backups(ctx: AgentContext) -> BackupService:
         assert ctx.backups is not None

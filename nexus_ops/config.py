@@ -256,6 +256,12 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
+    def __repr_args__(self) -> Any:
+        # A repr lands in notebooks and logs: secret values and URL credentials masked.
+        for name, value in super().__repr_args__():
+            shown = mask_setting(name, value) if name and isinstance(value, str) else value
+            yield name, shown
+
     @property
     def agent_base_url(self) -> str:
         """URL of the agent's HTTP API."""

@@ -13,14 +13,18 @@ sqlite3, papermill) are mapped into this tree in the module that owns each::
     ├── ProcessError                spawning or signalling a process failed
     ├── OpenCodeUnavailable         the OpenCode server did not answer in time
     ├── StoreError                  the embedded database could not be used
+    │   └── RunNotFound             no runbook run with that id
     ├── AgentUnavailable            no agent answers at the configured address
     ├── AgentError                  the agent answered with an error
     │   └── Unauthorized            the agent refused the token
     ├── BackupError                 creating, verifying or restoring a backup
-    │   └── UnsafeArchive           an archive member would escape the target
+    │   ├── UnsafeArchive           an archive member would escape the target
+    │   └── BackupNotFound          no backup with that id
     ├── RunbookError                cataloguing or running a runbook
-    │   └── ParameterError          a runbook parameter is unknown or mistyped
-    └── SecurityError               an unsafe setting was refused
+    │   ├── ParameterError          a runbook parameter is unknown or mistyped
+    │   └── RunbookNotFound         no runbook of that name
+    ├── SecurityError               an unsafe setting was refused
+    └── NotFound                    (mixin) the thing a request names does not exist: HTTP 404
 """
 
 from __future__ import annotations
@@ -100,3 +104,21 @@ class ParameterError(RunbookError):
 
 class SecurityError(NexusOpsError):
     """A setting or request was refused because it is unsafe."""
+
+
+class NotFound(NexusOpsError):
+    """What a request names (a backup, a runbook, a run) does not exist; the API answers 404."""
+
+    status = 404
+
+
+class BackupNotFound(BackupError, NotFound):
+    """No backup has that id."""
+
+
+class RunbookNotFound(RunbookError, NotFound):
+    """No runbook has that name."""
+
+
+class RunNotFound(StoreError, NotFound):
+    """No runbook run has that id."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from nexus_ops.backup.models import Manifest
-from nexus_ops.errors import BackupError
+from nexus_ops.errors import BackupError, BackupNotFound
 from nexus_ops.locks import FileLock, LockBusy
 from nexus_ops.paths import atomic_write, fsync_dir
 
@@ -85,7 +85,7 @@ class BackupRepository:
         manifest = self._read(path) if path.is_file() else None
         if manifest is None or not self.archive_path(backup_id).is_file():
             known = [m.id for m in self.manifests()[-5:]]
-            raise BackupError(
+            raise BackupNotFound(
                 f"there is no backup {backup_id!r} in {self.folder}",
                 hint="`nexus-ops backup list` shows the backups"
                 + (f"; the newest are {', '.join(known)}" if known else "; there are none yet"),

@@ -22,7 +22,7 @@ from typing import Any
 
 import papermill
 
-from nexus_ops.errors import RunbookError
+from nexus_ops.errors import RunbookError, RunbookNotFound
 from nexus_ops.runbooks.models import ParamSpec, Runbook
 from nexus_ops.runbooks.nbio import read_notebook
 from nexus_ops.runbooks.params import parse_default, supported
@@ -85,7 +85,7 @@ class RunbookCatalog:
     def get(self, name: str) -> Runbook:
         path = self.folder / f"{name}.ipynb"
         if "/" in name or not path.is_file():
-            raise RunbookError(
+            raise RunbookNotFound(
                 f"there is no runbook {name!r}",
                 hint=f"the runbooks are: {', '.join(self.names()) or 'none'} (in {self.folder})",
             )

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     )
     from nexus_ops.security.runbook import (
         PermissionFixes,
-        audit,
+        audit_packages,
         fix_permissions,
         record_verdict,
         security_verdict,
@@ -43,7 +43,7 @@ _HOMES = {
     "posture": ["PostureItem", "PostureReport", "posture_check", "readable_by_others"],
     "runbook": [
         "PermissionFixes",
-        "audit",
+        "audit_packages",
         "fix_permissions",
         "record_verdict",
         "security_verdict",
@@ -57,7 +57,7 @@ __all__ = [
     "PostureItem",
     "PostureReport",
     "ToolResult",
-    "audit",
+    "audit_packages",
     "fix_permissions",
     "is_loopback",
     "licence_allowed",

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,16 +81,29 @@ def fix_permissions(settings: Settings, dry_run: bool = True) -> PermissionFixes
     return PermissionFixes(dry_run=dry_run, changes=changes, errors=errors)
 
 
-def audit(
-    settings: Settings, out_dir: str = "", vulnerability_service: str = "pypi"
-) -> AuditReport:
-    """The dependency audit into ``out_dir`` (default: ``$NEXUS_HOME/audits/<time>``)."""
+def audit_packages(
+    settings: Settings,
+    out_dir: str = "",
+    vulnerability_service: str = "pypi",
+    *,
+    dry_run: bool = True,
+    enabled: bool = True,
+) -> AuditReport | None:
+    """The dependency audit (None when not ``enabled``), into ``out_dir``; by default a new
+    ``$NEXUS_HOME/audits/<time>``, or on a dry run a temporary folder (NEXUS_HOME untouched)."""
+    if not enabled:
+        return None
     if vulnerability_service not in ("pypi", "osv"):
         raise SecurityError(
             f"vulnerability_service={vulnerability_service!r} is not a vulnerability service",
             hint="use pypi or osv",
         )
-    folder = Path(out_dir) if out_dir else audit_folder(settings)
+    if out_dir:
+        folder = Path(out_dir)
+    elif dry_run:
+        folder = Path(tempfile.mkdtemp(prefix="nexus-ops-audit-"))
+    else:
+        folder = audit_folder(settings)
     return run_audit(folder, vulnerability_service=vulnerability_service)  # type: ignore[arg-type]
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from nexus_ops.errors import StoreError
+from nexus_ops.errors import RunNotFound
 from nexus_ops.models import Frozen
 from nexus_ops.store.db import Database
 
@@ -141,7 +141,7 @@ class RunIndex:
     def get(self, run_id: str) -> RunRecord:
         rows = self.db.query(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))  # noqa: S608
         if not rows:
-            raise StoreError(
+            raise RunNotFound(
                 f"there is no run {run_id!r}", hint="`nexus-ops runbook runs` lists the recent runs"
             )
         return _record(rows[0])
