@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nexus_ops import __version__, logs
 from nexus_ops.alerts import AlertService, AlertsView, load_config
@@ -160,6 +161,7 @@ def create_app(
         redoc_url=None,
     )
     app.add_exception_handler(NexusOpsError, _nexus_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.middleware("http")(_allow_every_method)
     app.include_router(public_router())
     app.include_router(api_router(), dependencies=[Depends(require_token)])
@@ -226,6 +228,15 @@ async def _nexus_error(request: Request, exc: Exception) -> Response:
     body = ErrorBody(error=exc.message, hint=exc.hint).model_dump()
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (a body that is not JSON, an unknown path, a wrong method)
+    in the shape of every other error: ``{"error": ..., "hint": ...}``."""
+    assert isinstance(exc, StarletteHTTPException)
+    hint = "send JSON with Content-Type: application/json" if exc.status_code == 400 else None
+    body = ErrorBody(error=str(exc.detail), hint=hint).model_dump()
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -344,3 +344,10 @@ def test_the_settings_repr_masks_secrets(tmp_path: Path) -> None:
         assert "PLANTED" not in shown
     assert "alert_webhook_token='********'" in repr(settings)
     assert settings.alert_webhook_token == "t-PLANTED"  # the value itself is intact
+
+
+def test_a_console_on_a_non_loopback_address_fails_unless_allowed(home: dict[str, str]) -> None:
+    assert item(home, "console bind").status == "pass"
+    remote = {**home, "NEXUS_CONSOLE_HOST": "0.0.0.0"}
+    assert item(remote, "console bind").status == "fail"
+    assert item({**remote, "NEXUS_ALLOW_REMOTE": "true"}, "console bind").status == "warn"

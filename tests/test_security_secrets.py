@@ -249,7 +249,10 @@ def test_no_secret_in_any_output(
     missing = documented - set(calls)
     assert not missing, f"add these routes to api_calls(): {sorted(missing)}"
     for (method, path), kwargs in calls.items():
-        response = agent.client._http.request(method, path, timeout=120, **kwargs)  # type: ignore[arg-type]
+        try:
+            response = agent.client._http.request(method, path, timeout=180, **kwargs)  # type: ignore[arg-type]
+        except httpx.TimeoutException:
+            pytest.fail(f"{method} {path} took longer than 180 s")
         assert response.status_code < 500, (method, path, response.text[:300])
         assert_clean(f"{method} {path}", response.text + str(dict(response.headers)))
     anonymous = httpx.get(f"{agent.client.base_url}/api/v1/config", timeout=5)

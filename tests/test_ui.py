@@ -20,6 +20,7 @@ import pytest
 from ipywidgets.widgets.widget import _instances
 from plotly.serializers import _py_to_js
 
+from nexus_ops.alerts import AlertsView
 from nexus_ops.config import load_settings
 from nexus_ops.errors import AgentError, AgentUnavailable, NexusOpsError
 from nexus_ops.metrics.frames import concat_frames, tidy_frame
@@ -104,6 +105,10 @@ class FakeAgent:
         found = [e for e in self.journal if after_id is None or e.id > after_id]
         found = [e for e in found if not kinds or e.kind in kinds]
         return found[-limit:]
+
+    def alerts(self) -> AlertsView:
+        self._call("alerts")
+        return AlertsView(evaluated_at=None, interval=5.0, rules=[], receivers=[], recent=[])
 
     def logs(self, lines: int = 200, contains: str | None = None) -> list[str]:
         self._call("logs", lines=lines, contains=contains)
@@ -471,7 +476,14 @@ def test_a_registered_tab_joins_and_a_broken_one_says_why(agent: FakeAgent) -> N
 
 
 def test_default_tabs_and_register_tab() -> None:
-    assert [s.title for s in TABS.specs()] == ["Server", "Metrics", "Logs", "Events", "Environment"]
+    assert [s.title for s in TABS.specs()] == [
+        "Server",
+        "Metrics",
+        "Logs",
+        "Events",
+        "Alerts",
+        "Environment",
+    ]
     register_tab("Extra", "nexus_ops.ui.logs:LogsPanel", order=95)
     try:
         assert TABS.specs()[-1].title == "Extra"

@@ -26,6 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import ipywidgets as widgets
 import pandas as pd
 
+from nexus_ops.alerts import AlertsView
 from nexus_ops.config import Settings
 from nexus_ops.errors import AgentUnavailable, NexusOpsError
 from nexus_ops.models import ActionResult, Event, ServerStatus
@@ -57,6 +58,8 @@ class AgentLike(Protocol):
     def logs(self, lines: int = 200, contains: str | None = None) -> list[str]: ...
 
     def config(self) -> dict[str, Any]: ...
+
+    def alerts(self) -> AlertsView: ...
 
     def query_metrics(
         self,
