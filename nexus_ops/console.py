@@ -43,8 +43,8 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 
 from nexus_ops.agent import check_bind
 from nexus_ops.config import Settings, gather_environment
-from nexus_ops.daemon import start_daemon
-from nexus_ops.errors import NexusOpsError, PortInUse
+from nexus_ops.daemon import answers
+from nexus_ops.errors import AgentUnavailable, NexusOpsError, PortInUse
 from nexus_ops.logs import rotate_if_needed, tail
 from nexus_ops.paths import Layout, atomic_write, read_or_create_secret
 from nexus_ops.process import check_port_free, identify, spawn, terminate_tree
@@ -284,13 +284,44 @@ def stop_console(server: ConsoleServer, grace: float = 10.0) -> list[int]:
     return survivors
 
 
+def start_agent(settings: Settings, timeout: float = 60.0) -> str:
+    """Start the agent unless one answers; what happened, as a line to show.
+
+    Through ``nexus-ops agent start`` in a child that exits at once, so that the
+    agent is not a child of this long-lived process (whose zombie it would stay
+    once stopped by someone else).
+    """
+    if answers(settings):
+        return f"agent running at {settings.agent_base_url}"
+    env = {**os.environ, **gather_environment(), "NEXUS_HOME": str(settings.home)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "nexus_ops", "agent", "start"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AgentUnavailable(
+            f"the agent did not start within {timeout:g} s",
+            hint=f"read {Layout(settings.home).agent_log}",
+        ) from exc
+    if done.returncode != 0:
+        raise AgentUnavailable(
+            f"the agent did not start: {done.stderr.strip() or done.stdout.strip()}",
+            hint=f"read {Layout(settings.home).agent_log}",
+        )
+    return done.stdout.strip()
+
+
 def run_console(
     settings: Settings, options: ConsoleOptions, say: Callable[[str], None] = print
 ) -> int:
     """Start the agent (if none answers) and the console; serve until Ctrl-C or SIGTERM."""
     plan = plan_console(settings, options)
-    info = start_daemon(settings)
-    say(f"agent {'started' if info.started else 'running'} at {info.url}")
+    say(start_agent(settings))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     server: ConsoleServer | None = None
     try:

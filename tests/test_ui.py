@@ -143,6 +143,18 @@ class FakeAgent:
         return tidy_frame(metric, "", times, np.full(60, value))
 
 
+CORE = ("Server", "Metrics", "Logs", "Events", "Environment")
+
+
+def core_tabs() -> TabRegistry:
+    """The console's own tabs (other capabilities' tabs are tested with them)."""
+    registry = TabRegistry()
+    for spec in TABS.specs():
+        if spec.title in CORE:
+            registry.register(spec.title, spec.factory, spec.order)
+    return registry
+
+
 def in_line(work: Callable[[], object]) -> None:
     work()
 
@@ -280,13 +292,18 @@ def test_metrics_panel_fills_every_figure(ctx: PanelContext, agent: FakeAgent) -
     asked = {c["metric"] for c in agent.called("query_metrics")}
     assert asked == {*wanted_metrics(), REQUESTS}
     assert {c["start"] for c in agent.called("query_metrics")} == {"1h"}
+    points = {c["metric"]: c["max_points"] for c in agent.called("query_metrics")}
+    assert points["opencode_server_status"] < points["opencode_process_cpu_percent"]
     assert panel.stats["server_status"].layout.annotations[0].text == "UP"
     assert panel.stats["restarts"].layout.title.text == "Starts"
     for key, fig in panel.series.items():
         lines = [t for t in fig.data if t.name != "restarts and crashes"]
         assert lines and all(len(t.y) for t in lines), key
     names = {t.name for t in panel.series["request_duration"].data}
-    assert {"p50,/global/health", "p95,/global/health"} <= names
+    assert {"mean,/global/health", "max,/global/health"} <= names, "an hour: the rollups"
+    panel.range.value = "15m"
+    names = {t.name for t in panel.series["request_duration"].data if len(t.y)}
+    assert names == {"p50,/global/health", "p95,/global/health"}, "15 minutes: raw quantiles"
 
 
 def test_figure_times_reach_the_page_as_dates(ctx: PanelContext) -> None:
@@ -299,7 +316,7 @@ def test_figure_times_reach_the_page_as_dates(ctx: PanelContext) -> None:
 
 def test_long_ranges_read_rollups_and_redraw_the_lines(ctx: PanelContext, agent: FakeAgent) -> None:
     panel = MetricsPanel(ctx)
-    panel.refresh()
+    panel.range.value = "15m"
     agent.calls.clear()
     panel.range.value = "7d"
     requests = [c for c in agent.called("query_metrics") if c["metric"] == REQUESTS]
@@ -402,16 +419,18 @@ def test_home_mismatch_is_silent_when_they_agree(tmp_path: Path) -> None:
 
 
 def test_console_refreshes_the_shown_tab_and_the_server(agent: FakeAgent) -> None:
-    made = Console(agent, secret=lambda: PASSWORD)
+    made = Console(agent, tabs=core_tabs(), secret=lambda: PASSWORD)
     made.ctx.run = in_line
     assert [s.title for s in made.specs][:2] == ["Server", "Metrics"]
-    assert made.slots[1].children == (), "a tab goes on the page when first opened"
+    assert not made.mounted(1), "a tab goes on the page when first opened"
     made.tick()
     assert "agent connected" in made.agent.value
     assert agent.called("status") and not agent.called("query_metrics")
     made.tabs.selected_index = 1
     assert made.slots[1].children == (made.panels["Metrics"].widget,)
     assert agent.called("query_metrics"), "a selected tab is refreshed at once"
+    lines = [t for t in made.panels["Metrics"].series["cpu"].data if t.name == "server"]  # type: ignore[attr-defined]
+    assert lines and len(lines[0].y), "its data is in the figures before they reach the page"
     agent.calls.clear()
     made.tick()  # both just refreshed: nothing is due
     assert agent.calls == []
@@ -422,7 +441,7 @@ def test_console_refreshes_the_shown_tab_and_the_server(agent: FakeAgent) -> Non
 
 
 def test_a_lost_agent_shows_and_the_console_recovers(agent: FakeAgent) -> None:
-    made = Console(agent)
+    made = Console(agent, tabs=core_tabs())
     made.refresh_all()
     agent.fail = AgentUnavailable(
         "no agent answers at http://127.0.0.1:1420 (ConnectError)",
@@ -441,7 +460,7 @@ def test_a_lost_agent_shows_and_the_console_recovers(agent: FakeAgent) -> None:
 
 
 def test_unexpected_errors_become_banners(agent: FakeAgent) -> None:
-    made = Console(agent)
+    made = Console(agent, tabs=core_tabs())
     agent.fail = ValueError("boom")
     made.refresh_all()
     text = made.panels["Logs"].banner.widget.value
@@ -476,14 +495,10 @@ def test_a_registered_tab_joins_and_a_broken_one_says_why(agent: FakeAgent) -> N
 
 
 def test_default_tabs_and_register_tab() -> None:
-    assert [s.title for s in TABS.specs()] == [
-        "Server",
-        "Metrics",
-        "Logs",
-        "Events",
-        "Alerts",
-        "Environment",
-    ]
+    titles = [s.title for s in TABS.specs()]
+    assert titles[0] == "Server" and titles[-1] == "Environment"
+    mine = [t for t in titles if t in CORE]
+    assert mine == list(CORE), "the console's own tabs, in their order (others join between)"
     register_tab("Extra", "nexus_ops.ui.logs:LogsPanel", order=95)
     try:
         assert TABS.specs()[-1].title == "Extra"

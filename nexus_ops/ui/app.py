@@ -75,7 +75,11 @@ class Console:
         self.agent_url = agent_url or (settings.agent_base_url if settings else "")
         self.specs: list[TabSpec] = (tabs or TABS).specs()
         self.panels: dict[str, Panel[Any]] = {}
-        self.slots = [widgets.Box(layout=widgets.Layout(width="100%")) for _ in self.specs]
+        # What a tab shows until its panel is on the page.
+        self.loading = widgets.HTML("<p class='nx-muted'>Loading ...</p>")
+        self.slots = [
+            widgets.Box([self.loading], layout=widgets.Layout(width="100%")) for _ in self.specs
+        ]
         self.tabs = widgets.Tab(children=self.slots, titles=[s.title for s in self.specs])
         self.tabs.add_class("nx-tabs")
         self.agent = widgets.HTML(
@@ -113,10 +117,14 @@ class Console:
         panel = self.panels.get(spec.title)
         if panel is None:
             panel = self.panels[spec.title] = self._make(spec)
-        if not self.slots[index].children:
+        if not self.mounted(index):
             self.slots[index].children = [panel.widget]
             self.watch.resize_figures()
         return panel
+
+    def mounted(self, index: int) -> bool:
+        """Whether tab ``index``'s panel is on the page."""
+        return any(child is not self.loading for child in self.slots[index].children)
 
     def panel(self, title: str) -> Panel[Any]:
         """The panel of the tab called ``title`` (made if needed)."""
@@ -133,9 +141,21 @@ class Console:
 
     def _selected(self, change: dict[str, Any]) -> None:
         index = change.get("new")
-        if isinstance(index, int) and 0 <= index < len(self.specs):
-            panel = self.open(index)
+        if not isinstance(index, int) or not 0 <= index < len(self.specs):
+            return
+        panel = self.panels[self.specs[index].title]
+        if self.mounted(index):
             self.ctx.run(panel.refresh)
+            return
+
+        def first_show() -> None:
+            # Data first, then onto the page: the browser draws each figure once,
+            # instead of empty and then again with its lines.
+            panel.refresh()
+            with self.ctx.lock:
+                self.open(index)
+
+        self.ctx.run(first_show)
 
     @property
     def current(self) -> Panel[Any] | None:

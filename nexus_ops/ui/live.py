@@ -35,19 +35,31 @@ function render({ model, el }) {
   const every = Math.max(1, model.get("beat_every")) * 1000;
   const timer = setInterval(beat, every);
   document.addEventListener("visibilitychange", beat);
-  // Plotly redraws responsive figures at their box's size on a window resize:
-  // sent when the kernel says a tab was opened (and once the page is drawn).
+  // Plotly redraws responsive figures at their box's size on a window resize: sent
+  // when a figure is first drawn (it is drawn 700 px wide) and when a tab is opened.
+  let pending = null;
   const resize = () => {
-    for (const delay of [50, 400, 1500]) {
-      setTimeout(() => window.dispatchEvent(new Event("resize")), delay);
-    }
+    clearTimeout(pending);
+    pending = setTimeout(() => window.dispatchEvent(new Event("resize")), 100);
   };
+  const drawn = new WeakSet();
+  const watcher = new MutationObserver(() => {
+    let fresh = false;
+    for (const plot of document.querySelectorAll(".nx-console .js-plotly-plot")) {
+      if (!drawn.has(plot) && plot.querySelector(".main-svg")) {
+        drawn.add(plot);
+        fresh = true;
+      }
+    }
+    if (fresh) resize();
+  });
+  watcher.observe(document.body, { childList: true, subtree: true });
   model.on("change:nudge", resize);
-  resize();
   return () => {
     clearInterval(timer);
     document.removeEventListener("visibilitychange", beat);
     model.off("change:nudge", resize);
+    watcher.disconnect();
   };
 }
 export default { render };

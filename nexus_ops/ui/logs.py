@@ -51,7 +51,7 @@ class LogsPanel(Panel[list[str]]):
         self.follow.observe(self.guarded(self.follow_changed), names="value")
         self.filter.observe(self.guarded(self.settings_changed), names="value")
         self.count.observe(self.guarded(self.settings_changed), names="value")
-        self.view = widgets.HTML(render_lines([]))
+        self.view = widgets.HTML(render_lines([]), layout=widgets.Layout(width="100%"))
         self.view.add_class("nx-log")
         controls = widgets.HBox([self.follow, self.filter, self.count])
         return widgets.VBox([controls, self.view])

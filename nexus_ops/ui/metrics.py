@@ -31,11 +31,14 @@ RANGE_SECONDS: dict[str, float] = {"15m": 900.0, "1h": 3600.0, "24h": 86400.0, "
 STAT_KEYS = ("server_status", "uptime", "restarts", "memory")
 SERIES_KEYS = ("cpu", "memory", "connections", "request_duration", "sessions")
 REQUESTS = "opencode_request_duration_seconds"
-# Points per series: about one per pixel of a half-width panel.
+# Points per series: about one per pixel of a half-width panel; a stat's sparkline
+# is smaller.
 MAX_POINTS = 600
-# Raw request durations are turned into p50/p95 per window up to this range; beyond
-# it the per-minute (or per-hour) mean and max rollups are drawn.
-RAW_REQUESTS_UP_TO = 3600.0
+STAT_POINTS = 150
+# Raw request durations (one a second per path) are turned into p50/p95 per 30 s
+# up to this range; beyond it the per-minute (or per-hour) mean and max rollups are
+# drawn, which cost the agent and the kernel a tenth.
+RAW_REQUESTS_UP_TO = 900.0
 
 
 @dataclass
@@ -55,16 +58,12 @@ def stat_spec(key: str) -> figures.StatSpec:
     return replace(spec, title="Starts") if spec.metric == "opencode_server_starts_total" else spec
 
 
-def wanted_metrics() -> list[str]:
-    """Every metric the panel shows, once each (request durations aside)."""
-    names = [figures.STATS[k].metric for k in STAT_KEYS]
+def wanted_metrics() -> dict[str, int]:
+    """Every metric the panel shows (request durations aside), with the points it needs."""
+    wanted = {figures.STATS[k].metric: STAT_POINTS for k in STAT_KEYS}
     for key in SERIES_KEYS:
-        names += [m for m in figures.PANELS[key].metrics if m != REQUESTS]
-    return list(dict.fromkeys(names))
-
-
-def quantile_window(span: str) -> str:
-    return "30s" if RANGE_SECONDS[span] <= 900 else "1min"
+        wanted.update({m: MAX_POINTS for m in figures.PANELS[key].metrics if m != REQUESTS})
+    return wanted
 
 
 class MetricsPanel(Panel[MetricsData]):
@@ -117,7 +116,10 @@ class MetricsPanel(Panel[MetricsData]):
         )
 
     def _series(self, key: str) -> widgets.Box:
-        fig = figure_widget(figures.timeseries_figure(figures.PANELS[key], height=280))
+        figure = figures.timeseries_figure(figures.PANELS[key], height=300)
+        # Half a page is narrow: the legend goes on its own rows under the title.
+        figure.update_layout(margin_t=84, legend={"x": 0, "xanchor": "left"})
+        fig = figure_widget(figure)
         fig.add_class("nx-figure")
         fig.add_class("nx-timeseries")
         fig.add_class(f"nx-series-{key.replace('_', '-')}")
@@ -133,10 +135,9 @@ class MetricsPanel(Panel[MetricsData]):
     def fetch(self) -> MetricsData:
         span = self.span
         client = self.ctx.client
-        names = wanted_metrics()
         queries = {
-            name: self._pool.submit(client.query_metrics, name, start=span, max_points=MAX_POINTS)
-            for name in names
+            name: self._pool.submit(client.query_metrics, name, start=span, max_points=points)
+            for name, points in wanted_metrics().items()
         }
         requests = self._pool.submit(self._requests, span)
         since = time.time() - RANGE_SECONDS[span]
@@ -152,7 +153,7 @@ class MetricsPanel(Panel[MetricsData]):
         client = self.ctx.client
         if RANGE_SECONDS[span] <= RAW_REQUESTS_UP_TO:
             raw = client.query_metrics(REQUESTS, start=span, method="none", max_points=100_000)
-            return figures.request_quantiles(raw, window=quantile_window(span))
+            return figures.request_quantiles(raw, window="30s")
         frames = []
         for agg in ("mean", "max"):
             frame = client.query_metrics(REQUESTS, start=span, max_points=MAX_POINTS, agg=agg)

@@ -1,0 +1,398 @@
+"""The real console (``nexus-ops console``: Voila, the agent, OpenCode) driven in real Chromium.
+
+Screenshots of each panel go to test-artifacts/console/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import ARTIFACTS, free_port, kill_everything_of, nexus_cli, private_env, wait_for
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+
+from nexus_ops.client import AgentClient
+from nexus_ops.config import Settings, load_settings
+from nexus_ops.paths import Layout
+
+pytestmark = [pytest.mark.browser, pytest.mark.opencode]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = ARTIFACTS / "console"
+LOAD = 90_000  # ms: a loaded CI machine builds the first page slowly
+
+# Every figure of the Metrics tab holds a drawn line with points.
+FIGURES_HAVE_DATA = """
+() => {
+  const figures = [...document.querySelectorAll('.nx-figure')];
+  if (figures.length < 9) return false;
+  return figures.every((f) => {
+    const gd = f.classList.contains('js-plotly-plot') ? f : f.querySelector('.js-plotly-plot');
+    return gd && gd.data && gd.data.some(
+      (t) => t.name !== 'restarts and crashes' && t.y && t.y.length > 0);
+  });
+}
+"""
+
+
+# Every time series shows the last 15 minutes.
+FIGURES_SHOW_15_MINUTES = """
+() => [...document.querySelectorAll('.nx-timeseries')].every((f) => {
+  const gd = f.classList.contains('js-plotly-plot') ? f : f.querySelector('.js-plotly-plot');
+  const range = gd && gd.layout && gd.layout.xaxis && gd.layout.xaxis.range;
+  if (!range) return false;
+  const minutes = (Date.parse(range[1]) - Date.parse(range[0])) / 60000;
+  return minutes > 14 && minutes < 16;
+})
+"""
+
+FIGURES_FILL_THEIR_BOXES = """
+() => {
+  const plots = [...document.querySelectorAll('.nx-timeseries .main-svg')];
+  const box = document.querySelector('.nx-metrics').getBoundingClientRect().width;
+  return plots.length > 0 && plots.every((svg) => {
+    const width = svg.getBoundingClientRect().width;
+    return width > box * 0.4 && width < box * 0.55;
+  });
+}
+"""
+
+
+@dataclass
+class Served:
+    """A running ``nexus-ops console`` and what the tests need of it."""
+
+    env: dict[str, str]
+    settings: Settings
+    process: subprocess.Popen[str]
+    url: str
+    output: list[str]
+
+    @property
+    def base(self) -> str:
+        return self.url.split("/?", 1)[0]
+
+    def voila(self) -> psutil.Process:
+        children = psutil.Process(self.process.pid).children()
+        return next(p for p in children if "voila" in " ".join(p.cmdline()))
+
+    def kernels(self) -> list[psutil.Process]:
+        found = []
+        for child in self.voila().children():
+            with contextlib.suppress(psutil.Error):
+                if "ipykernel_launcher" in " ".join(child.cmdline()):
+                    found.append(child)
+        return found
+
+    def client(self) -> AgentClient:
+        return AgentClient.from_settings(self.settings, timeout=90.0)
+
+
+def console_env(root: Path, opencode_bin: Path, **extra: str) -> dict[str, str]:
+    return private_env(
+        root,
+        {
+            "NEXUS_OPENCODE_BIN": str(opencode_bin),
+            "NEXUS_CONSOLE_PORT": str(free_port()),
+            "NEXUS_METRICS_INTERVAL": "1",
+            "NEXUS_METRICS_FLUSH_INTERVAL": "1",
+            "NEXUS_CONSOLE_REFRESH": "1",
+            **extra,
+        },
+    )
+
+
+def serve(env: dict[str, str], timeout: float = 120.0) -> Served:
+    """Start ``nexus-ops console`` as an operator would; wait for the URL it prints."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nexus_ops", "console"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            if process.poll() is not None:
+                pytest.fail(f"nexus-ops console exited: {''.join(output)}")
+            continue
+        if line.startswith("console: "):
+            url = line.split(" ", 1)[1].strip()
+            return Served(env, load_settings(env), process, url, output)
+    process.kill()
+    pytest.fail(f"no console URL within {timeout:g} s: {''.join(output)}")
+
+
+def interrupt(served: Served) -> int:
+    """Ctrl-C, as in the terminal; the exit code."""
+    served.process.send_signal(signal.SIGINT)
+    return served.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+    )
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def served(opencode_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    env = console_env(tmp_path_factory.mktemp("console"), opencode_bin)
+    running = serve(env)
+    yield running
+    with contextlib.suppress(Exception):
+        interrupt(running)
+    kill_everything_of(env)
+
+
+@pytest.fixture
+def page(browser: Browser, served: Served) -> Iterator[Page]:
+    page = open_console(browser, served.url)
+    yield page
+    page.close()
+
+
+def open_console(browser: Browser, url: str) -> Page:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector(".nx-console .nx-start", timeout=LOAD)
+    return page
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def tab(page: Page, title: str) -> None:
+    page.locator(".nx-tabs .lm-TabBar-tab", has_text=title).click()
+
+
+def text_of(page: Page, selector: str) -> str:
+    return page.locator(selector).first.inner_text().strip()
+
+
+def ensure_running(page: Page) -> None:
+    state = page.locator(".nx-server-state")
+    expect(state).not_to_have_text("unknown", timeout=30_000)
+    if state.inner_text() != "running":
+        page.locator("button.nx-start").click()
+    expect(state).to_have_text("running", timeout=90_000)
+
+
+# ---- the scenario of one operator ------------------------------------------------------
+
+
+def test_start_shows_running_and_the_version(page: Page, served: Served) -> None:
+    expect(page.locator(".nx-agent-state")).to_have_text("agent connected", timeout=30_000)
+    expect(page.locator(".nx-server-state")).to_have_text("stopped", timeout=30_000)
+    shot(page, "server-stopped")
+    page.locator("button.nx-start").click()
+    expect(page.locator(".nx-banner")).to_contain_text("Starting the server", timeout=10_000)
+    expect(page.locator(".nx-server-state")).to_have_text("running", timeout=90_000)
+    expect(page.locator(".nx-server-version")).to_have_text(re.compile(r"^\d+\.\d+\.\d+$"))
+    with served.client() as client:
+        status = client.status()
+    assert text_of(page, ".nx-server-version") == status.version
+    assert text_of(page, ".nx-server-pid") == str(status.pid)
+    shot(page, "server-running")
+
+
+def test_the_password_is_shown_only_on_request(page: Page, served: Served) -> None:
+    ensure_running(page)
+    password = Layout(served.settings.home).server_password_file.read_text().strip()
+    assert password not in page.content()
+    page.locator("button.nx-show-password").click()
+    expect(page.locator(".nx-password-value")).to_have_text(password, timeout=10_000)
+    assert page.locator(".nx-qr svg").count() == 1
+    shot(page, "server-password")
+    page.locator("button.nx-show-password").click()
+    expect(page.locator(".nx-password-value")).to_have_count(0, timeout=10_000)
+    assert password not in page.content()
+
+
+def test_every_figure_renders_with_data(page: Page) -> None:
+    ensure_running(page)
+    tab(page, "Metrics")
+    page.locator(".nx-range button", has_text="15 min").click()
+    page.wait_for_function(FIGURES_SHOW_15_MINUTES, timeout=60_000)
+    page.wait_for_function(FIGURES_HAVE_DATA, timeout=90_000)
+    expect(page.locator(".nx-stat-server-status")).to_contain_text("UP", timeout=30_000)
+    # Plotly draws a figure 700 px wide; the console makes it fill its half of the page.
+    page.wait_for_function(FIGURES_FILL_THEIR_BOXES, timeout=30_000)
+    assert "1.79" not in text_of(page, ".nx-series-cpu"), "the time axis shows dates"
+    shot(page, "metrics")
+
+
+def test_restart_asks_then_the_count_rises(page: Page) -> None:
+    ensure_running(page)
+    before = int(text_of(page, ".nx-server-restarts"))
+    page.locator("button.nx-restart").click()
+    confirm = page.locator(".nx-confirm")
+    expect(confirm).to_be_visible()
+    expect(confirm).to_contain_text("Restart the server?")
+    shot(page, "server-confirm-restart")
+    page.locator("button.nx-confirm-yes").click()
+    expect(page.locator(".nx-server-restarts")).to_have_text(str(before + 1), timeout=90_000)
+    expect(page.locator(".nx-server-state")).to_have_text("running", timeout=90_000)
+    expect(confirm).to_be_hidden()
+
+
+def test_kill_9_shows_the_crash_and_the_recovery(page: Page) -> None:
+    ensure_running(page)
+    pid = int(text_of(page, ".nx-server-pid"))
+    restarts = int(text_of(page, ".nx-server-restarts"))
+    os.kill(pid, signal.SIGKILL)
+    expect(page.locator(".nx-server-last-exit")).to_contain_text(
+        f"crash: pid {pid} exited with signal 9", timeout=60_000
+    )
+    expect(page.locator(".nx-server-restarts")).to_have_text(str(restarts + 1), timeout=60_000)
+    expect(page.locator(".nx-server-state")).to_have_text("running", timeout=90_000)
+    assert int(text_of(page, ".nx-server-pid")) != pid
+    shot(page, "server-after-crash")
+    tab(page, "Events")
+    crash = page.locator(".nx-events-view tr.nx-event-crash", has_text=str(pid))
+    expect(crash.first).to_contain_text("exit", timeout=30_000)
+    expect(page.locator(".nx-events-view tr.nx-event-restart").first).to_contain_text("crash")
+    shot(page, "events")
+    tab(page, "Metrics")
+    page.locator(".nx-range button", has_text="15 min").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.nx-timeseries')].some(f => {"
+        " const gd = f.classList.contains('js-plotly-plot') ? f : f.querySelector('.js-plotly-plot');"
+        " return gd && gd.data && gd.data.some(t => t.name === 'restarts and crashes'"
+        " && t.x && t.x.length > 0); })",
+        timeout=60_000,
+    )
+    page.wait_for_function(FIGURES_SHOW_15_MINUTES, timeout=60_000)
+    page.wait_for_function(FIGURES_FILL_THEIR_BOXES, timeout=30_000)
+    shot(page, "metrics-after-crash")
+
+
+def test_logs_follow_and_filter(page: Page) -> None:
+    ensure_running(page)
+    tab(page, "Logs")
+    expect(page.locator(".nx-log")).to_contain_text("opencode server listening", timeout=30_000)
+    page.locator(".nx-log-filter input").fill("listening")
+    expect(page.locator(".nx-log")).not_to_contain_text("level=INFO", timeout=30_000)
+    assert "listening" in text_of(page, ".nx-log")
+    shot(page, "logs")
+
+
+def test_environment_shows_the_profile_and_masks_secrets(page: Page, served: Served) -> None:
+    tab(page, "Environment")
+    expect(page.locator(".nx-env-profile-name")).to_have_text("development", timeout=30_000)
+    expect(page.locator(".nx-env")).to_contain_text(str(served.settings.home))
+    expect(page.locator(".nx-env-problems")).to_contain_text("No problems")
+    token = Layout(served.settings.home).agent_token_file.read_text().strip()
+    assert token not in page.content()
+    shot(page, "environment")
+
+
+def test_a_lost_agent_shows_and_the_console_recovers(page: Page, served: Served) -> None:
+    ensure_running(page)
+    stopped = nexus_cli(served.env, "agent", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    expect(page.locator(".nx-agent-state")).to_have_text("agent lost", timeout=30_000)
+    banner = page.locator(".nx-server .nx-banner")
+    expect(banner).to_contain_text("The agent is not answering")
+    expect(banner).to_contain_text("nexus-ops agent start")
+    expect(page.locator(".nx-server-state")).to_have_text("unknown")
+    assert page.locator("button.nx-start").is_disabled()
+    shot(page, "agent-lost")
+    started = nexus_cli(served.env, "agent", "start")
+    assert started.returncode == 0, started.stderr
+    expect(page.locator(".nx-agent-state")).to_have_text("agent connected", timeout=60_000)
+    expect(page.locator(".nx-server-state")).to_have_text("running", timeout=60_000)
+    expect(banner).to_be_hidden()
+    shot(page, "agent-back")
+
+
+# ---- the page's lock, kernels, and stopping ------------------------------------------------
+
+
+def test_locked_page_culled_kernels_and_ctrl_c(
+    browser: Browser, opencode_bin: Path, tmp_path: Path
+) -> None:
+    env = console_env(tmp_path, opencode_bin, NEXUS_CONSOLE_CULL_TIMEOUT="10")
+    served = serve(env)
+    try:
+        token = Layout(served.settings.home).secrets.joinpath("console.token").read_text().strip()
+        assert f"token={token}" in served.url
+        wait_for(lambda: len(served.kernels()) == 1, 90, what="the pre-heated kernel")
+
+        for url in (served.base + "/", served.base + "/?token=wrong"):
+            refused = browser.new_page()
+            refused.goto(url)
+            expect(refused.locator("#password_input")).to_be_visible(timeout=30_000)
+            assert refused.locator(".nx-console").count() == 0
+            shot(refused, "refused-without-token")
+            refused.close()
+        assert httpx.get(served.base + "/", follow_redirects=False).status_code in (302, 403)
+        assert len(served.kernels()) == 1, "a refused visit starts no kernel"
+
+        page = open_console(browser, served.url)
+        expect(page.locator(".nx-agent-state")).to_have_text("agent connected", timeout=30_000)
+        wait_for(lambda: len(served.kernels()) == 2, 90, what="the pool refilled")
+        page.close()
+        # The closed page's kernel stops refreshing, goes idle and is culled; the
+        # pre-heated one waiting for the next visit is kept.
+        wait_for(lambda: len(served.kernels()) == 1, 120, interval=1.0, what="the kernel culled")
+        kernels = served.kernels()
+        voila = served.voila()
+
+        assert interrupt(served) == 0
+        assert "stopping the console" in "".join(served.output)
+        gone = psutil.wait_procs([voila, *kernels], timeout=30)[1]
+        assert gone == [], f"left running: {gone}"
+        with served.client() as client:
+            assert client.health().status == "ok", "the agent keeps running"
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+        kill_everything_of(env)
