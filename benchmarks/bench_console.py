@@ -137,10 +137,15 @@ def synthesize_history(path: Path, end: float, days: float = 7.0) -> int:
         series.append(("opencode_sessions", {"status": status}, every5, rng.poisson(mean, n) * 1.0))
     requests = "opencode_request_duration_seconds"
     series.append(
-        (requests, {"path": "/global/health"}, every1, rng.gamma(2.0, 0.002, len(every1)))
+        (
+            requests,
+            {"path": "/global/health", "outcome": "ok"},
+            every1,
+            rng.gamma(2.0, 0.002, len(every1)),
+        )
     )
     for path in ("/session", "/session/status"):
-        series.append((requests, {"path": path}, every5, rng.gamma(2.0, 0.004, n)))
+        series.append((requests, {"path": path, "outcome": "ok"}, every5, rng.gamma(2.0, 0.004, n)))
     total = 0
     for metric, labels, times, values in series:
         for lo in range(0, len(times), 17280):  # a day at 5 s a batch

@@ -32,7 +32,7 @@ from nexus_ops.ui.events import EventsPanel, events_html, highlight
 from nexus_ops.ui.figurewidget import ASSET, asset_url, figure_widget, shim
 from nexus_ops.ui.live import PageWatch, Refresher
 from nexus_ops.ui.logs import LogsPanel
-from nexus_ops.ui.metrics import REQUESTS, MetricsPanel, wanted_metrics
+from nexus_ops.ui.metrics import REQUESTS, MetricsPanel, break_gaps, wanted_metrics
 from nexus_ops.ui.registry import TABS
 from nexus_ops.ui.server import ServerPanel, connection_url
 
@@ -137,8 +137,9 @@ class FakeAgent:
                 ]
             )
         if metric == REQUESTS:
+            assert kwargs["labels"] == {"outcome": "ok"}, "only answered requests"
             values = np.linspace(0.001, 0.05, 60)
-            return tidy_frame(metric, "path=/global/health", times, values)
+            return tidy_frame(metric, "outcome=ok,path=/global/health", times, values)
         value = 1.0 if metric == "opencode_server_status" else 42.0
         return tidy_frame(metric, "", times, np.full(60, value))
 
@@ -304,6 +305,34 @@ def test_metrics_panel_fills_every_figure(ctx: PanelContext, agent: FakeAgent) -
     panel.range.value = "15m"
     names = {t.name for t in panel.series["request_duration"].data if len(t.y)}
     assert names == {"p50,/global/health", "p95,/global/health"}, "15 minutes: raw quantiles"
+
+
+def test_lines_break_where_nothing_was_sampled() -> None:
+    times = np.concatenate([np.arange(0.0, 50.0, 5.0), np.arange(600.0, 650.0, 5.0)])
+    frame = concat_frames(
+        [
+            tidy_frame("m", "a=1", times, np.ones(len(times))),
+            tidy_frame("m", "a=2", np.arange(0.0, 100.0, 5.0), np.ones(20)),
+        ]
+    )
+    broken = break_gaps(frame)
+    one = broken[broken["labels"] == "a=1"]
+    assert len(one) == len(times) + 1 and one["value"].isna().sum() == 1
+    hole = one[one["value"].isna()]["time"].iloc[0]
+    assert pd.Timestamp(45, unit="s", tz="UTC") < hole < pd.Timestamp(600, unit="s", tz="UTC")
+    assert one["time"].is_monotonic_increasing
+    assert broken[broken["labels"] == "a=2"]["value"].notna().all(), "no gap, no hole"
+
+
+def test_operator_stops_are_not_marked_as_crashes(ctx: PanelContext, agent: FakeAgent) -> None:
+    agent.journal = [
+        Event(id=1, time=NOW - 60, kind="exit", reason="operator", pid=7, message="stopped"),
+        Event(id=2, time=NOW - 30, kind="exit", reason="crash", pid=8, message="signal 9"),
+    ]
+    panel = MetricsPanel(ctx)
+    panel.refresh()
+    markers = next(t for t in panel.series["cpu"].data if t.name == "restarts and crashes")
+    assert list(markers.text) == ["exit (crash): signal 9"]
 
 
 def test_figure_times_reach_the_page_as_dates(ctx: PanelContext) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -31,6 +32,9 @@ RANGE_SECONDS: dict[str, float] = {"15m": 900.0, "1h": 3600.0, "24h": 86400.0, "
 STAT_KEYS = ("server_status", "uptime", "restarts", "memory")
 SERIES_KEYS = ("cpu", "memory", "connections", "request_duration", "sessions")
 REQUESTS = "opencode_request_duration_seconds"
+# The duration of the requests the server answered (a failed one lasts as long as the
+# timeout says, which tells nothing of the server's speed; failures show as restarts).
+ANSWERED = {"outcome": "ok"}
 # Points per series: about one per pixel of a half-width panel; a stat's sparkline
 # is smaller.
 MAX_POINTS = 600
@@ -64,6 +68,36 @@ def wanted_metrics() -> dict[str, int]:
     for key in SERIES_KEYS:
         wanted.update({m: MAX_POINTS for m in figures.PANELS[key].metrics if m != REQUESTS})
     return wanted
+
+
+def break_gaps(frame: pd.DataFrame, factor: float = 4.0) -> pd.DataFrame:
+    """A NaN point inside every gap of a series longer than ``factor`` times its usual
+    step, so that its line breaks where nothing was sampled (the server or the agent
+    was down) instead of drawing a straight line across.
+    """
+    if len(frame) < 3:
+        return frame
+    parts = []
+    for _, rows in frame.groupby(["metric", "labels"], sort=False):
+        steps = np.diff(rows["time"].to_numpy()).astype("timedelta64[ms]").astype(float)
+        if len(steps) < 2:
+            parts.append(rows)
+            continue
+        gaps = np.flatnonzero(steps > factor * np.median(steps))
+        if len(gaps) == 0:
+            parts.append(rows)
+            continue
+        holes = rows.iloc[gaps].copy()
+        holes["time"] = holes["time"] + pd.to_timedelta(steps[gaps] / 2, unit="ms")
+        holes["value"] = np.nan
+        parts.append(pd.concat([rows, holes]).sort_values("time", kind="stable"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _label(text: str, name: str) -> str:
+    """The value of label ``name`` in ``a=1,b=2`` text ("" when absent)."""
+    pairs = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+    return pairs.get(name, "")
 
 
 class MetricsPanel(Panel[MetricsData]):
@@ -116,9 +150,13 @@ class MetricsPanel(Panel[MetricsData]):
         )
 
     def _series(self, key: str) -> widgets.Box:
-        figure = figures.timeseries_figure(figures.PANELS[key], height=300)
-        # Half a page is narrow: the legend goes on its own rows under the title.
-        figure.update_layout(margin_t=84, legend={"x": 0, "xanchor": "left"})
+        figure = figures.timeseries_figure(figures.PANELS[key], height=340)
+        # Half a page is narrow: the legend goes on its own rows at the bottom, where
+        # it never covers the title, however many series there are (up to three rows).
+        figure.update_layout(
+            margin_b=110,
+            legend={"x": 0, "xanchor": "left", "yref": "container", "y": 0, "yanchor": "bottom"},
+        )
         fig = figure_widget(figure)
         fig.add_class("nx-figure")
         fig.add_class("nx-timeseries")
@@ -141,7 +179,9 @@ class MetricsPanel(Panel[MetricsData]):
         }
         requests = self._pool.submit(self._requests, span)
         since = time.time() - RANGE_SECONDS[span]
-        events = client.events(since=since, kinds=list(figures.MARKED_EVENTS), limit=500)
+        marked = client.events(since=since, kinds=list(figures.MARKED_EVENTS), limit=500)
+        # An operator's stop is neither a restart nor a crash.
+        events = [e for e in marked if not (e.kind == "exit" and e.reason == "operator")]
         return MetricsData(
             span=span,
             frames={name: future.result() for name, future in queries.items()},
@@ -152,12 +192,17 @@ class MetricsPanel(Panel[MetricsData]):
     def _requests(self, span: str) -> pd.DataFrame:
         client = self.ctx.client
         if RANGE_SECONDS[span] <= RAW_REQUESTS_UP_TO:
-            raw = client.query_metrics(REQUESTS, start=span, method="none", max_points=100_000)
+            raw = client.query_metrics(
+                REQUESTS, labels=ANSWERED, start=span, method="none", max_points=100_000
+            )
             return figures.request_quantiles(raw, window="30s")
         frames = []
         for agg in ("mean", "max"):
-            frame = client.query_metrics(REQUESTS, start=span, max_points=MAX_POINTS, agg=agg)
-            frame["labels"] = (f"q={agg}," + frame["labels"]).str.rstrip(",")
+            frame = client.query_metrics(
+                REQUESTS, labels=ANSWERED, start=span, max_points=MAX_POINTS, agg=agg
+            )
+            paths = frame["labels"].map(lambda text: _label(text, "path"))
+            frame["labels"] = f"q={agg},path=" + paths
             frames.append(frame)
         return concat_frames(frames)
 
@@ -186,9 +231,9 @@ class MetricsPanel(Panel[MetricsData]):
 
     def _frame_of(self, key: str, data: MetricsData) -> pd.DataFrame:
         if key == "request_duration":
-            return data.requests
+            return break_gaps(data.requests)
         frames = [data.frames[m] for m in figures.PANELS[key].metrics if m in data.frames]
-        return concat_frames(frames) if frames else empty_frame()
+        return break_gaps(concat_frames(frames)) if frames else empty_frame()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
