@@ -20,15 +20,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from nexus_ops import __version__, logs
 from nexus_ops.alerts import AlertService, AlertsView, load_config
@@ -172,16 +172,17 @@ def create_app(
 async def _allow_every_method(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
-    """A 405 lists every method of the path in ``Allow`` (Starlette names only one route's)."""
+    """A 405 lists every documented method of the path in ``Allow`` (Starlette names only
+    one route's)."""
     response = await call_next(request)
     if response.status_code == 405:
         path = request.url.path
-        methods = {
-            method
-            for route in request.app.routes
-            if isinstance(route, APIRoute) and route.path_regex.match(path)
-            for method in route.methods or ()
-        }
+        paths = request.app.openapi()["paths"]
+        # A path of its own (/backups/prune) wins over a template (/backups/{backup_id}).
+        templates = (
+            [path] if path in paths else [t for t in paths if compile_path(t)[0].match(path)]
+        )
+        methods = {method.upper() for template in templates for method in paths[template]}
         response.headers["Allow"] = ", ".join(sorted(methods))
     return response
 
@@ -346,26 +347,14 @@ def api_router() -> APIRouter:
     @router.get(f"{API}/metrics/query", tags=["metrics"], responses=responses(400))
     def query_metrics(
         ctx: Ctx,
-        metric: Annotated[
-            str,
-            Query(
-                description="Metric name, e.g. opencode_connections.",
-                pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
-            ),
-        ],
+        metric: Annotated[str, Query(description="Metric name, e.g. opencode_connections.")],
         labels: Annotated[str | None, Query(description="name=value,... to match.")] = None,
         start: Annotated[str, Query(description="Epoch s, ISO 8601, or 24h ago.")] = "1h",
         end: Annotated[str, Query(description="Epoch s, ISO 8601, or now.")] = "now",
         max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000,
-        resolution: Annotated[
-            Literal["auto", "raw", "1m", "1h"], Query(description="The tier to read.")
-        ] = "auto",
-        method: Annotated[
-            Literal["minmax", "lttb", "none"], Query(description="Downsampling method.")
-        ] = "minmax",
-        agg: Annotated[
-            Literal["mean", "min", "max", "sum", "count"], Query(description="What a rollup shows.")
-        ] = "mean",
+        resolution: Annotated[str, Query(description="auto, raw, 1m or 1h.")] = "auto",
+        method: Annotated[str, Query(description="minmax, lttb or none.")] = "minmax",
+        agg: Annotated[str, Query(description="mean, min, max, sum or count.")] = "mean",
     ) -> dict[str, Any]:
         """Metric history from metrics.db: one entry per series (times, values)."""
         assert ctx.metrics is not None

@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 import schemathesis
 from conftest import private_env
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 
 from nexus_ops.agent import create_app
+from nexus_ops.client import AgentClient
 from nexus_ops.config import load_settings
+from nexus_ops.errors import AgentError
 from nexus_ops.paths import Layout
 
 HEADERS: dict[str, str] = {}
@@ -81,3 +84,43 @@ def test_the_api_keeps_its_schema(case: schemathesis.Case) -> None:
     # 503 is documented, so its status and body are still checked against the schema.
     excluded = [not_a_server_error] if case.path == "/ready" else []
     case.call_and_validate(excluded_checks=excluded)
+
+
+@pytest.fixture
+def agent_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentClient]:
+    env = private_env(tmp_path)
+    for name in ("HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, env[name])
+    settings = load_settings(env)
+    app = create_app(settings, manage=False)
+    token = Layout(settings.home).agent_token_file.read_text().strip()
+    with TestClient(app) as http:
+        yield AgentClient("http://testserver", token, transport=http._transport)  # type: ignore[attr-defined]
+
+
+def test_the_faults_schemathesis_found_now_answer_clearly(agent_client: AgentClient) -> None:
+    with pytest.raises(AgentError) as bad:
+        agent_client.events(limit=0)
+    assert bad.value.status == 422
+    assert bad.value.message == "limit='0': Input should be greater than or equal to 1"
+    assert bad.value.hint == "fix the parameters named above"
+    with pytest.raises(AgentError) as missing:
+        agent_client.json("GET", "/api/v1/backups/20990101T000000Z-none")
+    assert missing.value.status == 404 and "there is no backup" in missing.value.message
+    with pytest.raises(AgentError) as unknown:
+        agent_client.json("GET", "/api/v1/runs/nope")
+    assert unknown.value.status == 404
+    response = agent_client._http.post(
+        "/api/v1/backups", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422  # FastAPI's JSON decode error, its documented 422
+    not_found = agent_client._http.get("/api/v1/no-such-route")
+    assert not_found.status_code == 404
+    assert not_found.json() == {"error": "Not Found", "hint": None}
+    for body in ({"include_nexus": 0}, {"include_nexus": True, "extra": 1}):
+        with pytest.raises(AgentError) as strict:
+            agent_client.json("POST", "/api/v1/backups", json=body)
+        assert strict.value.status == 422
+    options = agent_client._http.options("/api/v1/backups")
+    assert options.status_code == 405
+    assert options.headers["allow"] == "GET, POST"
