@@ -27,6 +27,7 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 from nexus_ops.client import AgentClient
 from nexus_ops.config import Settings, load_settings
 from nexus_ops.paths import Layout
+from nexus_ops.ui.figurewidget import ASSET
 
 pytestmark = [pytest.mark.browser, pytest.mark.opencode]
 
@@ -375,6 +376,11 @@ def test_locked_page_culled_kernels_and_ctrl_c(
             refused.close()
         assert httpx.get(served.base + "/", follow_redirects=False).status_code in (302, 403)
         assert len(served.kernels()) == 1, "a refused visit starts no kernel"
+        # The one file served without the token is plotly's bundle; not Voila's config.
+        assert httpx.head(served.base + f"/voila/files/{ASSET}").status_code == 200
+        for secret in ("voila.json", "console.ipynb", "../secrets/console.token"):
+            answer = httpx.get(served.base + f"/voila/files/{secret}")
+            assert answer.status_code in (302, 403, 404) and token not in answer.text
 
         page = open_console(browser, served.url)
         expect(page.locator(".nx-agent-state")).to_have_text("agent connected", timeout=30_000)

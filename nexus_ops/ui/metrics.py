@@ -72,26 +72,28 @@ def wanted_metrics() -> dict[str, int]:
 
 def break_gaps(frame: pd.DataFrame, factor: float = 4.0) -> pd.DataFrame:
     """A NaN point inside every gap of a series longer than ``factor`` times its usual
-    step, so that its line breaks where nothing was sampled (the server or the agent
-    was down) instead of drawing a straight line across.
+    (median) step, so that its line breaks where nothing was sampled (the server or the
+    agent was down) instead of drawing a straight line across.
+
+    ``frame`` is tidy and sorted by series, then time (what the agent answers).
     """
     if len(frame) < 3:
         return frame
-    parts = []
-    for _, rows in frame.groupby(["metric", "labels"], sort=False):
-        steps = np.diff(rows["time"].to_numpy()).astype("timedelta64[ms]").astype(float)
-        if len(steps) < 2:
-            parts.append(rows)
-            continue
-        gaps = np.flatnonzero(steps > factor * np.median(steps))
-        if len(gaps) == 0:
-            parts.append(rows)
-            continue
-        holes = rows.iloc[gaps].copy()
-        holes["time"] = holes["time"] + pd.to_timedelta(steps[gaps] / 2, unit="ms")
-        holes["value"] = np.nan
-        parts.append(pd.concat([rows, holes]).sort_values("time", kind="stable"))
-    return pd.concat(parts, ignore_index=True)
+    series = frame.groupby(["metric", "labels"], sort=False).ngroup().to_numpy()
+    times = frame["time"].to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e6  # ms
+    steps = np.diff(times)
+    inside = series[1:] == series[:-1]
+    usual = pd.Series(steps[inside]).groupby(series[1:][inside]).median()
+    limit = factor * usual.reindex(series[1:]).to_numpy()
+    gaps = np.flatnonzero(inside & (steps > limit))
+    if len(gaps) == 0:
+        return frame
+    holes = frame.iloc[gaps].copy()
+    holes["time"] = holes["time"] + pd.to_timedelta(steps[gaps] / 2, unit="ms")
+    holes["value"] = np.nan
+    order = np.concatenate([np.arange(len(frame)), gaps + 0.5])
+    merged = pd.concat([frame, holes], ignore_index=True)
+    return merged.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
 
 
 def _label(text: str, name: str) -> str:

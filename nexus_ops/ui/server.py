@@ -111,7 +111,7 @@ class ServerPanel(Panel[ServerStatus]):
             description="Show password",
             icon="eye",
             value=False,
-            layout=widgets.Layout(width="auto"),
+            layout=widgets.Layout(width="150px", flex="0 0 auto"),
         )
         self.reveal.add_class("nx-show-password")
         self.reveal.observe(self.guarded(self.toggle_password), names="value")
