@@ -28,6 +28,8 @@ from nexus_ops.paths import atomic_write
 
 # create_time is rounded by the kernel's clock ticks; two reads may differ a hair.
 _CREATE_TIME_SLACK = 0.05
+# How long a process that is still inside exec may show an empty command line.
+_EXEC_SETTLE = 1.0
 
 
 @dataclass
@@ -70,15 +72,27 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
 
 
 def identify(pid: int, fallback_cmdline: list[str] | None = None) -> ProcessRecord:
-    """The record of a running process."""
+    """The record of a running process.
+
+    A process caught in the middle of exec (Popen has returned, the kernel has not
+    yet laid out the new program's arguments) shows an empty command line for a
+    moment; it is read again until it shows, or ``fallback_cmdline`` is used.
+    """
+    deadline = time.monotonic() + _EXEC_SETTLE
     try:
         proc = psutil.Process(pid)
-        with proc.oneshot():
-            create_time = proc.create_time()
-            cmdline = proc.cmdline() or (fallback_cmdline or [])
+        while True:
+            with proc.oneshot():
+                create_time = proc.create_time()
+                cmdline = proc.cmdline()
+            if cmdline or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
     except psutil.Error as exc:
         raise ProcessError(f"process {pid} vanished before it could be identified") from exc
-    return ProcessRecord(pid=pid, create_time=create_time, cmdline=cmdline)
+    return ProcessRecord(
+        pid=pid, create_time=create_time, cmdline=cmdline or fallback_cmdline or []
+    )
 
 
 def find_live(record: ProcessRecord) -> psutil.Process | None:

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -52,7 +53,9 @@ def test_tree_usage_adds_up_what_psutil_reports(family: subprocess.Popen[bytes])
 
 
 def test_cpu_counter_only_grows_and_rate_is_percent_of_a_core() -> None:
-    busy = subprocess.Popen(["python3", "-c", "while True: pass"], start_new_session=True)
+    # The interpreter itself, not a "python3" on PATH that may be a shim which execs it.
+    spin = [sys.executable, "-c", "while True: pass"]
+    busy = subprocess.Popen(spin, start_new_session=True)
     try:
         record = identify(busy.pid)
         meter = TreeMeter()
