@@ -279,7 +279,7 @@ class Supervisor:
         self._state = ServerState.RUNNING
         self._healthy = False
         self._running_since = self._now()
-        self._watch(record.pid)
+        self._watch(record)
         self.journal.record(EventKind.ADOPT, pid=record.pid, message="adopted a running server")
         self._set_desired("running")
 
@@ -287,27 +287,28 @@ class Supervisor:
         logs.rotate_if_needed(
             self.layout.server_log, self.settings.log_max_bytes, self.settings.log_backups
         )
-        if self._state is not ServerState.RUNNING or self._record is None:
+        record = self._record
+        if self._state is not ServerState.RUNNING or record is None:
             return
-        if find_live(self._record) is None:  # belt and braces where pidfd is missing
-            await self._on_exit()
+        if find_live(record) is None:  # belt and braces where pidfd is missing
+            await self._on_exit(record)
             return
-        await self._probe()
-        self._check_memory()
+        await self._probe(record)
+        self._check_memory(record)
         if (
             self._running_since is not None
             and self._now() - self._running_since >= self.settings.stable_period
         ):
             self._consecutive = 0
 
-    async def _probe(self) -> None:
+    async def _probe(self, record: ProcessRecord) -> None:
         try:
             health = await self._timed_health()
         except OpenCodeUnavailable as exc:
             self._healthy = False
             self._probe_failures += 1
             if self._probe_failures >= self.settings.probe_failures:
-                await self._restart_unhealthy(RestartReason.HANG, str(exc))
+                await self._restart_unhealthy(record, RestartReason.HANG, str(exc))
             return
         self._probe_failures = 0
         self._healthy = True
@@ -331,11 +332,11 @@ class Supervisor:
         for observer in self.request_observers:
             observer(path, seconds, ok)
 
-    def _check_memory(self) -> None:
+    def _check_memory(self, record: ProcessRecord) -> None:
         limit = self.settings.memory_limit_mb * 1024 * 1024
-        if not limit or self._record is None:
+        if not limit:
             return
-        rss = tree_rss(self._record) or 0
+        rss = tree_rss(record) or 0
         if rss <= limit:
             self._over_memory_since = None
             return
@@ -345,7 +346,7 @@ class Supervisor:
             self._over_memory_since = None
             detail = f"resident memory {rss // 2**20} MiB over {self.settings.memory_limit_mb} MiB"
             task = asyncio.get_running_loop().create_task(
-                self._restart_unhealthy(RestartReason.MEMORY, detail)
+                self._restart_unhealthy(record, RestartReason.MEMORY, detail)
             )
             task.add_done_callback(_log_failure)
 
@@ -378,13 +379,16 @@ class Supervisor:
         self._last_error = None
         self._ready_event.clear()
         self.counters.starts += 1
-        self._watch(spawned.record.pid)
+        self._watch(spawned.record)
         self.journal.record(
             EventKind.START,
             pid=spawned.record.pid,
             message=f"started {binary.name} on {settings.opencode_host}:{settings.opencode_port}",
         )
-        self._ready_task = asyncio.get_running_loop().create_task(self._await_ready())
+        self._ready_task = asyncio.get_running_loop().create_task(
+            self._await_ready(spawned.record)
+        )
+        self._ready_task.add_done_callback(_log_failure)
 
     def _server_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
@@ -392,25 +396,29 @@ class Supervisor:
         env["OPENCODE_SERVER_USERNAME"] = self.credentials.username
         return env
 
-    async def _await_ready(self) -> None:
+    async def _await_ready(self, record: ProcessRecord) -> None:
         deadline = self._now() + self.settings.start_timeout
-        while self._now() < deadline and self._state is ServerState.STARTING:
+        while self._now() < deadline and self._is_starting(record):
             try:
                 health = await self._timed_health(observe=False)
             except OpenCodeUnavailable:
                 await asyncio.sleep(0.1)
                 continue
-            await self._mark_ready(health)
+            await self._mark_ready(record, health)
             return
-        if self._state is ServerState.STARTING:
+        if self._is_starting(record):
             await self._restart_unhealthy(
+                record,
                 RestartReason.START_FAILED,
                 f"no healthy answer within {self.settings.start_timeout:g} s of starting",
             )
 
-    async def _mark_ready(self, health: Health) -> None:
+    def _is_starting(self, record: ProcessRecord) -> bool:
+        return self._state is ServerState.STARTING and self._record == record
+
+    async def _mark_ready(self, record: ProcessRecord, health: Health) -> None:
         async with self._lock:
-            if self._state is not ServerState.STARTING:
+            if not self._is_starting(record):
                 return
             self._version = health.version
             self._state, self._healthy = ServerState.RUNNING, True
@@ -421,14 +429,14 @@ class Supervisor:
 
     # ---- exits, restarts, backoff --------------------------------------------------
 
-    def _watch(self, pid: int) -> None:
+    def _watch(self, record: ProcessRecord) -> None:
         self._unwatch()
-        fd = pidfd(pid)
+        fd = pidfd(record.pid)
         if fd is None:
             return
         self._watch_fd = fd
         loop = asyncio.get_running_loop()
-        loop.add_reader(fd, self._exit_seen)
+        loop.add_reader(fd, self._exit_seen, record)
 
     def _unwatch(self) -> None:
         if self._watch_fd is not None:
@@ -437,14 +445,19 @@ class Supervisor:
             os.close(self._watch_fd)
             self._watch_fd = None
 
-    def _exit_seen(self) -> None:
+    def _exit_seen(self, record: ProcessRecord) -> None:
         self._unwatch()
-        task = asyncio.get_running_loop().create_task(self._on_exit())
+        task = asyncio.get_running_loop().create_task(self._on_exit(record))
         task.add_done_callback(_log_failure)
 
-    async def _on_exit(self) -> None:
+    async def _on_exit(self, record: ProcessRecord) -> None:
+        """``record``'s process has exited (unless an operator's action came first).
+
+        The exit may be seen while a restart holds the lock; by the time the lock is
+        ours the process may have been replaced, and the new one is left alone.
+        """
         async with self._lock:
-            if self._record is None:
+            if self._record != record:
                 return
             spawned = self._spawned
             code, sig = await asyncio.to_thread(wait_status, spawned.popen if spawned else None)
@@ -505,12 +518,15 @@ class Supervisor:
         )
         return survivors
 
-    async def _restart_unhealthy(self, reason: RestartReason, detail: str) -> None:
+    async def _restart_unhealthy(
+        self, record: ProcessRecord, reason: RestartReason, detail: str
+    ) -> None:
+        """Replace ``record``'s process, unless it has been replaced already."""
         async with self._lock:
-            if self._record is None:
+            if self._record != record:
                 return
             kind = _UNHEALTHY_EVENT[reason]
-            self.journal.record(kind, reason=reason.value, pid=self._record.pid, message=detail)
+            self.journal.record(kind, reason=reason.value, pid=record.pid, message=detail)
             await self._terminate(reason)
             await self._schedule_restart(reason)
 

@@ -237,3 +237,22 @@ def test_agent_daemon_start_and_stop_leave_server_running(
         assert nexus_cli(env, "agent", "status").returncode == 3
     finally:
         kill_everything_of(env)
+
+
+def test_back_to_back_restarts_each_become_ready(nexus_env: dict[str, str]) -> None:
+    """Probes run while a restart stops the old server: a probe that sees the old
+    process go must not take the new one for it (nor wait on it)."""
+    nexus_env["NEXUS_PROBE_INTERVAL"] = "0.05"
+    agent = start_agent(nexus_env)
+    try:
+        pid = started_server(agent)
+        for _ in range(6):
+            restarted = agent.client.restart()
+            assert restarted.ok, restarted.message
+            assert restarted.status.state is ServerState.RUNNING
+            assert restarted.status.pid != pid
+            pid = restarted.status.pid
+        assert agent.client.status().pid == pid and agent.client.ready().ready
+    finally:
+        agent.client.close()
+        agent.stop()
