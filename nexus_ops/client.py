@@ -12,20 +12,21 @@ import time
 from collections.abc import Generator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import pandas as pd
 
 from nexus_ops.alerts import AlertsView
 from nexus_ops.backup.models import BackupInfo, Manifest, PruneReport, RestoreReport, VerifyReport
 from nexus_ops.config import Settings
 from nexus_ops.errors import AgentError, AgentUnavailable, Unauthorized
-from nexus_ops.metrics.frames import frame_from_payload, labels_text
 from nexus_ops.models import ActionResult, AgentHealth, Event, Readiness, ServerStatus
 from nexus_ops.paths import Layout
 from nexus_ops.runbooks.models import Runbook
 from nexus_ops.store.runs import RunRecord
+
+if TYPE_CHECKING:  # pandas loads with the first query, not with every CLI command
+    import pandas as pd
 
 API = "/api/v1"
 
@@ -155,6 +156,8 @@ class AgentClient:
         ``start``/``end``: epoch seconds, a datetime, ISO 8601 text, ``now``, or a
         duration before now (``24h``). See :class:`nexus_ops.metrics.backends.MetricQuery`.
         """
+        from nexus_ops.metrics.frames import frame_from_payload, labels_text
+
         params: dict[str, Any] = {
             "metric": metric,
             "start": _time_param(start),

@@ -385,9 +385,7 @@ class Supervisor:
             pid=spawned.record.pid,
             message=f"started {binary.name} on {settings.opencode_host}:{settings.opencode_port}",
         )
-        self._ready_task = asyncio.get_running_loop().create_task(
-            self._await_ready(spawned.record)
-        )
+        self._ready_task = asyncio.get_running_loop().create_task(self._await_ready(spawned.record))
         self._ready_task.add_done_callback(_log_failure)
 
     def _server_env(self) -> dict[str, str]:

@@ -35,8 +35,8 @@ from nexus_ops.metrics.frames import (
     labels_text,
     tidy_frame,
 )
-from nexus_ops.paths import Layout
-from nexus_ops.store.samples import RAW, Retention, SampleStore, Tier
+from nexus_ops.metrics.storefile import open_store
+from nexus_ops.store.samples import RAW, SampleStore, Tier
 
 if TYPE_CHECKING:
     from nexus_ops.config import Settings
@@ -179,19 +179,6 @@ BACKENDS: dict[str, BackendFactory] = {
     "sqlite": _sqlite_from_settings,
     "prometheus": _prometheus_from_settings,
 }
-
-
-def retention_from_settings(settings: Settings) -> Retention:
-    return Retention(
-        raw=settings.metrics_raw_retention_hours * 3600.0,
-        minute=settings.metrics_minute_retention_days * 86400.0,
-        hour=settings.metrics_hour_retention_days * 86400.0,
-    )
-
-
-def open_store(settings: Settings) -> SampleStore:
-    """The sample store of these settings (``$NEXUS_HOME/metrics.db``)."""
-    return SampleStore(Layout(settings.home).metrics_database, retention_from_settings(settings))
 
 
 def backend_from_settings(settings: Settings) -> MetricsBackend:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from nexus_ops.config import Settings
-from nexus_ops.metrics.backends import MetricQuery, SQLiteBackend, open_store
 from nexus_ops.metrics.exposition import SamplerCollector
-from nexus_ops.metrics.frames import frame_to_payload, parse_labels, parse_time
 from nexus_ops.metrics.sampler import Sampler, ServerView
+from nexus_ops.metrics.storefile import open_store
 from nexus_ops.opencode import AsyncOpenCodeClient, Credentials
 from nexus_ops.paths import Layout, read_or_create_secret
+
+if TYPE_CHECKING:
+    from nexus_ops.metrics.backends import SQLiteBackend
 
 
 class MetricsService:
@@ -46,8 +49,15 @@ class MetricsService:
             clock=clock,
             client=self.client,
         )
-        self.backend = SQLiteBackend(self.store, clock=clock)
         self._clock = clock
+
+    @cached_property
+    def backend(self) -> SQLiteBackend:
+        """The query side (pandas, downsampling): loaded at the first query, so that an
+        agent nobody asks for history keeps its memory small."""
+        from nexus_ops.metrics.backends import SQLiteBackend
+
+        return SQLiteBackend(self.store, clock=self._clock)
 
     async def run(self) -> None:
         """Sample until cancelled (then write what is pending)."""
@@ -77,6 +87,9 @@ class MetricsService:
         agg: str = "mean",
     ) -> dict[str, Any]:
         """A query from the API's parameters; the answer as JSON-ready series."""
+        from nexus_ops.metrics.backends import MetricQuery
+        from nexus_ops.metrics.frames import frame_to_payload, parse_labels, parse_time
+
         now = self._clock()
         query = MetricQuery(
             metric=metric,

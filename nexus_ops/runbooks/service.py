@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nexus_ops.config import Settings
 from nexus_ops.errors import RunbookError
 from nexus_ops.paths import Layout
-from nexus_ops.runbooks.catalog import RunbookCatalog
-from nexus_ops.runbooks.engine import RunbookRunner
 from nexus_ops.runbooks.models import Runbook
 from nexus_ops.store.db import Database
 from nexus_ops.store.runs import RunIndex, RunRecord
+
+if TYPE_CHECKING:
+    # papermill (and nbformat's schema checks) take a second and tens of MB to load;
+    # the agent loads them when a runbook is first listed or run.
+    from nexus_ops.runbooks.catalog import RunbookCatalog
+    from nexus_ops.runbooks.engine import RunbookRunner
 
 
 class RunbookService:
@@ -32,10 +36,14 @@ class RunbookService:
     @property
     def catalog(self) -> RunbookCatalog:
         if self._catalog is None:
+            from nexus_ops.runbooks.catalog import RunbookCatalog
+
             self._catalog = RunbookCatalog.locate(self.settings.runbooks_dir)
         return self._catalog
 
     def runner(self) -> RunbookRunner:
+        from nexus_ops.runbooks.engine import RunbookRunner
+
         self.layout.runs.mkdir(parents=True, exist_ok=True)
         return RunbookRunner(
             self.catalog,
