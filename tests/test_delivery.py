@@ -249,10 +249,10 @@ def test_dockerfile_builds_a_non_root_image_with_pinned_opencode() -> None:
 
 def test_dockerfile_settings_are_valid_and_allow_the_remote_bind(tmp_path: Path) -> None:
     env = dockerfile_env()
-    assert env["NEXUS_AGENT_HOST"] == "0.0.0.0"
+    assert env["NEXUS_AGENT_HOST"] == env["NEXUS_CONSOLE_HOST"] == "0.0.0.0"
     settings = load_settings(nexus_variables(env), directory=tmp_path)
     assert settings.allow_remote and settings.env == "production"
-    assert settings.agent_port == 1420
+    assert (settings.agent_port, settings.console_port) == (1420, 8866)
 
 
 def test_dockerfile_copies_only_what_its_ignore_file_lets_in() -> None:
@@ -402,6 +402,9 @@ def test_compose_runs_agent_console_and_prometheus(tmp_path: Path) -> None:
     assert set(compose["volumes"]) >= {"nexus-home", "opencode-data", "prometheus-data"}
     for service in (agent, console):
         assert_valid_settings(service["environment"], tmp_path)
+    # Published ports reach a container's own addresses, never its loopback.
+    assert console["environment"]["NEXUS_CONSOLE_HOST"] == "0.0.0.0"
+    assert console["environment"]["NEXUS_CONSOLE_PORT"] == "8866"
     assert "agent.token" in agent["secrets"] and "agent.token" in prometheus["secrets"]
     mounted = [v.split(":")[:2] for v in prometheus["volumes"] if v.startswith("./")]
     assert mounted == [["./prometheus", "/etc/prometheus"]]
@@ -470,6 +473,9 @@ def test_k8s_settings_are_valid_production_settings(tmp_path: Path) -> None:
     config = k8s_objects()[("ConfigMap", "nexus-ops-settings")]["data"]
     assert config["NEXUS_ENV"] == "production"
     assert_valid_settings(config, tmp_path)
+    # Both Services reach the pod's addresses: the agent and the console listen there.
+    assert config["NEXUS_AGENT_HOST"] == config["NEXUS_CONSOLE_HOST"] == "0.0.0.0"
+    assert config["NEXUS_CONSOLE_PORT"] == "8866"
 
 
 def test_k8s_services_reach_the_pod_ports() -> None:
