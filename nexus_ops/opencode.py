@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Mapping
@@ -147,6 +148,20 @@ class Credentials:
     password: str
 
 
+def plain_http_tls() -> ssl.SSLContext:
+    """The TLS settings of a client that only speaks plain HTTP to a server on loopback.
+
+    The managed server is always ``http://`` (``Settings.opencode_base_url``). httpx
+    would otherwise load certifi's bundle into every client (about 1 MB each, in the
+    agent that holds two); this context verifies as strictly but trusts no one, so
+    any TLS attempt fails closed.
+
+    >>> plain_http_tls().verify_mode == ssl.CERT_REQUIRED
+    True
+    """
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class OpenCodeClient:
     """A small synchronous client of the OpenCode server's HTTP API.
 
@@ -161,6 +176,7 @@ class OpenCodeClient:
             base_url=self.base_url,
             auth=(credentials.username, credentials.password),
             timeout=timeout,
+            verify=plain_http_tls(),
         )
 
     def close(self) -> None:
@@ -201,6 +217,7 @@ class AsyncOpenCodeClient:
             # that has since died or been replaced, and a probe should test accept() too.
             # The metrics sampler keeps ``keepalive`` connections: it asks every second.
             limits=httpx.Limits(max_connections=4, max_keepalive_connections=keepalive),
+            verify=plain_http_tls(),
         )
 
     async def aclose(self) -> None:

@@ -42,7 +42,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, model_validator
 
 from nexus_ops.config import Settings
@@ -265,6 +264,8 @@ def load_config(settings: Settings) -> AlertsConfig:
 
 
 def _read_file(path: Path) -> _FileConfig:
+    import yaml  # only for an alerts file: the agent without one does not load it
+
     where = f"NEXUS_ALERTS_FILE={path}"
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
