@@ -108,6 +108,7 @@ def test_metrics_pass_promtool(agent: RunningAgent, tmp_path: Path) -> None:
     text = str(wait_for(lambda: "seconds_bucket" in (t := agent.client.metrics_text()) and t))
     for name in (
         "opencode_server_status 1.0",
+        "opencode_server_desired_running 1.0",
         "opencode_server_starts_total 1.0",
         "opencode_server_stops_total",
         "opencode_server_uptime_seconds",
@@ -121,3 +122,7 @@ def test_metrics_pass_promtool(agent: RunningAgent, tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
     anonymous = httpx.get(f"{agent.client.base_url}/metrics")
     assert anonymous.status_code == 401
+    agent.client.stop()  # an operator's stop: down, and not wanted up
+    stopped = agent.client.metrics_text()
+    assert "opencode_server_status 0.0" in stopped
+    assert "opencode_server_desired_running 0.0" in stopped

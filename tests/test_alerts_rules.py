@@ -172,6 +172,26 @@ def test_state_survives_a_restart_of_the_agent(tmp_path: Path) -> None:
     assert events[0].details["rule"] == "Down"
 
 
+def test_a_rule_holds_only_while_its_gauge_is_one(tmp_path: Path) -> None:
+    """The built-in server-down rule: a server the operator stopped is not an outage."""
+    down = default_rules(load_settings(private_env(tmp_path)))[0]
+    assert down.only_while == "opencode_server_desired_running"
+    assert down.describe().endswith("while opencode_server_desired_running == 1 for 30s")
+    service = AlertService(AlertsConfig(rules=[down]), Journal(Database(tmp_path / "n.db")))
+    stopped = [("opencode_server_status", {}, 0.0), ("opencode_server_desired_running", {}, 0.0)]
+    crashed = [("opencode_server_status", {}, 0.0), ("opencode_server_desired_running", {}, 1.0)]
+    for t in range(0, 60, 5):
+        service.window.add_reading(1000.0 + t, stopped)
+        assert service.evaluate(now=1000.5 + t) == []
+    changes = []
+    for t in range(60, 100, 5):
+        service.window.add_reading(1000.0 + t, crashed)
+        changes += [c.to for c in service.evaluate(now=1000.5 + t)]
+    assert changes == ["pending", "firing"]
+    with pytest.raises(ValueError, match="not a metric name"):
+        AlertRule(name="X", metric="opencode_server_status", only_while="no such-metric")
+
+
 # ---- the window ----------------------------------------------------------------------------
 
 
@@ -246,7 +266,9 @@ def test_export_passes_promtool_for_every_kind_of_rule(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
     exprs = {r["alert"]: r for r in yaml.safe_load(text)["groups"][0]["rules"]}
-    assert exprs["OpenCodeServerDown"]["expr"] == "opencode_server_status < 1"
+    assert exprs["OpenCodeServerDown"]["expr"] == (
+        "(opencode_server_status < 1) and on (job, instance) opencode_server_desired_running == 1"
+    )
     assert exprs["OpenCodeServerDown"]["for"] == "30s"
     assert exprs["OpenCodeServerDown"]["keep_firing_for"] == "10s"
     assert exprs["Absent"]["expr"] == "absent_over_time(opencode_process_threads[2m])"
@@ -276,6 +298,10 @@ def test_exported_rules_behave_like_the_agent_under_promtool_test(tmp_path: Path
                             {
                                 "series": 'opencode_server_status{job="nx",instance="a"}',
                                 "values": "1 1 0 0 0 0 0 1 1 1 1",
+                            },
+                            {
+                                "series": 'opencode_server_desired_running{job="nx",instance="a"}',
+                                "values": "1 1 1 1 1 1 1 1 1 1 1",
                             },
                             {
                                 "series": 'opencode_server_starts_total{job="nx",instance="a"}',

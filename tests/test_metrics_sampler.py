@@ -37,6 +37,10 @@ class StandIn:
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def desired(self) -> str:
+        return "running"
+
     async def get(self, path: str) -> Any:
         self.asked.append(path)
         answer = self.answers[path]
@@ -62,6 +66,7 @@ def test_a_tick_stores_a_full_reading_and_request_durations(tmp_path: Path) -> N
     server.request_observers.append(sampler.observe_request)
     reading = asyncio.run(sampler.tick())
     assert reading.value("opencode_server_status") == 1.0
+    assert reading.value("opencode_server_desired_running") == 1.0
     assert reading.value("opencode_server_starts_total") == 2.0
     assert reading.value("opencode_server_restarts_total", {"reason": "crash"}) == 1.0
     assert reading.value("opencode_sessions", {"status": "busy"}) == 1.0

@@ -45,6 +45,15 @@ def selector(metric: str, match: Mapping[str, str]) -> str:
 
 def expression(rule: AlertRule) -> str:
     """The PromQL expression that is true (non-empty) when the rule's condition holds."""
+    condition = _condition(rule)
+    if not rule.only_while:
+        return condition
+    # absent_over_time() has no labels to join on; the other conditions keep the target's.
+    join = "on ()" if rule.kind == "absent" else "on (job, instance)"
+    return f"({condition}) and {join} {rule.only_while} == 1"
+
+
+def _condition(rule: AlertRule) -> str:
     window = f"[{format_duration(rule.window)}]"
     if rule.kind == "absent":
         return f"absent_over_time({selector(rule.metric, rule.match)}{window})"

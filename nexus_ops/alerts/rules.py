@@ -12,6 +12,9 @@ Three kinds of rule:
 Every rule waits ``for`` seconds in ``pending`` before it fires, and once firing
 stays so until its condition has been false for ``keep_firing_for`` seconds (the
 same two words Prometheus uses). Durations are seconds or ``30s``/``5m``/``1h``.
+A rule with ``only_while: <gauge>`` holds only while that gauge's latest value is
+1: the built-in server-down rule names ``opencode_server_desired_running``, so a
+server an operator stopped is not an alert.
 
 The YAML file (``NEXUS_ALERTS_FILE``)::
 
@@ -125,6 +128,11 @@ class AlertRule(Frozen):
     keep_firing_for: Seconds = Field(
         0.0, description="Seconds the condition must be clear before a firing alert resolves."
     )
+    only_while: str = Field(
+        "",
+        description="A gauge whose latest value must be 1 for the rule to hold "
+        "(e.g. opencode_server_desired_running).",
+    )
     severity: Severity = "warning"
     summary: str = Field("", max_length=500)
     description: str = Field("", max_length=2000)
@@ -141,10 +149,9 @@ class AlertRule(Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> AlertRule:
-        if not re.match(_METRIC_NAME, self.metric):
-            raise ValueError(
-                f"metric {self.metric!r} is not a metric name (e.g. opencode_sessions)"
-            )
+        for name in (self.metric, self.only_while or "ok"):
+            if not re.match(_METRIC_NAME, name):
+                raise ValueError(f"metric {name!r} is not a metric name (e.g. opencode_sessions)")
         if not math.isfinite(self.value):
             raise ValueError("value must be a finite number")
         if self.window <= 0:
@@ -166,6 +173,8 @@ class AlertRule(Frozen):
         else:
             span = f"[{format_duration(self.window)}]"
             text = f"{self.aggregate}({selector}{span}) {self.op} {format_number(self.value)}"
+        if self.only_while:
+            text += f" while {self.only_while} == 1"
         return text + (f" for {format_duration(self.for_seconds)}" if self.for_seconds else "")
 
 
@@ -205,12 +214,13 @@ def default_rules(settings: Settings) -> list[AlertRule]:
             metric="opencode_server_status",
             op="<",
             value=1,
+            only_while="opencode_server_desired_running",
             for_seconds=30,
             keep_firing_for=10,
             severity="critical",
             summary="The OpenCode server is down",
-            description="The managed server has not been running and healthy for 30 s; "
-            "`nexus-ops events` shows why.",
+            description="The managed server has not been running and healthy for 30 s "
+            "although it should run; `nexus-ops events` shows why.",
         ),
         AlertRule(
             name="OpenCodeRestartRate",

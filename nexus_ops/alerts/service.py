@@ -162,11 +162,17 @@ class AlertService:
     def condition(self, rule: AlertRule, now: float) -> tuple[float | None, bool]:
         """The rule's value now and whether its condition holds."""
         if rule.kind == "absent":
-            return None, not self.window.seen(rule.metric, rule.match, rule.window, now)
-        value = self.window.value(
-            rule.metric, rule.match, rule.aggregate, rule.window, rule.op, now
-        )
-        return value, value is not None and _COMPARE[rule.op](value, rule.value)
+            value = None
+            holds = not self.window.seen(rule.metric, rule.match, rule.window, now)
+        else:
+            value = self.window.value(
+                rule.metric, rule.match, rule.aggregate, rule.window, rule.op, now
+            )
+            holds = value is not None and _COMPARE[rule.op](value, rule.value)
+        if holds and rule.only_while:
+            gate = self.window.value(rule.only_while, {}, "last", rule.window, ">", now)
+            holds = gate == 1
+        return value, holds
 
     def _apply(self, rule: AlertRule, change: Transition) -> None:
         shown = "" if change.value is None else f" (value {change.value:.6g})"

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from nexus_ops.metrics.sampler import Reading
+from nexus_ops.metrics.sampler import DESIRED_METRIC, Reading
 from nexus_ops.models import Counters, ServerState, ServerStatus
 from nexus_ops.process import self_usage
 
@@ -39,6 +39,11 @@ class ServerCollector(Collector):
         )
         up.add_metric([], 1.0 if status.healthy else 0.0)
         yield up
+        desired = GaugeMetricFamily(
+            DESIRED_METRIC, "1 while an operator wants the server running, 0 after a stop."
+        )
+        desired.add_metric([], 1.0 if status.desired == "running" else 0.0)
+        yield desired
         state = GaugeMetricFamily(
             "opencode_server_state", "1 for the server's current state.", labels=["state"]
         )

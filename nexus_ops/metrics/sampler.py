@@ -63,9 +63,16 @@ class ServerView(Protocol):
     def counters(self) -> Counters: ...
 
     @property
+    def desired(self) -> str: ...
+
+    @property
     def client(self) -> OpenCodeApi: ...
 
     request_observers: list[RequestObserver]
+
+
+# 1 while an operator wants the server running: "down" alerts hold only then.
+DESIRED_METRIC = "opencode_server_desired_running"
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,7 @@ class Sampler:
         uptime = max(0.0, now - record.create_time) if record else 0.0
         values: list[Sample] = [
             ("opencode_server_status", {}, up),
+            (DESIRED_METRIC, {}, 1.0 if self.server.desired == "running" else 0.0),
             ("opencode_server_uptime_seconds", {}, uptime),
             ("opencode_server_starts_total", {}, float(counters.starts)),
             ("opencode_server_stops_total", {}, float(counters.stops)),
