@@ -12,6 +12,7 @@ PACKAGE = Path(nexus_ops.__file__).parent
 # Module (or package) name -> layer. 1 foundations, 2 adapters, 3 services, 4 entry points.
 LAYERS = {
     "errors": 1, "config": 1, "models": 1, "paths": 1, "redact": 1, "logs": 1, "locks": 1,
+    "lazy": 1,
     "process": 2, "opencode": 2, "store": 2,
     "supervisor": 3, "metrics": 3, "alerts": 3, "backup": 3, "runbooks": 3, "security": 3,
     "agent": 4, "client": 4, "daemon": 4, "ui": 4, "cli": 4, "console": 4, "recovery": 4,

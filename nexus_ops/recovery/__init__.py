@@ -12,8 +12,9 @@ True
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from nexus_ops.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from nexus_ops.recovery.application import (
@@ -66,7 +67,6 @@ _HOMES = {
     "network": ["dns", "free_port", "loopback", "outbound", "port_binding"],
     "results": ["Check", "Step", "record_verdict", "verdict"],
 }
-_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = [
     "AgentControl",
     "Check",
@@ -100,14 +100,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'nexus_ops.recovery' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"nexus_ops.recovery.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, globals())

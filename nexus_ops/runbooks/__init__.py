@@ -18,8 +18,9 @@ types (for the client and the CLI) need none of it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from nexus_ops.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from nexus_ops.runbooks.catalog import RunbookCatalog, locate
@@ -37,7 +38,6 @@ _HOMES = {
     "service": ["RunbookService"],
     "verdict": ["VERDICT_MIME", "Action", "Finding", "Verdict", "find_verdict"],
 }
-_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "VERDICT_MIME",
@@ -56,14 +56,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'nexus_ops.runbooks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"nexus_ops.runbooks.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, globals())

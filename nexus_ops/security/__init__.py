@@ -16,8 +16,9 @@ the runbook machinery.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from nexus_ops.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from nexus_ops.security.audit import AuditReport, ToolResult, run_audit
@@ -50,7 +51,6 @@ _HOMES = {
     ],
     "tokens": ["is_loopback", "require_strong_token", "token_problem"],
 }
-_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = [
     "AuditReport",
     "PermissionFixes",
@@ -71,14 +71,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'nexus_ops.security' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"nexus_ops.security.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, globals())
