@@ -64,6 +64,16 @@ class Verdict(Frozen):
         """The display data of the verdict (for IPython's ``display(..., raw=True)``)."""
         return {VERDICT_MIME: self.model_dump(mode="json"), "text/plain": self.text()}
 
+    def show(self) -> Verdict:
+        """Display the verdict as the run's record (JSON and text); printed outside Jupyter."""
+        try:
+            from IPython.display import display
+        except ImportError:
+            print(self.text())
+            return self
+        display(self.bundle(), raw=True)  # type: ignore[no-untyped-call]
+        return self
+
 
 def find_verdict(notebook: Any) -> Verdict | None:
     """The last verdict recorded in an executed notebook, if any."""

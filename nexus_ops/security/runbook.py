@@ -172,11 +172,4 @@ def record_verdict(
     dry_run: bool,
 ) -> Verdict:
     """Build the verdict and display it as the run's record (JSON and text)."""
-    result = security_verdict(posture, audit_report, fixes, after, dry_run=dry_run)
-    try:
-        from IPython.display import display
-    except ImportError:  # outside Jupyter: print it
-        print(result.text())
-        return result
-    display(result.bundle(), raw=True)  # type: ignore[no-untyped-call]
-    return result
+    return security_verdict(posture, audit_report, fixes, after, dry_run=dry_run).show()
