@@ -87,7 +87,12 @@ def test_both_backends_return_the_same_series(stack, metric: str, labels: dict |
         metric, start=end - 400, end=end + 5, method="none", max_points=100_000, resolution="raw"
     )
     scraped, stored = _by_series(from_prometheus), _by_series(from_store)
-    assert set(scraped) == set(stored)
+    # Every reading is stored, and a scrape sees the latest one: each scraped series is
+    # stored. A socket state held for less than a scrape interval (SYN_RECV) may be
+    # stored and never scraped.
+    assert set(scraped) <= set(stored)
+    if metric != "opencode_connections":
+        assert set(scraped) == set(stored)
     assert list(from_prometheus.columns) == list(from_store.columns)
     for labels_text, (times, values) in scraped.items():
         store_times, store_values = stored[labels_text]

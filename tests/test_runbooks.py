@@ -80,6 +80,15 @@ def folder(tmp_path: Path) -> Path:
         "import time\ntime.sleep(seconds)",
     )
     write_notebook(books, "silent", "dry_run: bool = True  # only look", "z = 1")
+    write_notebook(
+        books,
+        "where",
+        "dry_run: bool = True  # only look",
+        "import os\nfrom ipykernel.kernelapp import IPKernelApp\n"
+        "app = IPKernelApp.instance()\n"
+        "folder = os.path.dirname(app.ip)\n"
+        "print(app.transport, oct(os.stat(folder).st_mode & 0o777), folder)",
+    )
     return books
 
 
@@ -176,6 +185,14 @@ def test_a_run_keeps_its_notebook_and_indexes_the_verdict(runner: RunbookRunner)
     assert done[-1] == (record.cells_total, record.cells_total)
     assert Path(record.notebook).parent == runner.runs_dir
     assert runner.index.recent()[0].id == record.id
+
+
+def test_the_kernel_listens_on_private_unix_sockets_not_tcp(runner: RunbookRunner) -> None:
+    record = runner.run("where")
+    notebook = nbformat.read(record.notebook, as_version=4)
+    transport, mode, folder = notebook.cells[-1].outputs[0]["text"].split()
+    assert (transport, mode) == ("ipc", "0o700")
+    assert not Path(folder).exists(), "the sockets' folder goes with the run"
 
 
 def test_an_unhealthy_verdict_is_recorded(runner: RunbookRunner) -> None:

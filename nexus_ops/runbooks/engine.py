@@ -12,11 +12,13 @@ and its marker before the failing cell.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import secrets
 import socket
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.exceptions import PapermillExecutionError
 from papermill.execute import raise_for_execution_errors
+from traitlets.config import Config
 
 from nexus_ops.errors import RunbookError
 from nexus_ops.locks import FileLock, LockBusy
@@ -65,6 +68,14 @@ class _ProgressEngine(NBClientEngine):  # type: ignore[misc]
 
 
 papermill_engines.register(ENGINE, _ProgressEngine)
+
+
+@contextlib.contextmanager
+def private_kernel_config() -> Iterator[Config]:
+    """A runbook's kernel speaks over Unix sockets in a private (0700) folder, not over
+    loopback TCP where any local user may knock; the folder goes with the run."""
+    with tempfile.TemporaryDirectory(prefix="nexus-ops-kernel-") as folder:
+        yield Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "k")}})
 
 
 def default_who() -> str:
@@ -114,17 +125,19 @@ class PreparedRun:
         output = Path(self.record.notebook)
         index, run_id = self.runner.index, self.record.id
         try:
-            papermill.execute_notebook(
-                self.runbook.path,
-                str(output),
-                parameters=self.parameters,
-                engine_name=ENGINE,
-                kernel_name=self.runner.kernel_name,
-                progress_bar=progress_bar,
-                execution_timeout=self.runner.cell_timeout,
-                cwd=str(output.parent),
-                on_cell=self._on_cell,
-            )
+            with private_kernel_config() as config:
+                papermill.execute_notebook(
+                    self.runbook.path,
+                    str(output),
+                    parameters=self.parameters,
+                    engine_name=ENGINE,
+                    kernel_name=self.runner.kernel_name,
+                    progress_bar=progress_bar,
+                    execution_timeout=self.runner.cell_timeout,
+                    cwd=str(output.parent),
+                    on_cell=self._on_cell,
+                    config=config,
+                )
         except PapermillExecutionError as exc:
             return self._failed(exc)
         except (CellTimeoutError, DeadKernelError) as exc:
