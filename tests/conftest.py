@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
@@ -25,6 +26,9 @@ from nexus_ops.client import AgentClient
 from nexus_ops.config import Settings, load_settings
 from nexus_ops.errors import AgentUnavailable
 from nexus_ops.opencode import native_binary_in
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -180,3 +184,17 @@ def opencode_config(opencode_bin: Path, tmp_path_factory: pytest.TempPathFactory
     from backup_helpers import prepare_opencode_config
 
     return prepare_opencode_config(opencode_bin, tmp_path_factory.mktemp("opencode-config"))
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Real headless Chromium from Debian (``apt-get install chromium``), driven by Playwright."""
+    from browser import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()

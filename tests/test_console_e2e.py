@@ -21,8 +21,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import ARTIFACTS, free_port, kill_everything_of, nexus_cli, private_env, wait_for
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from browser import FIGURES_FILL_THEIR_BOXES, FIGURES_HAVE_DATA, FIGURES_STACK_IN_ONE_COLUMN, shot
+from conftest import free_port, kill_everything_of, nexus_cli, private_env, wait_for
+from playwright.sync_api import Browser, Page, expect
 
 from nexus_ops.client import AgentClient
 from nexus_ops.config import Settings, load_settings
@@ -31,32 +32,7 @@ from nexus_ops.ui.figurewidget import ASSET
 
 pytestmark = [pytest.mark.browser, pytest.mark.opencode]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SHOTS = ARTIFACTS / "console"
 LOAD = 90_000  # ms: a loaded CI machine builds the first page slowly
-
-# Every figure of the Metrics tab holds a drawn line with points.
-FIGURES_HAVE_DATA = """
-() => {
-  const figures = [...document.querySelectorAll('.nx-figure')];
-  if (figures.length < 9) return false;
-  return figures.every((f) => {
-    const gd = f.classList.contains('js-plotly-plot') ? f : f.querySelector('.js-plotly-plot');
-    return gd && gd.data && gd.data.some(
-      (t) => t.name !== 'restarts and crashes' && t.y && t.y.length > 0);
-  });
-}
-"""
-
 
 # Every time series shows the last 15 minutes.
 FIGURES_SHOW_15_MINUTES = """
@@ -67,17 +43,6 @@ FIGURES_SHOW_15_MINUTES = """
   const minutes = (Date.parse(range[1]) - Date.parse(range[0])) / 60000;
   return minutes > 14 && minutes < 16;
 })
-"""
-
-FIGURES_FILL_THEIR_BOXES = """
-() => {
-  const plots = [...document.querySelectorAll('.nx-timeseries .main-svg')];
-  const box = document.querySelector('.nx-metrics').getBoundingClientRect().width;
-  return plots.length > 0 && plots.every((svg) => {
-    const width = svg.getBoundingClientRect().width;
-    return width > box * 0.4 && width < box * 0.55;
-  });
-}
 """
 
 
@@ -167,21 +132,6 @@ def interrupt(served: Served) -> int:
 
 
 @pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as pw:
-        yield pw
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = playwright.chromium.launch(
-        executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-    )
-    yield browser
-    browser.close()
-
-
-@pytest.fixture(scope="module")
 def served(opencode_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     env = console_env(tmp_path_factory.mktemp("console"), opencode_bin)
     running = serve(env)
@@ -203,11 +153,6 @@ def open_console(browser: Browser, url: str) -> Page:
     page.goto(url)
     page.wait_for_selector(".nx-console .nx-start", timeout=LOAD)
     return page
-
-
-def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def tab(page: Page, title: str) -> None:
@@ -268,6 +213,27 @@ def test_every_figure_renders_with_data(page: Page) -> None:
     page.wait_for_function(FIGURES_FILL_THEIR_BOXES, timeout=30_000)
     assert "1.79" not in text_of(page, ".nx-series-cpu"), "the time axis shows dates"
     shot(page, "metrics")
+
+
+def test_on_a_phone_the_figures_stack_and_nothing_is_cut_off(
+    browser: Browser, served: Served
+) -> None:
+    phone = browser.new_page(viewport={"width": 412, "height": 915}, is_mobile=True)
+    try:
+        phone.goto(served.url)
+        phone.wait_for_selector(".nx-console .nx-start", timeout=LOAD)
+        ensure_running(phone)
+        tab(phone, "Metrics")
+        phone.wait_for_function(FIGURES_HAVE_DATA, timeout=90_000)
+        phone.wait_for_function(FIGURES_STACK_IN_ONE_COLUMN, timeout=30_000)
+        width = phone.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 412, f"the page scrolls sideways ({width} px)"
+        titles = phone.locator(".nx-tabs .lm-TabBar-tab .lm-TabBar-tabLabel")
+        for label in titles.all():  # every tab's title shows whole
+            assert label.evaluate("e => e.scrollWidth <= e.clientWidth"), label.inner_text()
+        shot(phone, "metrics-phone")
+    finally:
+        phone.close()
 
 
 def test_restart_asks_then_the_count_rises(page: Page) -> None:

@@ -129,11 +129,14 @@ class MetricsPanel(Panel[MetricsData]):
         self.series: dict[str, go.FigureWidget] = {}
         stat_boxes = [self._stat(key) for key in STAT_KEYS]
         series_boxes = [self._series(key) for key in SERIES_KEYS]
-        stats = widgets.HBox(stat_boxes, layout=widgets.Layout(width="100%"))
+        # Four stats in a row, two by two on a phone; two series a row, one on a phone.
+        stats = widgets.HBox(stat_boxes, layout=widgets.Layout(width="100%", flex_flow="row wrap"))
         grid = widgets.GridBox(
             series_boxes,
             layout=widgets.Layout(
-                width="100%", grid_template_columns="repeat(2, minmax(0, 1fr))", grid_gap="8px"
+                width="100%",
+                grid_template_columns="repeat(auto-fit, minmax(min(100%, max(420px, 45%)), 1fr))",
+                grid_gap="8px",
             ),
         )
         self.updated = widgets.HTML()
@@ -148,7 +151,7 @@ class MetricsPanel(Panel[MetricsData]):
         fig.add_class(f"nx-stat-{key.replace('_', '-')}")
         self.stats[key] = fig
         return widgets.Box(
-            [fig], layout=widgets.Layout(flex="1 1 25%", min_width="0", padding="2px")
+            [fig], layout=widgets.Layout(flex="1 1 170px", min_width="0", padding="2px")
         )
 
     def _series(self, key: str) -> widgets.Box:

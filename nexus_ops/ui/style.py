@@ -28,7 +28,7 @@ CSS = (
   max-width: 1400px; }
 .nx-console .widget-html-content { line-height: 1.45; }
 .nx-header { align-items: center; gap: 16px; padding: 4px 0 8px 0; }
-.nx-title { font-size: 20px; font-weight: 600; }
+.nx-title { font-size: 20px; font-weight: 600; white-space: nowrap; }
 .nx-agent, .nx-updated { color: #555; }
 .nx-light { display: inline-block; width: 12px; height: 12px; border-radius: 50%;
   margin-right: 6px; vertical-align: middle; }
@@ -58,8 +58,18 @@ CSS = (
 .nx-confirm { background: #fff4e5; padding: 6px 10px; align-items: center; gap: 8px; }
 .nx-password code, .nx-url code { font-size: 13px; }
 .nx-qr svg { display: block; }
+/* A figure takes its box's width (Plotly's autosize reads the element's own width; as
+   a flex item it would otherwise keep the 700 px it was first drawn at, and overflow
+   a narrow page: a phone, a JupyterLab output). */
+.nx-figure { flex: 1 1 auto; width: 100%; min-width: 0; }
 .nx-section { font-weight: 600; margin-top: 10px; }
 .nx-muted { color: #777; }
+/* A phone: the tabs wrap onto two rows, each as wide as its title. */
+@media (max-width: 700px) {
+  .nx-tabs > .lm-TabBar { height: auto; max-height: none; }
+  .nx-tabs > .lm-TabBar .lm-TabBar-content { flex-wrap: wrap; }
+  .nx-tabs > .lm-TabBar .lm-TabBar-tab { flex: 0 0 auto; }
+}
 """
 )
 

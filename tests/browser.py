@@ -1,0 +1,64 @@
+"""Real Chromium for the console's tests: how it is launched, and what a page is checked for."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from conftest import ARTIFACTS
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = ARTIFACTS / "console"
+
+# Every figure of the Metrics tab holds a drawn line with points.
+FIGURES_HAVE_DATA = """
+() => {
+  const figures = [...document.querySelectorAll('.nx-figure')];
+  if (figures.length < 9) return false;
+  return figures.every((f) => {
+    const gd = f.classList.contains('js-plotly-plot') ? f : f.querySelector('.js-plotly-plot');
+    return gd && gd.data && gd.data.some(
+      (t) => t.name !== 'restarts and crashes' && t.y && t.y.length > 0);
+  });
+}
+"""
+
+# Two time series side by side, each filling its half of the Metrics tab.
+FIGURES_FILL_THEIR_BOXES = """
+() => {
+  const plots = [...document.querySelectorAll('.nx-timeseries .main-svg')];
+  const box = document.querySelector('.nx-metrics').getBoundingClientRect().width;
+  return plots.length > 0 && plots.every((svg) => {
+    const width = svg.getBoundingClientRect().width;
+    return width > box * 0.4 && width < box * 0.55;
+  });
+}
+"""
+
+# One time series a row, as wide as the Metrics tab, none cut off (a phone's page).
+FIGURES_STACK_IN_ONE_COLUMN = """
+() => {
+  const plots = [...document.querySelectorAll('.nx-timeseries .main-svg')];
+  const box = document.querySelector('.nx-metrics').getBoundingClientRect();
+  return plots.length > 0 && plots.every((svg) => {
+    const r = svg.getBoundingClientRect();
+    return r.width > box.width * 0.9 && r.right <= box.right + 1;
+  });
+}
+"""
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
