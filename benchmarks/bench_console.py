@@ -50,15 +50,10 @@ from nexus_ops.opencode import native_binary_in
 from nexus_ops.store.samples import SampleStore
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the tests' Chromium, the same way)
+
 DAY = 86400.0
 CONSOLE_READY = """() => {
   const state = document.querySelector('.nx-server-state');
@@ -411,7 +406,7 @@ def main() -> None:
         served += [bare, bare_hot]
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
-                executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
             )
             results = {
                 "console": visits(browser, console, CONSOLE_READY, args.runs, pooled=True),
