@@ -186,9 +186,14 @@ def opencode_config(opencode_bin: Path, tmp_path_factory: pytest.TempPathFactory
     return prepare_opencode_config(opencode_bin, tmp_path_factory.mktemp("opencode-config"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Real headless Chromium from Debian (``apt-get install chromium``), driven by Playwright."""
+    """Real headless Chromium from Debian (``apt-get install chromium``), driven by Playwright.
+
+    One per module, never per session: Playwright's synchronous API keeps an event
+    loop running in the main thread while it is open, and ``asyncio.run`` in any
+    later test would fail.
+    """
     from browser import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
 
