@@ -149,7 +149,7 @@ class AlertRule(Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> AlertRule:
-        for name in (self.metric, self.only_while or "ok"):
+        for name in [self.metric] + ([self.only_while] if self.only_while else []):
             if not re.match(_METRIC_NAME, name):
                 raise ValueError(f"metric {name!r} is not a metric name (e.g. opencode_sessions)")
         if not math.isfinite(self.value):
