@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from alert_receiver import receiver
-from conftest import free_port
+from conftest import free_port, wait_for
 
 from nexus_ops.alerts import AlertRule, Notifier, Webhook
 from nexus_ops.alerts.notify import DELIVERY_FAILED
@@ -119,6 +119,9 @@ def test_a_slow_receiver_times_out_and_is_recorded(journal: Journal) -> None:
     with receiver(delay=1.0) as hook:
         notifier = Notifier([Webhook(hook.url)], journal, retries=1, backoff=0.01, timeout=0.2)
         asyncio.run(notify_and_drain(notifier))
+        # The client gave up on the second attempt; on a loaded machine the receiver's
+        # thread may take a moment more to take it in.
+        wait_for(lambda: len(hook.received) >= 2, 10, what="the second attempt received")
     assert len(hook.received) == 2
     assert "ReadTimeout" in str(failures(journal)[0]["error"])
 
