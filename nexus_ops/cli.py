@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,13 @@ from nexus_ops.config import Settings, load_settings, settings_table
 from nexus_ops.daemon import running_agent, start_daemon, stop_daemon
 from nexus_ops.errors import ConfigError, NexusOpsError
 from nexus_ops.models import ActionResult, Event, ServerStatus
-from nexus_ops.opencode import binary_version, install, locate_binary
+from nexus_ops.opencode import (
+    attach_environment,
+    binary_version,
+    client_commands,
+    install,
+    locate_binary,
+)
 from nexus_ops.paths import Layout, atomic_write
 from nexus_ops.recovery.commands import backup_commands, runbook_commands
 
@@ -119,6 +126,19 @@ def opencode_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser
     inst.set_defaults(handler=opencode_install)
     path = sub.add_parser("path", help="print the binary that would run, and its version")
     path.set_defaults(handler=opencode_path)
+    show = sub.add_parser("connect", help="print the commands that connect a client to the server")
+    show.add_argument(
+        "--show-password", action="store_true", help="print the password instead of ********"
+    )
+    show.set_defaults(handler=opencode_connect)
+    attach = sub.add_parser(
+        "attach",
+        help="open OpenCode's TUI on the managed server (the password passed unseen)",
+        description="Run `opencode attach` on the managed server, the password given through "
+        "OPENCODE_SERVER_PASSWORD (never on the command line); other arguments go to it.",
+    )
+    attach.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of `opencode attach`")
+    attach.set_defaults(handler=opencode_attach)
 
 
 def opencode_install(args: argparse.Namespace) -> int:
@@ -136,6 +156,28 @@ def opencode_path(args: argparse.Namespace) -> int:
     binary = locate_binary(current.opencode_bin, Layout(current.home).opencode_prefix)
     print(f"{binary} ({binary_version(binary)})")
     return 0
+
+
+def opencode_connect(args: argparse.Namespace) -> int:
+    from nexus_ops.ui.app import read_password
+
+    current = settings()
+    password = read_password(current) if args.show_password else None
+    url = current.opencode_base_url
+    print(f"server: {url}  user: {current.opencode_username}")
+    for what, command in client_commands(url, current.opencode_username, password):
+        print(f"\n# {what}\n{command}")
+    return 0
+
+
+def opencode_attach(args: argparse.Namespace) -> int:
+    from nexus_ops.ui.app import read_password
+
+    current = settings()
+    binary = locate_binary(current.opencode_bin, Layout(current.home).opencode_prefix)
+    env = {**os.environ, **attach_environment(current.opencode_username, read_password(current))}
+    argv = [str(binary), "attach", current.opencode_base_url, *args.rest]
+    os.execve(binary, argv, env)  # noqa: S606 - the user's own TUI replaces this process
 
 
 # ---- agent ----------------------------------------------------------------------------

@@ -7,10 +7,12 @@ can hang forever: every request here carries a timeout.
 from __future__ import annotations
 
 import platform
+import shlex
 import shutil
 import ssl
 import subprocess
 import time
+from base64 import b64encode
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,3 +255,44 @@ def unavailable(base_url: str, path: str, exc: Exception) -> OpenCodeUnavailable
     else:
         what = f"failed ({type(exc).__name__})"
     return OpenCodeUnavailable(f"GET {base_url}{path} {what}")
+
+
+# ---- how a client connects ------------------------------------------------------------
+
+MASK = "********"
+
+
+def client_commands(url: str, username: str, password: str | None) -> list[tuple[str, str]]:
+    """What to type to connect each kind of client, as (what, command) pairs.
+
+    The credentials never go into the URL: OpenCode's JS SDK refuses such a URL
+    and ``opencode attach`` does not use them. ``password=None`` shows it masked.
+
+    >>> dict(client_commands("http://127.0.0.1:4096", "opencode", None))["curl"]
+    "curl -u 'opencode:********' http://127.0.0.1:4096/global/health"
+    """
+    secret = MASK if password is None else password
+    pw = shlex.quote(secret)
+    basic = MASK if password is None else b64encode(f"{username}:{password}".encode()).decode()
+    user = "" if username == "opencode" else f"OPENCODE_SERVER_USERNAME={shlex.quote(username)} "
+    env = f"{user}OPENCODE_SERVER_PASSWORD={pw}"
+    return [
+        ("nexus-ops (password kept out of sight)", "nexus-ops opencode attach"),
+        ("opencode TUI", f"{env} opencode attach {url}"),
+        (
+            "opencode TUI, flags (seen by other users in ps)",
+            f"opencode attach {url} -u {shlex.quote(username)} -p {pw}",
+        ),
+        ("opencode run", f'{env} opencode run --attach {url} "your message"'),
+        (
+            "JS SDK",
+            f'createOpencodeClient({{ baseUrl: "{url}", '
+            f'headers: {{ Authorization: "Basic {basic}" }} }})',
+        ),
+        ("curl", f"curl -u {shlex.quote(f'{username}:{secret}')} {url}/global/health"),
+    ]
+
+
+def attach_environment(username: str, password: str) -> dict[str, str]:
+    """The variables that give ``opencode attach`` (or ``run --attach``) the credentials."""
+    return {"OPENCODE_SERVER_USERNAME": username, "OPENCODE_SERVER_PASSWORD": password}

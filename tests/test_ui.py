@@ -7,8 +7,10 @@ can be told to fail; the real agent and a real browser are in test_console_e2e.p
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from nexus_ops.ui.live import PageWatch, Refresher
 from nexus_ops.ui.logs import LogsPanel
 from nexus_ops.ui.metrics import REQUESTS, MetricsPanel, break_gaps, wanted_metrics
 from nexus_ops.ui.registry import TABS
-from nexus_ops.ui.server import ServerPanel, connection_url
+from nexus_ops.ui.server import ServerPanel, qr_svg
 
 PASSWORD = "s3cret-Pa55word-that-must-not-leak"
 NOW = time.time()
@@ -261,11 +263,25 @@ def test_password_is_nowhere_until_asked(ctx: PanelContext) -> None:
     panel.refresh()
     assert PASSWORD not in states(panel.widget)
     assert "http://127.0.0.1:4096" in panel.endpoint.value and "<svg" in panel.qr.value
+    assert "OPENCODE_SERVER_PASSWORD='********' opencode attach" in unescape(panel.commands.value)
     panel.reveal.value = True
     assert PASSWORD in panel.password.value and PASSWORD in states(panel.widget)
-    assert "and the password" in panel.qr_note.value
+    assert f"OPENCODE_SERVER_PASSWORD={PASSWORD} opencode attach" in unescape(panel.commands.value)
     panel.reveal.value = False
     assert PASSWORD not in states(panel.widget)
+
+
+def test_no_url_shown_carries_credentials(ctx: PanelContext) -> None:
+    """The QR code holds the plain URL, password shown or not; no URL has a user:pw@ part."""
+    panel = ServerPanel(ctx)
+    panel.refresh()
+    panel.reveal.value = True
+    assert panel.qr.value == qr_svg("http://127.0.0.1:4096")
+    shown = states(panel.widget)
+    assert "http://127.0.0.1:4096" in shown
+    assert not re.search(r"://[^/\s\"']*@", shown), "a URL with credentials is shown"
+    assert "opencode run --attach http://127.0.0.1:4096" in unescape(panel.commands.value)
+    assert "curl -u" in unescape(panel.commands.value) and "Authorization" in panel.commands.value
 
 
 def test_an_unreadable_password_is_a_banner(agent: FakeAgent, tmp_path: Path) -> None:
@@ -275,13 +291,6 @@ def test_an_unreadable_password_is_a_banner(agent: FakeAgent, tmp_path: Path) ->
     panel.reveal.value = True
     assert "no password file" in panel.banner.widget.value
     assert panel.reveal.value is False
-
-
-def test_connection_url_carries_the_credentials_only_when_given() -> None:
-    assert connection_url("http://10.0.0.5:4096", "opencode", None) == "http://10.0.0.5:4096"
-    assert connection_url("http://10.0.0.5:4096", "opencode", "a/b@c") == (
-        "http://opencode:a%2Fb%40c@10.0.0.5:4096/"
-    )
 
 
 # ---- Metrics -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ it is in neither the notebook's outputs nor the page until then.
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import ipywidgets as widgets
 import segno
@@ -17,6 +17,7 @@ import segno
 from nexus_ops.errors import AgentUnavailable, NexusOpsError
 from nexus_ops.metrics.figures import format_value
 from nexus_ops.models import ActionResult, ServerState, ServerStatus
+from nexus_ops.opencode import client_commands
 from nexus_ops.security.tokens import is_loopback
 from nexus_ops.ui.base import Panel, PanelContext, table_html
 from nexus_ops.ui.style import esc, light
@@ -28,15 +29,6 @@ QUESTIONS = {
     "stop": "Stop the server? Clients lose their connection until it is started again.",
     "restart": "Restart the server? Clients lose their connection for a few seconds.",
 }
-
-
-def connection_url(url: str, username: str, password: str | None) -> str:
-    """``url`` with the Basic-auth credentials in it, when a password is given."""
-    if not password:
-        return url
-    parts = urlsplit(url)
-    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, parts.fragment))
 
 
 def qr_svg(text: str, scale: int = 3) -> str:
@@ -117,14 +109,19 @@ class ServerPanel(Panel[ServerStatus]):
         self.reveal.observe(self.guarded(self.toggle_password), names="value")
         self.qr = widgets.HTML()
         self.qr.add_class("nx-qr")
-        self.qr_note = widgets.HTML()
+        self.qr_note = widgets.HTML(
+            "Scan with a phone: the code holds the URL only; the client asks for the password."
+        )
         self.qr_note.add_class("nx-muted")
+        self.commands = widgets.HTML()
+        self.commands.add_class("nx-commands")
         heading = widgets.HTML("<div class='nx-section'>Connect a client</div>")
         box = widgets.VBox(
             [
                 heading,
                 self.endpoint,
                 widgets.HBox([self.password, self.reveal]),
+                self.commands,
                 self.qr,
                 self.qr_note,
             ]
@@ -208,15 +205,12 @@ class ServerPanel(Panel[ServerStatus]):
         )
         if endpoint != self.endpoint.value:
             self.endpoint.value = endpoint
-        text = connection_url(url, username, self._shown_secret)
-        if text != self._qr_text:
-            self._qr_text = text
-            self.qr.value = qr_svg(text)
-            self.qr_note.value = (
-                "Scan with a phone: the code holds the URL <b>and the password</b>."
-                if self._shown_secret
-                else "Scan with a phone: the code holds the URL (show the password to add it)."
-            )
+        commands = commands_html(client_commands(url, username, self._shown_secret))
+        if commands != self.commands.value:
+            self.commands.value = commands
+        if url != self._qr_text:
+            self._qr_text = url
+            self.qr.value = qr_svg(url)
 
     def _endpoint(self) -> tuple[str, str]:
         if self.status is not None:
@@ -297,6 +291,15 @@ class ServerPanel(Panel[ServerStatus]):
             self.reveal.description = "Show password"
         with self.ctx.lock:
             self._update_connection()
+
+
+def commands_html(commands: list[tuple[str, str]]) -> str:
+    """The commands that connect each kind of client, one labelled line each."""
+    lines = "".join(
+        f"<div><span class='nx-muted'>{esc(what)}</span><br><code>{esc(command)}</code></div>"
+        for what, command in commands
+    )
+    return f"<div class='nx-section'>Commands</div>{lines}"
 
 
 def _uptime(status: ServerStatus) -> str:
