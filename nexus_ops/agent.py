@@ -62,7 +62,14 @@ from nexus_ops.process import check_port_free, identify, remove_record, save_rec
 from nexus_ops.redact import redact
 from nexus_ops.runbooks.models import Runbook
 from nexus_ops.runbooks.service import RunbookService
-from nexus_ops.security.tokens import is_loopback, require_strong_token
+from nexus_ops.security.tokens import (
+    HOST_HINT,
+    allowed_hosts,
+    host_allowed,
+    is_loopback,
+    refused_host_message,
+    require_strong_token,
+)
 from nexus_ops.store import Database, Journal
 from nexus_ops.store.runs import RunRecord
 from nexus_ops.supervisor import Supervisor
@@ -163,10 +170,32 @@ def create_app(
     app.add_exception_handler(NexusOpsError, _nexus_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.middleware("http")(_allow_every_method)
+    app.middleware("http")(host_guard(settings))
     app.include_router(public_router())
     app.include_router(api_router(), dependencies=[Depends(require_token)])
     app.include_router(recovery_router(), dependencies=[Depends(require_token)])
     return app
+
+
+Middleware = Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]
+
+
+def host_guard(settings: Settings) -> Middleware:
+    """Refuse (403) a request whose ``Host`` is not a name of the agent: a page of another
+    site that rebinds its DNS name to 127.0.0.1 must not read even ``/health``."""
+    bind = settings.agent_host
+    allowed = allowed_hosts(bind, settings.extra_hosts)
+
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        header = request.headers.get("host")
+        if host_allowed(header, bind, allowed):
+            return await call_next(request)
+        body = ErrorBody(error=refused_host_message(header), hint=HOST_HINT).model_dump()
+        return JSONResponse(body, status_code=403)
+
+    return guard
 
 
 async def _allow_every_method(

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -92,6 +94,11 @@ class Settings(BaseSettings):
     )
     agent_url: str | None = Field(
         None, description="URL clients use to reach the agent (default: from host and port)."
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated extra names the agent and console answer in the Host "
+        "header (loopback and the bind address always are); for a non-loopback bind.",
     )
 
     # The web console (Voila).
@@ -240,6 +247,16 @@ class Settings(BaseSettings):
             raise ValueError("is not a comma-separated list of http:// or https:// URLs")
         return ",".join(urls)
 
+    @field_validator("allowed_hosts", mode="after")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if any(re.search(r"[\s/@?#]", name) or "://" in name for name in names):
+            raise ValueError(
+                "is not a comma-separated list of host names (e.g. console.lan,10.0.0.5)"
+            )
+        return ",".join(names)
+
     @field_validator("backup_schedule", mode="after")
     @classmethod
     def _cron(cls, value: str) -> str:
@@ -261,6 +278,14 @@ class Settings(BaseSettings):
         for name, value in super().__repr_args__():
             shown = mask_setting(name, value) if name and isinstance(value, str) else value
             yield name, shown
+
+    @property
+    def extra_hosts(self) -> list[str]:
+        """NEXUS_ALLOWED_HOSTS as a list (with the host of NEXUS_AGENT_URL)."""
+        names = [name for name in self.allowed_hosts.split(",") if name]
+        if self.agent_url:
+            names.append(urlsplit(self.agent_url).hostname or "")
+        return names
 
     @property
     def agent_base_url(self) -> str:

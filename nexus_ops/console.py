@@ -1,5 +1,7 @@
 """``nexus-ops console``: the agent if none runs, then Voila on the console notebook.
 
+Voila runs as :mod:`nexus_ops.console_voila` (Voila with a Host guard and masked logs).
+
 Voila runs in ``$NEXUS_HOME/console/`` (0700), which holds a copy of
 ``console.ipynb``, the plotly widget bundle that every figure of the page shares
 (:mod:`nexus_ops.ui.figurewidget`) and ``voila.json``, the configuration (0600,
@@ -153,6 +155,7 @@ def voila_config(
             "file_allowlist": [re.escape(ASSET)],
             "multi_kernel_manager_class": f"{__name__}.ConsoleKernelManager",
         },
+        "ConsoleVoila": {"allowed_hosts": settings.extra_hosts},
         "VoilaKernelManager": {"fill_delay": 0.5},
         "MappingKernelManager": {
             "cull_idle_timeout": int(settings.console_cull_timeout),
@@ -240,7 +243,7 @@ def launch_console(settings: Settings, options: ConsoleOptions, plan: Plan) -> C
     rotate_if_needed(log, settings.log_max_bytes, settings.log_backups)
     # The kernels run in root/: hand them the settings in force here (.env files included).
     env = {**os.environ, **gather_environment(), "NEXUS_HOME": str(settings.home)}
-    spawned = spawn([sys.executable, "-m", "voila"], env, root, log)
+    spawned = spawn([sys.executable, "-m", "nexus_ops.console_voila"], env, root, log)
     return ConsoleServer(plan.url, spawned.popen, root, log)
 
 

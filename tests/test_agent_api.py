@@ -27,7 +27,7 @@ def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
     settings = load_settings(private_env(tmp_path))
     app = create_app(settings, manage=False)
     token = Layout(settings.home).agent_token_file.read_text().strip()
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client, token
 
 
@@ -87,7 +87,7 @@ def test_openapi_document_describes_the_api(app_client: tuple[TestClient, str]) 
 
 def test_client_maps_a_wrong_token_and_a_missing_agent(app_client: tuple[TestClient, str]) -> None:
     client, _ = app_client
-    wrong = AgentClient("http://testserver", "nope", transport=client._transport)  # type: ignore[attr-defined]
+    wrong = AgentClient("http://127.0.0.1", "nope", transport=client._transport)  # type: ignore[attr-defined]
     with pytest.raises(Unauthorized, match="refused the token"):
         wrong.status()
     nobody = AgentClient("http://127.0.0.1:9", "t", timeout=1.0)

@@ -45,8 +45,8 @@ def client(tmp_path: Path) -> Iterator[AgentClient]:
     settings = load_settings(env)
     app = create_app(settings, jobs=DEFAULT_JOBS, manage=False)
     token = Layout(settings.home).agent_token_file.read_text().strip()
-    with TestClient(app) as http:
-        yield AgentClient("http://testserver", token, transport=http._transport)  # type: ignore[attr-defined]
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        yield AgentClient("http://127.0.0.1", token, transport=http._transport)  # type: ignore[attr-defined]
 
 
 def test_the_alerts_tab_shows_states_webhooks_and_notices(client: AgentClient) -> None:

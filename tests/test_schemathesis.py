@@ -43,7 +43,12 @@ OVERRIDES = [
 def api_schema() -> Iterator[schemathesis.BaseSchema]:
     """The agent's app (no supervision; a missing OpenCode binary, so nothing is spawned)."""
     root = Path(tempfile.mkdtemp(prefix="nexus-ops-schemathesis-"))
-    env = private_env(root, {"NEXUS_OPENCODE_BIN": str(root / "no-opencode-here")})
+    # schemathesis calls the app as http://testserver: a name the agent is told to answer.
+    extra = {
+        "NEXUS_OPENCODE_BIN": str(root / "no-opencode-here"),
+        "NEXUS_ALLOWED_HOSTS": "testserver",
+    }
+    env = private_env(root, extra)
     with pytest.MonkeyPatch.context() as patch:
         for name in (
             "HOME",
@@ -94,8 +99,8 @@ def agent_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ag
     settings = load_settings(env)
     app = create_app(settings, manage=False)
     token = Layout(settings.home).agent_token_file.read_text().strip()
-    with TestClient(app) as http:
-        yield AgentClient("http://testserver", token, transport=http._transport)  # type: ignore[attr-defined]
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        yield AgentClient("http://127.0.0.1", token, transport=http._transport)  # type: ignore[attr-defined]
 
 
 def test_the_faults_schemathesis_found_now_answer_clearly(agent_client: AgentClient) -> None:
