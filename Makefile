@@ -8,12 +8,18 @@ PYTEST_ARGS ?= --cov=nexus_ops --cov-report=term --cov-fail-under=80
 
 .PHONY: setup system-deps opencode console test check lint typecheck pytest clean
 
+# The packages are installed again only when pyproject.toml changed (or the venv is new).
+INSTALLED := $(VENV)/.installed
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-setup: $(BIN)/python
+$(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(INSTALLED)
 
 # Chromium (console tests) and Prometheus/promtool (metrics tests) from Debian.
 system-deps:
@@ -29,8 +35,9 @@ system-deps:
 opencode: setup
 	$(BIN)/nexus-ops opencode install --prefix $(OPENCODE_PREFIX)
 
+# OpenCode is installed when no binary is found; a console already running is shown.
 console: setup
-	$(BIN)/nexus-ops opencode install
+	@$(BIN)/nexus-ops opencode path >/dev/null 2>&1 || $(BIN)/nexus-ops opencode install
 	$(BIN)/nexus-ops console
 
 lint: setup

@@ -49,11 +49,22 @@ from nexus_ops.daemon import answers
 from nexus_ops.errors import AgentUnavailable, NexusOpsError, PortInUse
 from nexus_ops.logs import rotate_if_needed, tail
 from nexus_ops.paths import Layout, atomic_write, read_or_create_secret
-from nexus_ops.process import check_port_free, identify, spawn, terminate_tree
+from nexus_ops.process import (
+    check_port_free,
+    find_live,
+    identify,
+    load_record,
+    port_listener,
+    remove_record,
+    save_record,
+    spawn,
+    terminate_tree,
+)
 from nexus_ops.security.tokens import is_loopback, require_strong_token
 from nexus_ops.ui.figurewidget import ASSET, plotly_bundle
 
 NOTEBOOK = "console.ipynb"
+RECORD = "voila.pid"  # who the running console's Voila is (pid, start time, command line)
 INSTALLED = Path("share") / "nexus-ops" / "notebooks"
 
 
@@ -219,6 +230,16 @@ class Plan:
         return console_url(self.host, self.port, self.token)
 
 
+def running_console(settings: Settings, options: ConsoleOptions) -> str | None:
+    """The URL of this ``NEXUS_HOME``'s console when its Voila already holds the port."""
+    record = load_record(console_root(settings) / RECORD)
+    port = options.port or settings.console_port
+    if record is None or find_live(record) is None or port_listener(port) != record.pid:
+        return None
+    host = options.host or settings.console_host
+    return console_url(host, port, console_token(settings, options.token))
+
+
 def plan_console(settings: Settings, options: ConsoleOptions) -> Plan:
     """Host, port and token, refused when unsafe or taken (before anything starts)."""
     host = options.host or settings.console_host
@@ -229,7 +250,8 @@ def plan_console(settings: Settings, options: ConsoleOptions) -> Plan:
         check_port_free(host, port)
     except PortInUse as exc:
         raise PortInUse(
-            exc.message, hint="stop it, or pick another port with --port (or NEXUS_CONSOLE_PORT)"
+            exc.message,
+            hint=f"stop it, or pick another port with --port or NEXUS_CONSOLE_PORT (now {port})",
         ) from exc
     return Plan(host, port, token)
 
@@ -244,6 +266,7 @@ def launch_console(settings: Settings, options: ConsoleOptions, plan: Plan) -> C
     # The kernels run in root/: hand them the settings in force here (.env files included).
     env = {**os.environ, **gather_environment(), "NEXUS_HOME": str(settings.home)}
     spawned = spawn([sys.executable, "-m", "nexus_ops.console_voila"], env, root, log)
+    save_record(root / RECORD, spawned.record)
     return ConsoleServer(plan.url, spawned.popen, root, log)
 
 
@@ -284,6 +307,8 @@ def stop_console(server: ConsoleServer, grace: float = 10.0) -> list[int]:
         return []
     survivors = terminate_tree(record, grace)
     server.process.poll()
+    if not survivors:
+        remove_record(server.root / RECORD)
     return survivors
 
 
@@ -322,7 +347,15 @@ def start_agent(settings: Settings, timeout: float = 60.0) -> str:
 def run_console(
     settings: Settings, options: ConsoleOptions, say: Callable[[str], None] = print
 ) -> int:
-    """Start the agent (if none answers) and the console; serve until Ctrl-C or SIGTERM."""
+    """Start the agent (if none answers) and the console; serve until Ctrl-C or SIGTERM.
+
+    A console of this ``NEXUS_HOME`` already serving is not an error: its URL is shown.
+    """
+    running = running_console(settings, options)
+    if running is not None:
+        say(f"a console already runs: {running}")
+        say(f"(its token: {token_file(settings)}; Ctrl-C in its terminal stops it)")
+        return 0
     plan = plan_console(settings, options)
     say(start_agent(settings))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

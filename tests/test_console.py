@@ -8,30 +8,36 @@ import os
 import re
 import socket
 import stat
+import subprocess
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT, nexus_cli, private_env
+from conftest import ROOT, free_port, nexus_cli, private_env
 from nbclient import NotebookClient
 
 from nexus_ops.config import Settings, load_settings
 from nexus_ops.console import (
     NOTEBOOK,
+    RECORD,
     ConsoleKernelManager,
     ConsoleOptions,
     candidate_notebooks,
     check_console_bind,
+    console_root,
     console_token,
     console_url,
     cull_interval,
     locate_notebook,
     plan_console,
     prepare_root,
+    running_console,
     token_file,
     voila_config,
 )
 from nexus_ops.errors import NexusOpsError, PortInUse, SecurityError
+from nexus_ops.process import identify, save_record
 from nexus_ops.ui.figurewidget import ASSET, plotly_bundle
 
 STRONG = "k7Qw9zLmP2xV4nB8rT6yU1iO3pA5sD0fGhJ"
@@ -90,6 +96,35 @@ def test_a_taken_port_is_refused_with_what_to_do(tmp_path: Path) -> None:
         with pytest.raises(PortInUse) as caught:
             plan_console(settings, ConsoleOptions())
     assert "--port" in str(caught.value.hint)
+
+
+def test_a_port_held_by_another_program_is_named_with_its_pid(tmp_path: Path) -> None:
+    env = private_env(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = nexus_cli({**env, "NEXUS_CONSOLE_PORT": str(port)}, "console", timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"port {port}" in result.stderr and f"pid {os.getpid()}" in result.stderr
+    assert f"NEXUS_CONSOLE_PORT (now {port})" in result.stderr
+    assert not (Path(env["NEXUS_HOME"]) / "agent.pid").exists(), "no agent was started"
+
+
+def test_a_console_is_known_by_its_record_and_the_port_it_holds(tmp_path: Path) -> None:
+    """The recorded Voila holding the port is this home's console; a stale record is not."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        settings = settings_in(tmp_path, NEXUS_CONSOLE_PORT=str(port))
+        prepare_root(settings)
+        assert running_console(settings, ConsoleOptions()) is None  # no record
+        save_record(console_root(settings) / RECORD, identify(os.getpid()))
+        url = running_console(settings, ConsoleOptions())
+        assert url == console_url("127.0.0.1", port, token_file(settings).read_text().strip())
+        assert running_console(settings, ConsoleOptions(port=free_port())) is None
+    assert running_console(settings, ConsoleOptions()) is None  # the port is free again
 
 
 def test_voila_is_configured_locked_preheated_and_culling(tmp_path: Path) -> None:
@@ -172,3 +207,24 @@ def test_the_notebook_runs_in_a_plain_kernel_without_an_agent(tmp_path: Path) ->
     assert "application/vnd.jupyter.widget-view+json" in output.data
     assert not any(o.output_type == "error" for o in notebook.cells[0].outputs)
     assert "Traceback" not in json.dumps(output.data)
+
+
+def test_make_setup_installs_again_only_when_pyproject_changes(tmp_path: Path) -> None:
+    """A second ``make console`` does not pay for pip (``make -n`` shows what would run)."""
+    for name in ("Makefile", "pyproject.toml"):
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").touch()
+
+    def planned() -> str:
+        done = subprocess.run(
+            ["make", "-n", "setup"], cwd=tmp_path, capture_output=True, text=True, check=True
+        )
+        return done.stdout
+
+    assert "pip install" in planned()  # never installed
+    (tmp_path / ".venv" / ".installed").touch()
+    assert "pip install" not in planned()
+    later = time.time() + 5
+    os.utime(tmp_path / "pyproject.toml", (later, later))
+    assert "pip install" in planned()

@@ -1,4 +1,4 @@
-"""The Host guard of the agent and the console, and the console's log without its token.
+"""A served console: a second start, the Host guard (and the agent's), a log without the token.
 
 A DNS-rebinding page reaches a server on 127.0.0.1 under its own name: every request
 whose Host is not a name of the server is refused, before any route.
@@ -12,12 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RunningAgent, kill_everything_of, start_agent
+from conftest import RunningAgent, kill_everything_of, nexus_cli, start_agent
 from test_console_e2e import Served, console_env, serve
 
 from nexus_ops.config import load_settings
+from nexus_ops.console import RECORD, console_root
 from nexus_ops.errors import ConfigError
 from nexus_ops.paths import Layout
+from nexus_ops.ui.figurewidget import ASSET
 
 EVIL = "evil.example"
 
@@ -42,6 +44,16 @@ def agent_with_names(nexus_env: dict[str, str]) -> Iterator[RunningAgent]:
     running.stop()
 
 
+def test_a_second_console_shows_the_running_one(served: Served) -> None:
+    record = (console_root(served.settings) / RECORD).read_text()
+    again = nexus_cli(served.env, "console", timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert f"a console already runs: {served.url}" in again.stdout
+    assert (console_root(served.settings) / RECORD).read_text() == record, "Voila left alone"
+    assert served.process.poll() is None
+    assert httpx.head(f"{served.base}/voila/files/{ASSET}", timeout=30).status_code == 200
+
+
 def test_the_agent_refuses_a_foreign_host_on_every_route(agent_with_names: RunningAgent) -> None:
     base = agent_with_names.client.base_url
     token = Layout(agent_with_names.settings.home).agent_token_file.read_text().strip()
@@ -63,7 +75,7 @@ def test_the_agent_refuses_a_foreign_host_on_every_route(agent_with_names: Runni
 
 def test_the_console_refuses_a_foreign_host_on_every_route(served: Served) -> None:
     token = served.url.split("token=", 1)[1]
-    for path in (f"/?token={token}", "/voila/files/plotly-widget.js", "/login", "/api/kernels"):
+    for path in (f"/?token={token}", f"/voila/files/{ASSET}", "/login", "/api/kernels"):
         refused = httpx.get(served.base + path, headers={"Host": f"{EVIL}:8866"}, timeout=30)
         assert refused.status_code == 403, path
         assert EVIL in refused.text and "NEXUS_ALLOWED_HOSTS" in refused.text
