@@ -135,3 +135,10 @@ def test_nexus_ops_opencode_attach_opens_the_tui_without_the_password_in_sight(
         popen.kill()
         popen.wait()
         os.close(main)
+
+
+def test_attach_before_the_server_ever_ran_says_what_to_do(nexus_env: dict[str, str]) -> None:
+    for args in (("attach",), ("connect", "--show-password")):
+        result = nexus_cli(nexus_env, "opencode", *args, timeout=60)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, args
+        assert "no password file" in result.stderr and "start the server" in result.stderr
