@@ -57,6 +57,8 @@ CSS = (
   word-break: break-all; }
 .nx-confirm { background: #fff4e5; padding: 6px 10px; align-items: center; gap: 8px; }
 .nx-password code, .nx-url code { font-size: 13px; }
+.nx-commands code { font-size: 12px; white-space: pre-wrap; word-break: break-all; }
+.nx-commands > div { margin: 2px 0 6px; }
 .nx-qr svg { display: block; }
 /* A figure takes its box's width (Plotly's autosize reads the element's own width; as
    a flex item it would otherwise keep the 700 px it was first drawn at, and overflow
