@@ -106,6 +106,9 @@ def invocations(tmp: Path, backup_id: str) -> dict[str, list[list[str]]]:
             ["opencode", "install", "--version", "0.0.0-none", "--prefix", str(tmp / "npm")]
         ],
         "opencode path": [["opencode", "path"]],
+        # connect --show-password prints the password on purpose; masked, it never does.
+        "opencode connect": [["opencode", "connect"]],
+        "opencode attach": [["opencode", "attach", "--help"]],  # the TUI needs a terminal
         "agent": [["agent"]],  # a second agent: refused, the port is taken
         "agent run": [["agent", "run"]],
         "agent start": [["agent", "start"]],
