@@ -212,7 +212,7 @@ def test_start_and_restart_raise_no_server_down(nexus_env: dict[str, str]) -> No
     nexus_env.update(NEXUS_METRICS_INTERVAL="1", NEXUS_ALERT_INTERVAL="0.5")
     agent = start_agent(nexus_env)
     try:
-        for action in (agent.client.start, agent.client.restart, agent.client.restart):
+        for action in (agent.client.start, agent.client.restart):
             assert action().ok
             ready = time.time()
             # Evaluations of readings taken after the server became ready.
