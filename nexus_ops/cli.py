@@ -18,6 +18,7 @@ from typing import Any
 
 from nexus_ops import __version__
 from nexus_ops.alerts import describe_rule_status, export_rules, load_config
+from nexus_ops.alerts.prometheus import SCRAPE_JOB
 from nexus_ops.client import AgentClient
 from nexus_ops.config import Settings, load_settings, settings_table
 from nexus_ops.daemon import running_agent, start_daemon, stop_daemon
@@ -381,6 +382,12 @@ def alerts_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser])
         "export-prometheus", help="the same rules as Prometheus alerting rules (YAML)"
     )
     export.add_argument("--out", type=Path, help="write to this file instead of printing")
+    export.add_argument(
+        "--job",
+        default=SCRAPE_JOB,
+        help=f"Prometheus job that scrapes the agent, for the agent-down rule "
+        f"(default {SCRAPE_JOB}; empty: no such rule)",
+    )
     export.set_defaults(handler=alerts_export)
 
 
@@ -404,7 +411,7 @@ def alerts_list(args: argparse.Namespace) -> int:
 
 def alerts_export(args: argparse.Namespace) -> int:
     rules = load_config(settings()).rules
-    text = export_rules(rules)
+    text = export_rules(rules, scrape_job=args.job)
     if args.out is None:
         print(text, end="")
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,3 +205,26 @@ def test_restart_rate_fires_after_kill_9s_and_resolves(
 def _new_healthy_pid(agent: RunningAgent, old: int) -> int | None:
     status = agent.client.status()
     return status.pid if status.healthy and status.pid not in (None, old) else None
+
+
+def test_start_and_restart_raise_no_server_down(nexus_env: dict[str, str]) -> None:
+    """A start or an operator's restart is not an outage: OpenCodeServerDown never pends."""
+    nexus_env.update(NEXUS_METRICS_INTERVAL="1", NEXUS_ALERT_INTERVAL="0.5")
+    agent = start_agent(nexus_env)
+    try:
+        for action in (agent.client.start, agent.client.restart):
+            assert action().ok
+            ready = time.time()
+            # Evaluations of readings taken after the server became ready.
+            wait_for(
+                lambda ready=ready: (agent.client.alerts().evaluated_at or 0) > ready + 3,  # type: ignore[misc]
+                30,
+                what="evaluations after the server is ready",
+            )
+        events = agent.client.events(kinds=["alert"])
+        down = [e.message for e in events if (e.details or {}).get("rule") == "OpenCodeServerDown"]
+        assert down == []
+        assert states(agent)["OpenCodeServerDown"] == "inactive"
+    finally:
+        agent.client.close()
+        agent.stop()

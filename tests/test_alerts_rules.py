@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import private_env
+from conftest import nexus_cli, private_env
 
 from nexus_ops.alerts import AlertRule, AlertsConfig, AlertService, AlertTrack, export_rules
 from nexus_ops.alerts.rules import default_rules, load_config, parse_duration
@@ -356,5 +356,21 @@ def test_exported_rules_behave_like_the_agent_under_promtool_test(tmp_path: Path
     )
     checked = subprocess.run(
         ["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_deploy_rule_file_is_the_export_of_the_built_in_rules(tmp_path: Path) -> None:
+    """deploy/prometheus holds exactly what `alerts export-prometheus` prints (one source)."""
+    committed = Path(__file__).resolve().parents[1] / "deploy/prometheus/rules/nexus-ops.rules.yml"
+    exported = nexus_cli(private_env(tmp_path), "alerts", "export-prometheus")
+    assert exported.returncode == 0, exported.stderr
+    assert committed.read_text(encoding="utf-8") == exported.stdout, (
+        "regenerate it: nexus-ops alerts export-prometheus > deploy/prometheus/rules/nexus-ops.rules.yml"
+    )
+    names = [r["alert"] for g in yaml.safe_load(exported.stdout)["groups"] for r in g["rules"]]
+    assert len(names) == len(set(names))
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(committed)], capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -49,7 +49,8 @@ def test_alert_rules_are_valid_and_behave() -> None:
     assert {
         "OpenCodeServerDown",
         "OpenCodeRestartRate",
-        "OpenCodeMemoryGrowth",
+        "OpenCodeHighMemory",
+        "NexusOpsAgentDown",
         "OpenCodeRequestLatency",
     } <= names
     tested = promtool("test", "rules", "nexus-ops.rules.test.yml", cwd=PROMETHEUS / "tests")

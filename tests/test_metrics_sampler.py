@@ -12,8 +12,8 @@ import pytest
 
 from nexus_ops.errors import OpenCodeUnavailable
 from nexus_ops.metrics.exposition import SamplerCollector
-from nexus_ops.metrics.sampler import Reading, Sampler, session_values
-from nexus_ops.models import Counters, ProcessRecord
+from nexus_ops.metrics.sampler import DESIRED_METRIC, Reading, Sampler, session_values
+from nexus_ops.models import Counters, ProcessRecord, ServerState
 from nexus_ops.process import identify
 from nexus_ops.store.samples import Retention, SampleStore
 
@@ -28,6 +28,7 @@ class StandIn:
         self.request_observers: list[Any] = []
         self.client = self
         self.asked: list[str] = []
+        self.phase: ServerState | None = None
 
     @property
     def record(self) -> ProcessRecord | None:
@@ -40,6 +41,12 @@ class StandIn:
     @property
     def desired(self) -> str:
         return "running"
+
+    @property
+    def state(self) -> ServerState:
+        if self.phase is not None:
+            return self.phase
+        return ServerState.RUNNING if self._ready else ServerState.STOPPED
 
     async def get(self, path: str) -> Any:
         self.asked.append(path)
@@ -144,3 +151,27 @@ def test_collector_exposes_the_latest_reading() -> None:
     assert families["nexus_agent_metrics_store_bytes"].samples[0].value == 10.0
     empty = {f.name: f for f in SamplerCollector(lambda: None, lambda: (0, 0)).collect()}
     assert empty["opencode_process_threads"].samples == []
+
+
+def test_a_planned_start_is_not_wanted_running_a_start_after_a_crash_is(tmp_path: Path) -> None:
+    """The desired-running gauge: 0 while an operator's start runs, 1 in a crash loop."""
+    server = StandIn({}, ready=False)
+    sampler = Sampler(SampleStore(tmp_path / "m.db"), server, port=1)
+
+    def desired(phase: ServerState) -> float | None:
+        server.phase = phase
+        return asyncio.run(sampler.tick()).value(DESIRED_METRIC)
+
+    assert desired(ServerState.STOPPED) == 1.0
+    assert desired(ServerState.STARTING) == 0.0  # the operator's start
+    assert desired(ServerState.STARTING) == 0.0
+    assert desired(ServerState.RUNNING) == 1.0
+    server.counters.restarts_by_reason["operator"] = 1
+    assert desired(ServerState.STARTING) == 0.0  # the operator's restart
+    server.counters.restarts_by_reason["crash"] += 1
+    assert desired(ServerState.STARTING) == 0.0  # still the same start
+    assert desired(ServerState.BACKOFF) == 1.0
+    assert desired(ServerState.STARTING) == 1.0  # a start after a crash: still down
+    assert desired(ServerState.RUNNING) == 1.0
+    server.counters.restarts_by_reason["hang"] = 1
+    assert desired(ServerState.STARTING) == 1.0  # killed as hung and started at once

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from nexus_ops.errors import NexusOpsError
 from nexus_ops.metrics.proctree import SelfMeter, TreeMeter, TreeStats
-from nexus_ops.models import Counters, ProcessRecord
+from nexus_ops.models import Counters, ProcessRecord, RestartReason, ServerState
 from nexus_ops.store.samples import SampleStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,9 @@ class ServerView(Protocol):
 
     @property
     def desired(self) -> str: ...
+
+    @property
+    def state(self) -> ServerState: ...
 
     @property
     def client(self) -> OpenCodeApi: ...
@@ -121,6 +124,9 @@ class Sampler:
         self._self = SelfMeter()
         self._ids: dict[tuple[str, frozenset[tuple[str, str]]], int] = {}
         self._sessions: tuple[float, int] | None = None  # (next list due, sessions listed)
+        self._last_state: ServerState | None = None
+        self._failures = 0  # restarts for another reason than an operator's, seen so far
+        self._planned_start = False
 
     # -- the loop ----------------------------------------------------------------
 
@@ -178,7 +184,7 @@ class Sampler:
         uptime = max(0.0, now - record.create_time) if record else 0.0
         values: list[Sample] = [
             ("opencode_server_status", {}, up),
-            (DESIRED_METRIC, {}, 1.0 if self.server.desired == "running" else 0.0),
+            (DESIRED_METRIC, {}, self._desired_running()),
             ("opencode_server_uptime_seconds", {}, uptime),
             ("opencode_server_starts_total", {}, float(counters.starts)),
             ("opencode_server_stops_total", {}, float(counters.stops)),
@@ -186,6 +192,27 @@ class Sampler:
         for reason, count in sorted(counters.restarts_by_reason.items()):
             values.append(("opencode_server_restarts_total", {"reason": reason}, float(count)))
         return values
+
+    def _desired_running(self) -> float:
+        """1 while the server should be serving: wanted running and not in a planned start.
+
+        A start an operator asked for (start, restart) or the agent's own start is
+        not an outage; a start after a crash, a hang or a failed start is.
+        """
+        state, counters = self.server.state, self.server.counters
+        failures = sum(
+            count
+            for reason, count in counters.restarts_by_reason.items()
+            if reason != RestartReason.OPERATOR
+        )
+        if state is not ServerState.STARTING:
+            self._planned_start = False
+        elif self._last_state is not ServerState.STARTING:
+            failing = self._last_state in (ServerState.BACKOFF, ServerState.FATAL)
+            self._planned_start = failures == self._failures and not failing
+        self._last_state, self._failures = state, failures
+        planned = self._planned_start
+        return 1.0 if self.server.desired == "running" and not planned else 0.0
 
     async def _session_values(self) -> list[Sample]:
         if not self.server.ready:
