@@ -72,9 +72,19 @@ def extract_parts(
     except (tarfile.TarError, EOFError) as exc:
         raise BackupError(f"{archive} is damaged: {exc}") from exc
     for folder, member in reversed(folders):  # modes last: a read-only folder is still filled
-        folder.chmod(member.mode & 0o777)
-        os.utime(folder, (member.mtime, member.mtime))
+        _set_folder_mode(folder, member)
     return written
+
+
+def _set_folder_mode(folder: Path, member: tarfile.TarInfo) -> None:
+    """Set a folder's mode and time, never through a link (the folder itself is opened
+    with ``O_NOFOLLOW``; its parents were checked to be no links)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, member.mode & 0o777)
+        os.utime(fd, (member.mtime, member.mtime))
+    finally:
+        os.close(fd)
 
 
 def _destination(name: str, into: Mapping[str, Path]) -> Path | None:
