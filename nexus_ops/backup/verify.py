@@ -16,7 +16,7 @@ from pathlib import Path
 from nexus_ops.backup.archive import CHUNK, read_archive, sha256_file
 from nexus_ops.backup.models import FileEntry, Manifest, VerifyReport
 from nexus_ops.backup.repository import BackupRepository
-from nexus_ops.backup.safety import MANIFEST_MEMBER, unsafe_members
+from nexus_ops.backup.safety import MANIFEST_MEMBER, MemberChecker
 from nexus_ops.store.backups_copy import integrity_check
 
 
@@ -77,11 +77,13 @@ def _check_members(archive: Path, manifest: Manifest) -> tuple[int, list[str], d
     seen: set[str] = set()
     problems: list[str] = []
     integrity: dict[str, str] = {}
+    checker = MemberChecker()  # one for the whole archive: links are judged with earlier ones
     with tempfile.TemporaryDirectory(prefix="nexus-verify-") as scratch:
         try:
             with read_archive(archive) as tar:
                 for member in tar:
-                    problems += unsafe_members([member])
+                    if problem := checker.check(member):
+                        problems.append(problem)
                     if member.name == MANIFEST_MEMBER:
                         continue
                     seen.add(member.name)
