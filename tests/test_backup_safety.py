@@ -1,8 +1,9 @@
-"""Crafted backups with valid manifests: refused by verify, and nothing written or
-chmodded outside the target by a restore (in-process, CLI and API)."""
+"""Crafted backups: refused by verify, and nothing written, chmodded or deleted outside
+the target or the backups folder (in-process, CLI and API)."""
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -12,14 +13,18 @@ from conftest import RunningAgent, nexus_cli, private_env
 
 from nexus_ops.backup import (
     BackupRepository,
+    BackupSources,
     NoServer,
     OpenCodeLocations,
+    create_backup,
     restore_live,
     restore_to_folder,
     verify_backup,
 )
 from nexus_ops.backup.extract import extract_parts
-from nexus_ops.errors import BackupError, NexusOpsError, UnsafeArchive
+from nexus_ops.backup.prune import prune
+from nexus_ops.backup.retention import RetentionPolicy
+from nexus_ops.errors import AgentError, BackupError, InvalidBackupId, NexusOpsError, UnsafeArchive
 
 CRAFTED = "20000101T000000Z-evil"
 
@@ -130,6 +135,35 @@ def test_the_cli_refuses_a_crafted_backup_and_writes_nothing_outside(
     assert untouched(outside)
 
 
+def test_prune_never_deletes_outside_the_backups_folder(tmp_path: Path) -> None:
+    repo = BackupRepository(tmp_path / "backups")
+    newest = create_backup(repo, BackupSources(folders={}))
+    for victim in ("victim.json", "victim.tar.gz"):
+        (tmp_path / victim).write_text("not a backup")
+    fields = newest.model_dump(mode="json")
+    for name, backup_id in (("old", "../victim"), ("other", newest.id)):
+        fields.update(id=backup_id, created=1_000_000_000.0)
+        (repo.folder / f"{name}.json").write_text(json.dumps(fields))
+    assert [m.id for m in repo.manifests()] == [newest.id]  # neither is a backup of its own
+    report = prune(repo, RetentionPolicy(keep_last=1, keep_within_days=0), dry_run=False)
+    assert report.removed == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backups", "victim.json", "victim.tar.gz"]
+    assert repo.get(newest.id).id == newest.id
+    for bad in ("../victim", "a/b", "x.y", "", "-x", "x" * 65):
+        with pytest.raises(InvalidBackupId, match="is not a backup id"):
+            repo.get(bad)
+
+
+def test_the_cli_refuses_ids_that_are_no_backup_ids(tmp_path: Path) -> None:
+    env = private_env(tmp_path / "env")
+    for args in (("verify", "../../etc/x"), ("restore", "../x", "--to", str(tmp_path / "t"))):
+        result = nexus_cli(env, "backup", *args)
+        assert result.returncode == 1, result.stderr
+        assert f"{args[1]!r} is not a backup id" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "t").exists()
+
+
 def test_the_api_refuses_a_crafted_backup_and_writes_nothing_outside(
     agent: RunningAgent, tmp_path: Path, outside: Path
 ) -> None:
@@ -142,3 +176,7 @@ def test_the_api_refuses_a_crafted_backup_and_writes_nothing_outside(
         assert "data/esc: links to" in str(caught.value)
     assert not target.exists()
     assert untouched(outside)
+    for call in (agent.client.backup, agent.client.verify_backup, agent.client.restore_backup):
+        with pytest.raises(AgentError, match=r"'x\.tar' is not a backup id") as refused:
+            call("x.tar")
+        assert refused.value.status == 400

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from nexus_ops.backup.models import Manifest
+from nexus_ops.backup.models import BACKUP_ID_PATTERN, Manifest, check_backup_id
 from nexus_ops.errors import BackupError, BackupNotFound
 from nexus_ops.locks import FileLock, LockBusy
 from nexus_ops.paths import atomic_write, fsync_dir
@@ -45,18 +45,19 @@ class BackupRepository:
         stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
         return f"{stamp:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
 
+    # Every path of a backup is made here, from a checked id (InvalidBackupId otherwise).
     def archive_path(self, backup_id: str) -> Path:
-        return self.folder / f"{backup_id}{ARCHIVE_SUFFIX}"
+        return self.folder / f"{check_backup_id(backup_id)}{ARCHIVE_SUFFIX}"
 
     def manifest_path(self, backup_id: str) -> Path:
-        return self.folder / f"{backup_id}{MANIFEST_SUFFIX}"
+        return self.folder / f"{check_backup_id(backup_id)}{MANIFEST_SUFFIX}"
 
     def partial_path(self, backup_id: str) -> Path:
-        return self.folder / f".{backup_id}{ARCHIVE_SUFFIX}{PARTIAL_SUFFIX}"
+        return self.folder / f".{check_backup_id(backup_id)}{ARCHIVE_SUFFIX}{PARTIAL_SUFFIX}"
 
     def scratch_dir(self, backup_id: str) -> Path:
         """A private folder for database copies while a backup is written."""
-        path = self.folder / f".{backup_id}{SCRATCH_SUFFIX}"
+        path = self.folder / f".{check_backup_id(backup_id)}{SCRATCH_SUFFIX}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -69,7 +70,8 @@ class BackupRepository:
 
     # Reading.
     def manifests(self) -> list[Manifest]:
-        """Complete backups, oldest first."""
+        """Complete backups, oldest first (a manifest whose id is not a backup id, or not
+        its own file's name, is no backup: it is never listed, restored or pruned)."""
         if not self.folder.is_dir():
             return []
         found = []
@@ -95,9 +97,10 @@ class BackupRepository:
     @staticmethod
     def _read(path: Path) -> Manifest | None:
         try:
-            return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+            manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, ValidationError):
             return None
+        return manifest if path.name == f"{manifest.id}{MANIFEST_SUFFIX}" else None
 
     # Writing.
     def publish(self, partial: Path, manifest: Manifest) -> None:
@@ -126,6 +129,8 @@ class BackupRepository:
         found = [*self.folder.glob(f".*{PARTIAL_SUFFIX}"), *self.folder.glob(f".*{SCRATCH_SUFFIX}")]
         for archive in self.folder.glob(f"*{ARCHIVE_SUFFIX}"):
             backup_id = archive.name[: -len(ARCHIVE_SUFFIX)]
+            if not BACKUP_ID_PATTERN.fullmatch(backup_id):
+                continue  # not a name nexus-ops writes: not ours to remove
             if not self.manifest_path(backup_id).is_file():
                 found.append(archive)
         return sorted(found)
