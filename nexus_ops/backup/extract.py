@@ -13,6 +13,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,15 +45,31 @@ def extract_parts(
     """Write the members of each part in ``into`` (part -> folder); return files written.
 
     A member ``data/log/x`` goes to ``into["data"] / "log/x"``. With ``expected``
-    (the manifest's entries by path) every file must match its checksum. Every member
-    is checked in a first pass, unless the caller has just verified the archive
-    (``prechecked``); each is checked again as it is written, in case the archive
-    changed since. Every folder on the way is opened with ``O_NOFOLLOW`` from the
-    part's folder down, so nothing is ever written or chmodded through a link, even
-    one that appeared on disk meanwhile.
+    (the manifest's entries by path) every member must be one of them, of its size and
+    checksum, and their sizes must fit in the free space of each target's filesystem.
+    Every member is checked in a first pass, unless the caller has just verified the
+    archive (``prechecked``); each is checked again as it is written, in case the
+    archive changed since. Every folder on the way is opened with ``O_NOFOLLOW`` from
+    the part's folder down, so nothing is ever written or chmodded through a link, even
+    one that appeared on disk meanwhile. If anything fails (a full disk too), the
+    folders it made are removed: nothing is left half-written.
     """
     if not prechecked:
         check_archive(read_members(archive), str(archive))
+    if expected is not None:
+        check_space(into, expected)
+    made = [top for root in into.values() if (top := _first_missing(root)) is not None]
+    try:
+        return _extract(archive, into, expected)
+    except BaseException:
+        for top in made:
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
+def _extract(
+    archive: Path, into: Mapping[str, Path], expected: Mapping[str, FileEntry] | None
+) -> int:
     checker = MemberChecker()
     written = 0
     folders: list[tuple[Path, list[str], tarfile.TarInfo]] = []
@@ -65,18 +82,100 @@ def extract_parts(
                 place = _place(member, into)
                 if place is None:
                     continue
-                root, path = place
+                entry = _expected_entry(member, expected)
+                try:
+                    _extract_member(tar, member, *place, entry)
+                except OSError as exc:
+                    raise _write_error(member, exc) from exc
                 if member.isdir():
-                    os.close(_open_folder(root, path, create=True))
-                    folders.append((root, path, member))
-                else:
-                    _write_member(tar, member, root, path, (expected or {}).get(member.name))
-                    written += member.isreg()
+                    folders.append((*place, member))
+                written += member.isreg()
     except (tarfile.TarError, EOFError) as exc:
         raise BackupError(f"{archive} is damaged: {exc}") from exc
     for root, path, member in reversed(folders):  # modes last: a read-only folder is still filled
         _set_folder_mode(root, path, member)
     return written
+
+
+def _expected_entry(
+    member: tarfile.TarInfo, expected: Mapping[str, FileEntry] | None
+) -> FileEntry | None:
+    """The manifest's entry of ``member``; no member is bigger than the manifest says."""
+    if expected is None:
+        return None
+    entry = expected.get(member.name)
+    if entry is None:
+        raise UnsafeArchive(f"{member.name}: in the archive but not in the manifest")
+    if member.isreg() and member.size != entry.size:
+        raise UnsafeArchive(
+            f"{member.name}: {member.size} bytes in the archive, the manifest says {entry.size}"
+        )
+    return entry
+
+
+def _extract_member(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    root: Path,
+    path: list[str],
+    entry: FileEntry | None,
+) -> None:
+    if member.isdir():
+        os.close(_open_folder(root, path, create=True))
+    else:
+        _write_member(tar, member, root, path, entry)
+
+
+def _write_error(member: tarfile.TarInfo, exc: OSError) -> BackupError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return BackupError(
+        f"restoring {member.name} failed: {exc.strerror or exc}; "
+        "what this restore wrote is removed, nothing else was changed",
+        hint="free space on the target's filesystem (`df`), or restore elsewhere"
+        if full
+        else "check the target folder (permissions, filesystem) and try again",
+    )
+
+
+def check_space(into: Mapping[str, Path], expected: Mapping[str, FileEntry]) -> None:
+    """BackupError when the entries of the parts in ``into`` do not fit in the free space
+    of their filesystems (each file and folder counted a block more)."""
+    needed: dict[int, tuple[Path, int]] = {}
+    for entry in expected.values():
+        root = into.get(entry.part)
+        if root is None:
+            continue
+        anchor = _existing(root)
+        device = anchor.stat().st_dev
+        where, size = needed.get(device, (anchor, 0))
+        needed[device] = (where, size + entry.size + _BLOCK)
+    for where, size in needed.values():
+        stat = os.statvfs(where)
+        free = stat.f_bavail * stat.f_frsize
+        if size > free:
+            raise BackupError(
+                f"restoring needs {size / 2**20:.1f} MiB on the filesystem of {where}, "
+                f"which has {free / 2**20:.1f} MiB free; nothing was written",
+                hint="free space there (`df`), or restore into a folder elsewhere",
+            )
+
+
+_BLOCK = 4096
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The highest folder that making ``path`` creates (None: it exists already)."""
+    top = None
+    while not os.path.lexists(path) and path != path.parent:
+        top, path = path, path.parent
+    return top
 
 
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

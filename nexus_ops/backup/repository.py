@@ -35,10 +35,15 @@ SCRATCH_SUFFIX = ".scratch"
 
 
 class BackupRepository:
-    """Backups kept in one folder (``Layout.backups``)."""
+    """Backups kept in one folder (``Layout.backups``).
 
-    def __init__(self, folder: Path) -> None:
+    ``max_expansion_ratio`` (``NEXUS_BACKUP_MAX_EXPANSION_RATIO``, default 200) is how many
+    times its archive a backup's files may add up to before verify and restore refuse it.
+    """
+
+    def __init__(self, folder: Path, max_expansion_ratio: float = 200.0) -> None:
         self.folder = folder
+        self.max_expansion_ratio = max_expansion_ratio
 
     # Names.
     def new_id(self, now: float | None = None) -> str:

@@ -33,7 +33,7 @@ def verify_backup(repo: BackupRepository, backup_id: str) -> VerifyReport:
     """
     started = time.perf_counter()
     manifest = repo.get(backup_id)
-    problems = _check_archive_file(repo, manifest)
+    problems = _check_archive_file(repo, manifest) or _check_expansion(repo, manifest)
     integrity: dict[str, str] = {}
     checked = 0
     if not problems:
@@ -69,6 +69,23 @@ def _check_archive_file(repo: BackupRepository, manifest: Manifest) -> list[str]
     if sha256_file(path) != manifest.archive.sha256:
         return [f"{path.name}: checksum differs from the manifest (the archive changed)"]
     return []
+
+
+SMALL_EXPANSION = 64 << 20  # never refused by the ratio: no bomb at that size
+
+
+def _check_expansion(repo: BackupRepository, manifest: Manifest) -> list[str]:
+    """A backup whose files add up to far more than its archive is not read further
+    (a decompression bomb; or raise ``max_expansion_ratio``)."""
+    size = manifest.archive.size if manifest.archive else 0
+    total = manifest.total_bytes
+    if total <= max(SMALL_EXPANSION, repo.max_expansion_ratio * size):
+        return []
+    return [
+        f"its files add up to {total / 2**20:.1f} MiB, {total / max(size, 1):.0f} times its "
+        f"{size / 2**20:.1f} MiB archive: more than NEXUS_BACKUP_MAX_EXPANSION_RATIO "
+        f"({repo.max_expansion_ratio:g}) allows, so it is not extracted"
+    ]
 
 
 def _check_members(archive: Path, manifest: Manifest) -> tuple[int, list[str], dict[str, str]]:
