@@ -57,7 +57,7 @@ def extract_parts(
     if not prechecked:
         check_archive(read_members(archive), str(archive))
     if expected is not None:
-        check_space(into, expected)
+        _check_space(into, expected)
     made = [top for root in into.values() if (top := _first_missing(root)) is not None]
     try:
         return _extract(archive, into, expected)
@@ -137,7 +137,7 @@ def _write_error(member: tarfile.TarInfo, exc: OSError) -> BackupError:
     )
 
 
-def check_space(into: Mapping[str, Path], expected: Mapping[str, FileEntry]) -> None:
+def _check_space(into: Mapping[str, Path], expected: Mapping[str, FileEntry]) -> None:
     """BackupError when the entries of the parts in ``into`` do not fit in the free space
     of their filesystems (each file and folder counted a block more)."""
     needed: dict[int, tuple[Path, int]] = {}

@@ -24,9 +24,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from nexus_ops.backup.models import BACKUP_ID_PATTERN, Manifest, check_backup_id
+from nexus_ops.config import Settings
 from nexus_ops.errors import BackupError, BackupNotFound
 from nexus_ops.locks import FileLock, LockBusy
-from nexus_ops.paths import atomic_write, fsync_dir
+from nexus_ops.paths import Layout, atomic_write, fsync_dir
 
 ARCHIVE_SUFFIX = ".tar.gz"
 MANIFEST_SUFFIX = ".json"
@@ -44,6 +45,11 @@ class BackupRepository:
     def __init__(self, folder: Path, max_expansion_ratio: float = 200.0) -> None:
         self.folder = folder
         self.max_expansion_ratio = max_expansion_ratio
+
+    @classmethod
+    def of(cls, settings: Settings) -> BackupRepository:
+        """The backups folder of these settings (``$NEXUS_HOME/backups``), with their limits."""
+        return cls(Layout(settings.home).backups, settings.backup_max_expansion_ratio)
 
     # Names.
     def new_id(self, now: float | None = None) -> str:
