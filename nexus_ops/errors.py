@@ -19,7 +19,8 @@ sqlite3, papermill) are mapped into this tree in the module that owns each::
     │   └── Unauthorized            the agent refused the token
     ├── BackupError                 creating, verifying or restoring a backup
     │   ├── UnsafeArchive           an archive member would escape the target
-    │   └── BackupNotFound          no backup with that id
+    │   ├── BackupNotFound          no backup with that id
+    │   └── InvalidBackupId         a backup id that is not one (HTTP 400)
     ├── RunbookError                cataloguing or running a runbook
     │   ├── ParameterError          a runbook parameter is unknown or mistyped
     │   └── RunbookNotFound         no runbook of that name
@@ -114,6 +115,13 @@ class NotFound(NexusOpsError):
 
 class BackupNotFound(BackupError, NotFound):
     """No backup has that id."""
+
+
+class InvalidBackupId(BackupError, ValueError):
+    """A backup id (from a request, an argument or a manifest on disk) is not a backup id;
+    a ValueError too, so that a manifest holding one fails its validation."""
+
+    status = 400
 
 
 class RunbookNotFound(RunbookError, NotFound):

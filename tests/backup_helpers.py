@@ -16,6 +16,9 @@ from pathlib import Path
 
 import httpx
 
+from nexus_ops.backup.archive import sha256_file
+from nexus_ops.backup.models import ArchiveInfo, FileEntry, Manifest
+from nexus_ops.backup.repository import BackupRepository
 from nexus_ops.backup.sources import OpenCodeLocations
 from nexus_ops.errors import OpenCodeUnavailable
 
@@ -87,6 +90,74 @@ def evil_archive(path: Path) -> list[str]:
         hard.type, hard.linkname = tarfile.LNKTYPE, "/etc/passwd"
         add(hard)
     return names
+
+
+Member = tuple[tarfile.TarInfo, bytes]
+
+
+def member(
+    name: str, data: bytes = b"", *, kind: bytes = tarfile.REGTYPE, **fields: object
+) -> Member:
+    """A tar member (``kind`` REGTYPE, DIRTYPE or SYMTYPE with ``linkname=``) and its bytes."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.mtime = kind, len(data), 1_700_000_000
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info, data
+
+
+def write_backup(repo: BackupRepository, backup_id: str, members: list[Member]) -> None:
+    """Put a backup made of ``members`` in ``repo`` with a manifest that describes it exactly
+    (sizes, checksums, link targets, the archive's own checksum): only a check of the
+    members themselves can refuse it."""
+    repo.folder.mkdir(parents=True, exist_ok=True)
+    archive = repo.archive_path(backup_id)
+    with tarfile.open(archive, "w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    kinds = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink"}
+    files = [
+        FileEntry(
+            path=info.name,
+            type=kinds.get(info.type, "file"),  # type: ignore[arg-type]
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest() if info.isreg() else "",
+            mode=info.mode,
+            mtime=info.mtime,
+            target=info.linkname if info.issym() else None,
+        )
+        for info, data in members
+    ]
+    parts = {info.name.split("/", 1)[0] for info, _ in members}
+    manifest = Manifest(
+        id=backup_id,
+        created=time.time(),
+        host="crafted",
+        sources={part: f"/crafted/{part}" for part in parts},
+        files=files,
+        archive=ArchiveInfo(
+            name=archive.name, size=archive.stat().st_size, sha256=sha256_file(archive)
+        ),
+    )
+    repo.manifest_path(backup_id).write_text(manifest.model_dump_json())
+
+
+def chained_link_escape(outside: Path, ups: int = 20) -> list[Member]:
+    """Members that each look safe alone but together write into ``outside`` (an absolute
+    folder) and make it 0777: ``d/up`` is ``..`` (lexically inside ``data``), ``esc`` goes
+    ``d/up`` then ``..`` ``ups`` times (lexically ``data`` again, really ``/``), and the
+    members named ``data/./esc/<outside>`` go through ``esc`` without naming it."""
+    hop = "/".join(["d", "up"] * ups)
+    through = "data/./esc" + str(outside)
+    return [
+        member("data", kind=tarfile.DIRTYPE),
+        member("data/d", kind=tarfile.DIRTYPE),
+        member("data/d/up", kind=tarfile.SYMTYPE, linkname=".."),
+        member("data/esc", kind=tarfile.SYMTYPE, linkname=hop + "/.." * ups),
+        member(through, kind=tarfile.DIRTYPE, mode=0o777),
+        member(through + "/pwned.txt", b"written outside the target"),
+    ]
 
 
 class DirectServer:

@@ -369,7 +369,7 @@ def test_a_member_made_unsafe_after_the_check_is_still_refused(tmp_path: Path) -
         extract_parts(archive, {"data": target / "data"}, prechecked=True)
     assert not (tmp_path / "escaped.txt").exists()
     assert not (tmp_path / "sandbox" / "escaped.txt").exists()
-    assert [p.name for p in (target / "data").iterdir()] == ["ok.txt"]
+    assert not (target / "data").exists()  # what was written before it (ok.txt) is removed
 
 
 def test_archives_are_plain_tar_gz_for_gnu_tar(

@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from nexus_ops.errors import InvalidBackupId
 from nexus_ops.models import Frozen
 
 MANIFEST_FORMAT = 1
@@ -18,6 +20,30 @@ Part = Literal["config", "data", "nexus"]
 PARTS: tuple[Part, ...] = ("config", "data", "nexus")
 Kind = Literal["manual", "scheduled", "pre-restore"]
 EntryType = Literal["file", "dir", "symlink"]
+# What `BackupRepository.new_id` writes (20260102T030405Z-1a2b) fits; so do a few
+# other plain names. No '/', '.' or '\\': an id becomes a file name in backups/.
+BACKUP_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_backup_id(backup_id: str) -> str:
+    """``backup_id`` when it is a backup id, else InvalidBackupId naming it.
+
+    >>> check_backup_id("20260102T030405Z-1a2b")
+    '20260102T030405Z-1a2b'
+    >>> check_backup_id("../../etc/passwd")
+    Traceback (most recent call last):
+    ...
+    nexus_ops.errors.InvalidBackupId: '../../etc/passwd' is not a backup id ...
+    """
+    if not BACKUP_ID_PATTERN.fullmatch(backup_id):
+        raise InvalidBackupId(
+            f"{backup_id!r} is not a backup id (letters, digits, '-' and '_', at most 64)",
+            hint="`nexus-ops backup list` shows the ids",
+        )
+    return backup_id
+
+
+BackupId = Annotated[str, AfterValidator(check_backup_id)]
 
 
 class FileEntry(Frozen):
@@ -57,7 +83,7 @@ class Manifest(Frozen):
     """Everything a backup holds; written beside the archive, last."""
 
     format: int = MANIFEST_FORMAT
-    id: str
+    id: BackupId
     kind: Kind = "manual"
     created: float = Field(description="Unix time the backup started")
     duration_seconds: float = 0.0

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from nexus_ops.backup.models import Manifest
+from nexus_ops.backup.models import BACKUP_ID_PATTERN, Manifest, check_backup_id
+from nexus_ops.config import Settings
 from nexus_ops.errors import BackupError, BackupNotFound
 from nexus_ops.locks import FileLock, LockBusy
-from nexus_ops.paths import atomic_write, fsync_dir
+from nexus_ops.paths import Layout, atomic_write, fsync_dir
 
 ARCHIVE_SUFFIX = ".tar.gz"
 MANIFEST_SUFFIX = ".json"
@@ -35,28 +36,39 @@ SCRATCH_SUFFIX = ".scratch"
 
 
 class BackupRepository:
-    """Backups kept in one folder (``Layout.backups``)."""
+    """Backups kept in one folder (``Layout.backups``).
 
-    def __init__(self, folder: Path) -> None:
+    ``max_expansion_ratio`` (``NEXUS_BACKUP_MAX_EXPANSION_RATIO``, default 200) is how many
+    times its archive a backup's files may add up to before verify and restore refuse it.
+    """
+
+    def __init__(self, folder: Path, max_expansion_ratio: float = 200.0) -> None:
         self.folder = folder
+        self.max_expansion_ratio = max_expansion_ratio
+
+    @classmethod
+    def of(cls, settings: Settings) -> BackupRepository:
+        """The backups folder of these settings (``$NEXUS_HOME/backups``), with their limits."""
+        return cls(Layout(settings.home).backups, settings.backup_max_expansion_ratio)
 
     # Names.
     def new_id(self, now: float | None = None) -> str:
         stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
         return f"{stamp:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
 
+    # Every path of a backup is made here, from a checked id (InvalidBackupId otherwise).
     def archive_path(self, backup_id: str) -> Path:
-        return self.folder / f"{backup_id}{ARCHIVE_SUFFIX}"
+        return self.folder / f"{check_backup_id(backup_id)}{ARCHIVE_SUFFIX}"
 
     def manifest_path(self, backup_id: str) -> Path:
-        return self.folder / f"{backup_id}{MANIFEST_SUFFIX}"
+        return self.folder / f"{check_backup_id(backup_id)}{MANIFEST_SUFFIX}"
 
     def partial_path(self, backup_id: str) -> Path:
-        return self.folder / f".{backup_id}{ARCHIVE_SUFFIX}{PARTIAL_SUFFIX}"
+        return self.folder / f".{check_backup_id(backup_id)}{ARCHIVE_SUFFIX}{PARTIAL_SUFFIX}"
 
     def scratch_dir(self, backup_id: str) -> Path:
         """A private folder for database copies while a backup is written."""
-        path = self.folder / f".{backup_id}{SCRATCH_SUFFIX}"
+        path = self.folder / f".{check_backup_id(backup_id)}{SCRATCH_SUFFIX}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -69,7 +81,8 @@ class BackupRepository:
 
     # Reading.
     def manifests(self) -> list[Manifest]:
-        """Complete backups, oldest first."""
+        """Complete backups, oldest first (a manifest whose id is not a backup id, or not
+        its own file's name, is no backup: it is never listed, restored or pruned)."""
         if not self.folder.is_dir():
             return []
         found = []
@@ -95,9 +108,10 @@ class BackupRepository:
     @staticmethod
     def _read(path: Path) -> Manifest | None:
         try:
-            return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+            manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, ValidationError):
             return None
+        return manifest if path.name == f"{manifest.id}{MANIFEST_SUFFIX}" else None
 
     # Writing.
     def publish(self, partial: Path, manifest: Manifest) -> None:
@@ -126,6 +140,8 @@ class BackupRepository:
         found = [*self.folder.glob(f".*{PARTIAL_SUFFIX}"), *self.folder.glob(f".*{SCRATCH_SUFFIX}")]
         for archive in self.folder.glob(f"*{ARCHIVE_SUFFIX}"):
             backup_id = archive.name[: -len(ARCHIVE_SUFFIX)]
+            if not BACKUP_ID_PATTERN.fullmatch(backup_id):
+                continue  # not a name nexus-ops writes: not ours to remove
             if not self.manifest_path(backup_id).is_file():
                 found.append(archive)
         return sorted(found)

@@ -35,47 +35,69 @@ class MemberChecker:
     """Checks members one by one, in archive order (it remembers the links seen)."""
 
     def __init__(self) -> None:
-        self._links: list[str] = []
+        self._links: dict[str, str] = {}
 
     def check(self, member: tarfile.TarInfo) -> str | None:
         """``'name: why'`` when ``member`` is unsafe, else None."""
         reason = _problem(member, self._links)
         if member.issym():
-            self._links.append(member.name.rstrip("/"))
+            self._links[member.name.rstrip("/")] = member.linkname
         return f"{member.name}: {reason}" if reason else None
 
 
-def _problem(member: tarfile.TarInfo, links: list[str]) -> str | None:
+def _problem(member: tarfile.TarInfo, links: dict[str, str]) -> str | None:
     name = member.name
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         return "is an absolute path"
     parts = name.rstrip("/").split("/")
     if ".." in parts:
         return "leaves the target (a .. component)"
-    if "" in parts or "\x00" in name:
+    if "" in parts or "." in parts or "\x00" in name:
         return "has an empty or invalid path component"
     if parts[0] not in _ALLOWED_TOP:
         return f"is outside the known parts ({', '.join(sorted(_ALLOWED_TOP))})"
-    for link in links:
-        if name.startswith(link + "/"):
+    for depth in range(1, len(parts) + 1):
+        if (link := "/".join(parts[:depth])) in links:
             return f"passes through the link {link}"
     if member.islnk():
         return "is a hard link (never written by nexus-ops)"
     if member.issym():
-        return _link_problem(name, member.linkname)
+        return _link_problem(name, member.linkname, links)
     if not (member.isreg() or member.isdir()):
         return "is a device, pipe or other special file"
     return None
 
 
-def _link_problem(name: str, target: str) -> str | None:
+def _link_problem(name: str, target: str, links: dict[str, str]) -> str | None:
     if target.startswith("/"):
         return f"links to the absolute path {target}"
     part = name.split("/", 1)[0]
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-    if resolved != part and not resolved.startswith(part + "/"):
+    resolved = _resolve(posixpath.dirname(name).split("/") + target.split("/"), links)
+    if resolved is None or resolved[:1] != [part]:
         return f"links to {target}, outside its part {part}/"
     return None
+
+
+def _resolve(parts: list[str], links: dict[str, str], hops: int = 0) -> list[str] | None:
+    """The components ``parts`` lead to, following the links seen so far; None when they
+    leave the archive's root (or loop)."""
+    done: list[str] = []
+    for index, component in enumerate(parts):
+        if component in ("", "."):
+            continue
+        if component == "..":
+            if not done:
+                return None
+            done.pop()
+            continue
+        done.append(component)
+        target = links.get("/".join(done))
+        if target is not None:
+            if target.startswith("/") or hops > 40:
+                return None
+            rest = done[:-1] + target.split("/") + parts[index + 1 :]
+            return _resolve(rest, links, hops + 1)
+    return done
 
 
 def check_archive(members: Iterable[tarfile.TarInfo], source: str) -> None:

@@ -71,7 +71,7 @@ class BackupService:
     ) -> None:
         self.settings = settings
         self.layout = Layout(settings.home)
-        self.repo = BackupRepository(self.layout.backups)
+        self.repo = BackupRepository.of(settings)
         self.locations = OpenCodeLocations.from_environ(environ)
         self.journal = journal
         self.runs = BackupRuns(database)

@@ -16,7 +16,7 @@ from pathlib import Path
 from nexus_ops.backup.archive import CHUNK, read_archive, sha256_file
 from nexus_ops.backup.models import FileEntry, Manifest, VerifyReport
 from nexus_ops.backup.repository import BackupRepository
-from nexus_ops.backup.safety import MANIFEST_MEMBER, unsafe_members
+from nexus_ops.backup.safety import MANIFEST_MEMBER, MemberChecker
 from nexus_ops.store.backups_copy import integrity_check
 
 
@@ -33,7 +33,7 @@ def verify_backup(repo: BackupRepository, backup_id: str) -> VerifyReport:
     """
     started = time.perf_counter()
     manifest = repo.get(backup_id)
-    problems = _check_archive_file(repo, manifest)
+    problems = _check_archive_file(repo, manifest) or _check_expansion(repo, manifest)
     integrity: dict[str, str] = {}
     checked = 0
     if not problems:
@@ -71,17 +71,36 @@ def _check_archive_file(repo: BackupRepository, manifest: Manifest) -> list[str]
     return []
 
 
+SMALL_EXPANSION = 64 << 20  # never refused by the ratio: no bomb at that size
+
+
+def _check_expansion(repo: BackupRepository, manifest: Manifest) -> list[str]:
+    """A backup whose files add up to far more than its archive is not read further
+    (a decompression bomb; or raise ``max_expansion_ratio``)."""
+    size = manifest.archive.size if manifest.archive else 0
+    total = manifest.total_bytes
+    if total <= max(SMALL_EXPANSION, repo.max_expansion_ratio * size):
+        return []
+    return [
+        f"its files add up to {total / 2**20:.1f} MiB, {total / max(size, 1):.0f} times its "
+        f"{size / 2**20:.1f} MiB archive: more than NEXUS_BACKUP_MAX_EXPANSION_RATIO "
+        f"({repo.max_expansion_ratio:g}) allows, so it is not extracted"
+    ]
+
+
 def _check_members(archive: Path, manifest: Manifest) -> tuple[int, list[str], dict[str, str]]:
     expected = {entry.path: entry for entry in manifest.files}
     databases = {db.path for db in manifest.databases}
     seen: set[str] = set()
     problems: list[str] = []
     integrity: dict[str, str] = {}
+    checker = MemberChecker()  # one for the whole archive: links are judged with earlier ones
     with tempfile.TemporaryDirectory(prefix="nexus-verify-") as scratch:
         try:
             with read_archive(archive) as tar:
                 for member in tar:
-                    problems += unsafe_members([member])
+                    if problem := checker.check(member):
+                        problems.append(problem)
                     if member.name == MANIFEST_MEMBER:
                         continue
                     seen.add(member.name)

@@ -17,7 +17,7 @@ from nexus_ops.recovery.results import Check, Severity, Step
 
 
 def _repo(ctx: RecoveryContext) -> BackupRepository:
-    return BackupRepository(ctx.layout.backups)
+    return BackupRepository.of(ctx.settings)
 
 
 def backup_status(ctx: RecoveryContext, max_age_hours: float = 26.0) -> Check:

@@ -56,7 +56,7 @@ def _api_sessions(ctx: RecoveryContext) -> list[str] | str:
 
 def newest_good_backup(ctx: RecoveryContext) -> Check:
     """The newest regular backup that verifies (checksums and integrity)."""
-    repo = BackupRepository(ctx.layout.backups)
+    repo = BackupRepository.of(ctx.settings)
     tried: list[str] = []
     for manifest in reversed(repo.manifests()):
         if manifest.kind == "pre-restore" or HOLDS not in {d.path for d in manifest.databases}:
@@ -102,7 +102,7 @@ def restore_database(ctx: RecoveryContext, backup: Check, *, needed: bool, dry_r
         )
     from nexus_ops.backup.service import BackupService
 
-    expected = backup_sessions(BackupRepository(ctx.layout.backups), backup_id) or []
+    expected = backup_sessions(BackupRepository.of(ctx.settings), backup_id) or []
     service = BackupService.open(ctx.settings)
     try:
         report = service.restore_live(
@@ -159,7 +159,7 @@ def confirm_sessions(ctx: RecoveryContext, backup: Check, *, required: bool = Fa
             summary="no verified backup to compare with",
         )
     backup_id = str(backup.details["id"])
-    expected = backup_sessions(BackupRepository(ctx.layout.backups), backup_id) or []
+    expected = backup_sessions(BackupRepository.of(ctx.settings), backup_id) or []
     api = _api_sessions(ctx)
     if isinstance(api, str):
         return Check(
