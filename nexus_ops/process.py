@@ -196,8 +196,11 @@ def wait_status(popen: subprocess.Popen[bytes] | None) -> tuple[int | None, int 
     return (None, -code) if code < 0 else (code, None)
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise PortInUse, naming the holder where the system shows it, if the port is taken."""
+def check_port_free(host: str, port: int, setting: str = "NEXUS_OPENCODE_PORT") -> None:
+    """Raise PortInUse, naming the holder where the system shows it, if the port is taken.
+
+    ``setting`` is the variable that chooses this port, named in the hint.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -211,7 +214,7 @@ def check_port_free(host: str, port: int) -> None:
     who = f" by {holder}" if holder else " by a process this user cannot see"
     raise PortInUse(
         f"port {port} on {host} is already in use{who}",
-        hint=f"stop that process, or choose another port with NEXUS_OPENCODE_PORT (now {port})",
+        hint=f"stop that process, or choose another port with {setting} (now {port})",
     )
 
 
@@ -225,6 +228,28 @@ def port_holder(port: int) -> str | None:
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
             return describe_pid(conn.pid) if conn.pid else None
     return None
+
+
+def listen_addresses(pid: int, port: int) -> list[str]:
+    """Addresses on which process ``pid`` listens on TCP ``port`` (empty: none, or not visible)."""
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return []
+    return [
+        conn.laddr.ip
+        for conn in conns
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+    ]
+
+
+def accepts_connections(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts a TCP connection on ``host:port`` (nothing is sent)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def describe_pid(pid: int) -> str:
