@@ -620,7 +620,7 @@ def serve(settings: Settings, jobs: list[BackgroundJob] | None = None) -> None:
     check_bind(settings, read_or_create_secret(layout.agent_token_file))
     load_config(settings)  # a bad alerts file stops the agent here, with what to fix
     jobs = DEFAULT_JOBS if jobs is None else jobs
-    check_port_free(settings.agent_host, settings.agent_port)
+    check_port_free(settings.agent_host, settings.agent_port, "NEXUS_AGENT_PORT")
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

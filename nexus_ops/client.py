@@ -8,20 +8,30 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import socket
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from nexus_ops.alerts import AlertsView
 from nexus_ops.backup.models import BackupInfo, Manifest, PruneReport, RestoreReport, VerifyReport
 from nexus_ops.config import Settings
-from nexus_ops.errors import AgentError, AgentUnavailable, Unauthorized
+from nexus_ops.errors import AgentError, AgentUnavailable, PortInUse, Unauthorized
 from nexus_ops.models import ActionResult, AgentHealth, Event, Readiness, ServerStatus
 from nexus_ops.paths import Layout
+from nexus_ops.process import (
+    accepts_connections,
+    find_live,
+    listen_addresses,
+    load_record,
+    port_holder,
+)
 from nexus_ops.runbooks.models import Runbook
 from nexus_ops.store.runs import RunRecord
 
@@ -32,7 +42,11 @@ API = "/api/v1"
 
 
 class AgentClient:
-    """Talks to one agent; every call has a timeout; errors say what to do."""
+    """Talks to one agent; every call has a timeout; errors say what to do.
+
+    ``verify``, when given, runs before every request and raises when the peer must
+    not be sent the token (see :func:`verify_local_agent`).
+    """
 
     def __init__(
         self,
@@ -40,16 +54,25 @@ class AgentClient:
         token: str | Path,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        verify: Callable[[], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._verify = verify
         self._http = httpx.Client(
             base_url=self.base_url, auth=BearerAuth(token), timeout=timeout, transport=transport
         )
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float = 10.0) -> AgentClient:
-        """A client of the agent of these settings, with the token from its secrets folder."""
-        return cls(settings.agent_base_url, Layout(settings.home).agent_token_file, timeout)
+        """A client of the agent of these settings, with the token from its secrets folder.
+
+        Without NEXUS_AGENT_URL the agent is this host's own: every request first checks
+        that the process on its port is the agent of the pidfile. With NEXUS_AGENT_URL
+        the operator vouches for that address (another host, container or a tunnel).
+        """
+        verify = None if settings.agent_url else functools.partial(verify_local_agent, settings)
+        token_file = Layout(settings.home).agent_token_file
+        return cls(settings.agent_base_url, token_file, timeout, verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -62,6 +85,8 @@ class AgentClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; map transport failures and error answers to nexus-ops errors."""
+        if self._verify is not None:
+            self._verify()
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -251,6 +276,56 @@ class AgentClient:
     def run_notebook(self, run_id: str) -> dict[str, Any]:
         """The executed notebook of a run (its audit record), as JSON."""
         return dict(self.json("GET", f"{API}/runs/{run_id}/notebook"))
+
+
+def verify_local_agent(settings: Settings) -> None:
+    """Raise unless the process listening on the agent's port is this NEXUS_HOME's agent.
+
+    The agent is the live process of its pidfile (pid, create time and command line,
+    so a reused pid does not pass). Each address the agent's host resolves to must be
+    one the agent listens on, or one where nothing listens (the connection fails over):
+    a process squatting the port is never sent the token, whatever it answers.
+    """
+    port = settings.agent_port
+    record = load_record(Layout(settings.home).agent_pidfile)
+    mine = listen_addresses(record.pid, port) if record and find_live(record) else []
+    answered = False
+    for address in _addresses(settings):
+        if _covers(mine, address):
+            answered = True
+        elif accepts_connections(address, port):
+            holder = port_holder(port) or "a process this user cannot see"
+            raise PortInUse(
+                f"port {port} on {address} is held by {holder}, not by the agent of "
+                f"NEXUS_HOME {settings.home}; the agent token was not sent to it",
+                hint=f"stop that process, or choose another port with NEXUS_AGENT_PORT "
+                f"(now {port})",
+            )
+    if not answered:
+        raise AgentUnavailable(
+            f"no agent answers at {settings.agent_base_url}",
+            hint="start it with `nexus-ops agent start` (or check NEXUS_AGENT_URL)",
+        )
+
+
+def _addresses(settings: Settings) -> list[str]:
+    """The addresses a connection to the agent's URL may go to."""
+    host = urlsplit(settings.agent_base_url).hostname or ""
+    try:
+        found = socket.getaddrinfo(host, settings.agent_port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise AgentUnavailable(
+            f"cannot resolve the agent's host {host!r}: {exc}",
+            hint="check NEXUS_AGENT_HOST",
+        ) from exc
+    return list(dict.fromkeys(str(info[4][0]) for info in found))
+
+
+def _covers(listening: list[str], address: str) -> bool:
+    """Does a socket on one of ``listening`` receive connections to ``address``?"""
+    wildcard = "::" if ":" in address else "0.0.0.0"  # noqa: S104 - compared, not bound
+    # Linux's IPv6 wildcard is dual-stack by default: it receives IPv4 too.
+    return address in listening or wildcard in listening or "::" in listening
 
 
 def _time_param(value: str | float | datetime) -> str:

@@ -330,9 +330,35 @@ def field_env_name(field: str) -> str:
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """``NAME=value`` lines of a .env file (quotes stripped, comments skipped)."""
+    """``NAME=value`` lines of a .env file (quotes stripped, comments skipped).
+
+    A file that cannot be read, or is not UTF-8, raises a ConfigError naming it (and
+    the first bad byte's offset and line); a missing file is no error.
+    """
+    _check_readable_text(path)
     source = DotEnvSettingsSource(Settings, env_file=path)
     return {k: v for k, v in source._read_env_files().items() if v is not None}
+
+
+def _check_readable_text(path: Path) -> None:
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror}",
+            hint=f"make {path} readable by this user, or remove it",
+        ) from exc
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+            f"(line {line}) is not valid UTF-8",
+            hint=f"save {path} as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or fix line {line}",
+        ) from exc
 
 
 def gather_environment(

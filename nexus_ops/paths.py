@@ -85,11 +85,24 @@ class Layout:
         New folders are 0700: the backups hold OpenCode's provider keys and
         sessions, the logs and runs what the server said; no other user reads them.
         """
-        for folder in (self.home, self.logs, self.backups, self.runs):
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.secrets.chmod(0o700)
+        folders = (self.home, self.logs, self.backups, self.runs, self.secrets)
+        try:
+            for folder in folders:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.secrets.chmod(0o700)
+        except OSError as exc:
+            raise self._unwritable(Path(exc.filename or self.home), exc.strerror) from exc
+        for folder in folders:
+            if not os.access(folder, os.W_OK):
+                raise self._unwritable(folder, "not writable")
         return self
+
+    def _unwritable(self, folder: Path, reason: str | None) -> NexusOpsError:
+        return NexusOpsError(
+            f"NEXUS_HOME {self.home} cannot be used: {folder}: {reason or 'not writable'}",
+            hint="make that folder writable by this user (is it a read-only mount?), "
+            "or point NEXUS_HOME at a writable folder",
+        )
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

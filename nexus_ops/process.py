@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -196,8 +197,11 @@ def wait_status(popen: subprocess.Popen[bytes] | None) -> tuple[int | None, int 
     return (None, -code) if code < 0 else (code, None)
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise PortInUse, naming the holder where the system shows it, if the port is taken."""
+def check_port_free(host: str, port: int, setting: str = "NEXUS_OPENCODE_PORT") -> None:
+    """Raise PortInUse, naming the holder where the system shows it, if the port is taken.
+
+    ``setting`` is the variable that chooses this port, named in the hint.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -211,7 +215,7 @@ def check_port_free(host: str, port: int) -> None:
     who = f" by {holder}" if holder else " by a process this user cannot see"
     raise PortInUse(
         f"port {port} on {host} is already in use{who}",
-        hint=f"stop that process, or choose another port with NEXUS_OPENCODE_PORT (now {port})",
+        hint=f"stop that process, or choose another port with {setting} (now {port})",
     )
 
 
@@ -225,6 +229,50 @@ def port_holder(port: int) -> str | None:
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
             return describe_pid(conn.pid) if conn.pid else None
     return None
+
+
+def listen_addresses(pid: int, port: int, proc_root: Path = Path("/proc")) -> list[str]:
+    """Addresses on which process ``pid`` listens on TCP ``port`` (empty: none, or not visible).
+
+    Linux: the process's socket inodes matched against a sock_diag dump of the
+    listening sockets, a fraction of a millisecond; psutil, which reads the whole
+    /proc/net/tcp tables, takes several. Elsewhere: psutil.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        return _proc_listen_addresses(proc_root / str(pid), port)
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return []
+    return [
+        conn.laddr.ip
+        for conn in conns
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+    ]
+
+
+def _proc_listen_addresses(proc: Path, port: int) -> list[str]:
+    inodes = set()
+    for fd in os.scandir(proc / "fd"):
+        with contextlib.suppress(OSError):
+            link = str(Path(fd.path).readlink())
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    return [
+        sock.address
+        for family in (socket.AF_INET, socket.AF_INET6)
+        for sock in _sock_diag_dump(family, states=1 << _TCP_LISTEN)
+        if sock.port == port and sock.inode in inodes
+    ]
+
+
+def accepts_connections(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts a TCP connection on ``host:port`` (nothing is sent)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def describe_pid(pid: int) -> str:
@@ -359,6 +407,7 @@ _TCP_STATES = {
     6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
     11: "CLOSING", 12: "SYN_RECV",
 }  # fmt: skip
+_TCP_LISTEN = 10
 _NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _NLMSG_ERROR, _NLMSG_DONE = 4, 20, 2, 3
 _NLM_F_REQUEST_DUMP = 0x301
 
@@ -367,20 +416,30 @@ def sock_diag_states(port: int) -> dict[str, int]:
     """Counts by state of the TCP sockets whose local port is ``port`` (IPv4 and IPv6)."""
     counts = dict.fromkeys(CONNECTION_STATES, 0)
     for family in (socket.AF_INET, socket.AF_INET6):
-        for state, sport in _sock_diag_dump(family):
-            if sport == port:
-                name = _TCP_STATES.get(state, str(state))
+        for sock in _sock_diag_dump(family):
+            if sock.port == port:
+                name = _TCP_STATES.get(sock.state, str(sock.state))
                 counts[name] = counts.get(name, 0) + 1
     return counts
 
 
-def _sock_diag_dump(family: int) -> list[tuple[int, int]]:
-    """(state, local port) of every TCP socket of ``family``: an inet_diag dump."""
+class DiagSocket(NamedTuple):
+    """One TCP socket of a sock_diag dump: state, local port and address, inode."""
+
+    state: int
+    port: int
+    address: str
+    inode: int
+
+
+def _sock_diag_dump(family: int, states: int = 0xFFFFFFFF) -> list[DiagSocket]:
+    """Every TCP socket of ``family`` in one of ``states`` (a bit mask): an inet_diag dump."""
     # struct inet_diag_req_v2: family, protocol, ext, pad, states, then a zero sockid.
-    request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + bytes(48)
+    request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, states) + bytes(48)
     header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP,
                          1, 0)  # fmt: skip
-    found: list[tuple[int, int]] = []
+    found: list[DiagSocket] = []
+    size = 4 if family == socket.AF_INET else 16
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as sock:
         sock.settimeout(2.0)
         sock.sendto(header + request, (0, 0))
@@ -393,9 +452,17 @@ def _sock_diag_dump(family: int) -> list[tuple[int, int]]:
                     return found
                 if kind == _NLMSG_ERROR or length < 16:
                     raise OSError("sock_diag refused the dump")
-                # struct inet_diag_msg: family, state, timer, retrans, then sport (big-endian).
-                state = data[offset + 17]
-                found.append((state, struct.unpack_from("!H", data, offset + 20)[0]))
+                # struct inet_diag_msg: family, state, timer, retrans, then the sockid
+                # (sport, dport big-endian; src, dst 16 bytes each; ...), the inode at 84.
+                source = data[offset + 24 : offset + 24 + size]
+                found.append(
+                    DiagSocket(
+                        state=data[offset + 17],
+                        port=struct.unpack_from("!H", data, offset + 20)[0],
+                        address=socket.inet_ntop(family, source),
+                        inode=struct.unpack_from("=I", data, offset + 84)[0],
+                    )
+                )
                 offset += (length + 3) & ~3
 
 

@@ -405,6 +405,9 @@ def test_compose_runs_agent_console_and_prometheus(tmp_path: Path) -> None:
     # Published ports reach a container's own addresses, never its loopback.
     assert console["environment"]["NEXUS_CONSOLE_HOST"] == "0.0.0.0"
     assert console["environment"]["NEXUS_CONSOLE_PORT"] == "8866"
+    # The agent's pids are not visible from the console's container: its URL is named.
+    port = agent["environment"]["NEXUS_AGENT_PORT"]
+    assert console["environment"]["NEXUS_AGENT_URL"] == f"http://127.0.0.1:{port}"
     assert "agent.token" in agent["secrets"] and "agent.token" in prometheus["secrets"]
     mounted = [v.split(":")[:2] for v in prometheus["volumes"] if v.startswith("./")]
     assert mounted == [["./prometheus", "/etc/prometheus"]]
@@ -476,6 +479,12 @@ def test_k8s_settings_are_valid_production_settings(tmp_path: Path) -> None:
     # Both Services reach the pod's addresses: the agent and the console listen there.
     assert config["NEXUS_AGENT_HOST"] == config["NEXUS_CONSOLE_HOST"] == "0.0.0.0"
     assert config["NEXUS_CONSOLE_PORT"] == "8866"
+    # The agent's pids are not visible from the console's container: its URL is named.
+    pod = k8s_objects()[("Deployment", "nexus-ops")]["spec"]["template"]["spec"]
+    console = next(c for c in pod["containers"] if c["name"] == "console")
+    env = {e["name"]: e["value"] for e in console["env"]}
+    assert env["NEXUS_AGENT_URL"] == f"http://127.0.0.1:{config['NEXUS_AGENT_PORT']}"
+    assert_valid_settings({**config, **env}, tmp_path)
 
 
 def test_k8s_services_reach_the_pod_ports() -> None:

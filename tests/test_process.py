@@ -19,6 +19,7 @@ from nexus_ops.process import (
     check_port_free,
     find_live,
     identify,
+    listen_addresses,
     load_record,
     save_record,
     spawn,
@@ -90,6 +91,20 @@ def test_port_in_use_names_the_holder() -> None:
             check_port_free("127.0.0.1", port)
     assert f"pid {os.getpid()}" in str(caught.value)
     assert "NEXUS_OPENCODE_PORT" in str(caught.value)
+
+
+def test_listen_addresses_are_those_of_the_process_own_listening_sockets() -> None:
+    with socket.socket() as four, socket.socket(socket.AF_INET6) as six, socket.socket() as peer:
+        four.bind(("127.0.0.1", 0))
+        four.listen()
+        port = four.getsockname()[1]
+        six.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        six.bind(("::1", port))
+        six.listen()
+        peer.connect(("127.0.0.1", port))  # a connected socket on the port is no listener
+        assert sorted(listen_addresses(os.getpid(), port)) == ["127.0.0.1", "::1"]
+        assert listen_addresses(os.getppid(), port) == []
+    assert listen_addresses(os.getpid(), port) == []
 
 
 def test_missing_binary_says_how_to_install(

@@ -13,6 +13,7 @@ import httpx
 
 from nexus_ops.errors import NexusOpsError
 from nexus_ops.process import (
+    accepts_connections,
     describe_pid,
     identify,
     is_ancestor,
@@ -42,7 +43,7 @@ def port_binding(ctx: RecoveryContext) -> Check:
     port = ctx.settings.opencode_port
     pid = port_listener(port)
     if pid is None:
-        bound = _connects("127.0.0.1", port)
+        bound = accepts_connections("127.0.0.1", port)
         summary = (
             f"port {port} is bound by a process this user cannot see"
             if bound
@@ -62,14 +63,6 @@ def port_binding(ctx: RecoveryContext) -> Check:
         summary=summary,
         details={"port": port, "pid": pid, "holder": holder, "managed": ours},
     )
-
-
-def _connects(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def loopback(ctx: RecoveryContext) -> Check:
