@@ -282,27 +282,22 @@ def describe_status(status: ServerStatus) -> str:
 
 def server_logs(args: argparse.Namespace) -> int:
     with connect() as client:
-        seen = client.logs(args.lines, args.grep)
-        for line in seen:
-            print(line)
+        lines, offset = client.log_chunk(args.lines, args.grep)
+        print_lines(lines)
         while args.follow:
             time.sleep(1.0)
-            fresh = client.logs(1000, args.grep)
-            for line in new_lines(seen, fresh):
-                print(line, flush=True)
-            seen = fresh
+            lines, offset = client.log_chunk(FOLLOW_BATCH, args.grep, after=offset)
+            print_lines(lines)
     return 0
 
 
-def new_lines(before: list[str], after: list[str]) -> list[str]:
-    """Lines of ``after`` past the overlap with the end of ``before``."""
-    if not before:
-        return after
-    for start in range(len(after)):
-        overlap = after[: len(after) - start]
-        if before[-len(overlap) :] == overlap:
-            return after[len(overlap) :]
-    return after
+FOLLOW_BATCH = 1000  # lines asked for per poll while following; the rest come next poll
+
+
+def print_lines(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
+    sys.stdout.flush()
 
 
 # ---- events ---------------------------------------------------------------------------
