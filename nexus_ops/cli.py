@@ -21,9 +21,9 @@ from nexus_ops.alerts import describe_rule_status, export_rules, load_config
 from nexus_ops.alerts.prometheus import SCRAPE_JOB
 from nexus_ops.client import AgentClient
 from nexus_ops.config import Settings, load_settings, settings_table
-from nexus_ops.daemon import running_agent, start_daemon, stop_daemon
-from nexus_ops.errors import ConfigError, NexusOpsError
-from nexus_ops.models import ActionResult, Event, ServerStatus
+from nexus_ops.daemon import answers, running_agent, start_daemon, stop_daemon
+from nexus_ops.errors import AgentUnavailable, ConfigError, NexusOpsError
+from nexus_ops.models import ActionResult, Event, ServerState, ServerStatus
 from nexus_ops.opencode import (
     attach_environment,
     binary_version,
@@ -71,11 +71,22 @@ def settings() -> Settings:
     return load_settings()
 
 
-def connect(autostart: bool = True) -> AgentClient:
-    """A client of this host's agent, starting the agent first when none answers."""
+def connect(autostart: bool = False) -> AgentClient:
+    """A client of this host's agent; with ``autostart`` the agent is started if none answers.
+
+    Only commands that act (``server start``, ``server restart``) start an agent: a
+    command that only reads says that none runs and how to start one.
+    """
     current = settings()
     if autostart:
-        start_daemon(current)
+        info = start_daemon(current)
+        if info.started:
+            print(f"agent started: pid {info.pid}, {info.url}", file=sys.stderr)
+    elif not answers(current):
+        raise AgentUnavailable(
+            f"no agent answers at {current.agent_base_url} (NEXUS_HOME {current.home})",
+            hint="start one with `nexus-ops agent start` (or check NEXUS_AGENT_URL)",
+        )
     return AgentClient.from_settings(current, timeout=120.0)
 
 
@@ -232,8 +243,8 @@ def agent_status(args: argparse.Namespace) -> int:
 def server_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = groups.add_parser("server", help="control the OpenCode server through the agent")
     sub = server.add_subparsers(title="actions", metavar="ACTION", required=True)
-    for verb in ("start", "stop", "restart"):
-        action = sub.add_parser(verb, help=f"{verb} the server")
+    for verb, help_text in SERVER_ACTIONS.items():
+        action = sub.add_parser(verb, help=help_text)
         action.set_defaults(handler=server_action, verb=verb)
     status = sub.add_parser("status", help="state, pid, version, port, uptime, restarts")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -245,8 +256,16 @@ def server_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser])
     logs.set_defaults(handler=server_logs)
 
 
+SERVER_ACTIONS = {
+    "start": "start the server (and the agent first, if none runs)",
+    "stop": "stop the server",
+    "restart": "restart the server (and start the agent first, if none runs)",
+}
+
+
 def server_action(args: argparse.Namespace) -> int:
-    with connect() as client:
+    # Stopping needs no new agent: one started now would first bring back the server.
+    with connect(autostart=args.verb != "stop") as client:
         result: ActionResult = getattr(client, args.verb)()
     print(f"{result.message}; {describe_status(result.status)}")
     return 0 if result.ok else 1
@@ -270,7 +289,7 @@ def describe_status(status: ServerStatus) -> str:
         parts.append(f"version {status.version}")
     parts += [
         f"port {status.port}",
-        f"uptime {status.uptime_seconds:.0f}s",
+        f"uptime {describe_uptime(status)}",
         f"restarts {status.restarts}",
     ]
     if status.last_exit:
@@ -278,6 +297,13 @@ def describe_status(status: ServerStatus) -> str:
     if status.last_error:
         parts.append(f"last error: {status.last_error}")
     return ", ".join(parts)
+
+
+def describe_uptime(status: ServerStatus) -> str:
+    """Seconds the server has been up; ``-`` when no server process runs."""
+    if status.pid is None or status.state in (ServerState.STOPPED, ServerState.FATAL):
+        return "-"
+    return f"{status.uptime_seconds:.0f}s"
 
 
 def server_logs(args: argparse.Namespace) -> int:

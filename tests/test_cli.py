@@ -6,8 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import RunningAgent, wait_for
+from conftest import RunningAgent, nexus_cli, wait_for
 
+from nexus_ops.cli import describe_uptime
+from nexus_ops.config import load_settings
+from nexus_ops.daemon import answers, running_agent
+from nexus_ops.models import ServerState, ServerStatus
 from nexus_ops.paths import Layout
 
 
@@ -41,3 +45,43 @@ def test_logs_follow_prints_each_line_once(agent: RunningAgent, tmp_path: Path) 
     printed = out.read_text().splitlines()
     assert printed.count("marker one") == 1 and printed.count("marker two") == 1
     assert is_contiguous_slice(printed, log.read_text().splitlines()), printed
+
+
+READ_ONLY_NEEDING_AGENT = [
+    ["server", "status"],
+    ["server", "logs", "-n", "5"],
+    ["events"],
+    ["alerts", "list"],
+    ["server", "stop"],
+]
+READ_ONLY_LOCAL = [["config", "show"], ["backup", "list"], ["runbook", "runs"]]
+
+
+def test_only_commands_that_act_start_an_agent(nexus_env: dict[str, str]) -> None:
+    settings = load_settings(nexus_env)
+    for command in READ_ONLY_NEEDING_AGENT:
+        done = nexus_cli(nexus_env, *command)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        assert "no agent answers" in done.stderr and "`nexus-ops agent start`" in done.stderr
+        assert "Traceback" not in done.stderr
+    for command in READ_ONLY_LOCAL:
+        assert nexus_cli(nexus_env, *command).returncode == 0, command
+    assert running_agent(settings) is None and not answers(settings)
+
+    started = nexus_cli(nexus_env, "server", "start")
+    assert started.returncode == 0, started.stderr
+    assert "agent started: pid" in started.stderr
+    assert "uptime -" not in started.stdout
+    assert nexus_cli(nexus_env, "server", "stop").returncode == 0
+    stopped = nexus_cli(nexus_env, "server", "status")
+    assert stopped.returncode == 0 and "state stopped" in stopped.stdout
+    assert "uptime -," in stopped.stdout, stopped.stdout
+
+
+def test_uptime_is_shown_only_for_a_live_server() -> None:
+    stopped = ServerStatus(state=ServerState.STOPPED, desired="stopped", port=4096)
+    assert describe_uptime(stopped) == "-"
+    running = ServerStatus(
+        state=ServerState.RUNNING, desired="running", port=4096, pid=7, uptime_seconds=12.4
+    )
+    assert describe_uptime(running) == "12s"
