@@ -20,7 +20,12 @@ from nexus_ops import __version__
 from nexus_ops.alerts import describe_rule_status, export_rules, load_config
 from nexus_ops.alerts.prometheus import SCRAPE_JOB
 from nexus_ops.client import AgentClient
-from nexus_ops.config import Settings, load_settings, settings_table
+from nexus_ops.config import (
+    Settings,
+    SettingsReport,
+    inspect_settings,
+    load_settings,
+)
 from nexus_ops.daemon import answers, running_agent, start_daemon, stop_daemon
 from nexus_ops.errors import AgentUnavailable, ConfigError, NexusOpsError
 from nexus_ops.models import ActionResult, Event, ServerState, ServerStatus
@@ -100,7 +105,11 @@ def print_json(value: Any) -> None:
 def config_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = groups.add_parser("config", help="show or check the settings")
     sub = config.add_subparsers(title="actions", metavar="ACTION", required=True)
-    show = sub.add_parser("show", help="every setting with its value (secrets masked)")
+    show = sub.add_parser(
+        "show",
+        help="every setting, its value and where it came from (secrets masked); "
+        "bad ones marked BAD, exit 2",
+    )
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=config_show)
     check = sub.add_parser("check", help="validate the settings; exit 2 when invalid")
@@ -108,20 +117,42 @@ def config_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def config_show(args: argparse.Namespace) -> int:
-    current = settings()
-    rows = settings_table(current)
+    """Every setting with where it came from; bad ones shown as given, marked, exit 2."""
+    report = inspect_settings()
+    rows = report.rows()
     if args.json:
-        print_json({"profile": current.env, "settings": {var: val for var, val, _ in rows}})
-        return 0
-    print(f"profile: {current.env}")
-    width = max(len(var) for var, _, _ in rows)
-    for var, value, description in rows:
-        print(f"{var:<{width}}  {value or '-':<32}  {description}")
-    return 0
+        print_json(
+            {
+                "profile": report.settings.env,
+                "settings": {var: value for var, value, _, _ in rows},
+                "origins": {var: origin for var, _, origin, _ in rows},
+                "problems": report.problems,
+            }
+        )
+        return 2 if report.problems else 0
+    print(f"profile: {report.settings.env}")
+    width = max(len(var) for var, _, _, _ in rows)
+    for var, value, origin, description in rows:
+        mark = "BAD " if var in report.problems else "    "
+        print(f"{mark}{var:<{width}}  {value or '-':<32}  {description}  [{origin}]")
+    print_problems(report)
+    return 2 if report.problems else 0
+
+
+def print_problems(report: SettingsReport) -> None:
+    if report.problems:
+        print("\ninvalid settings:", file=sys.stderr)
+        for problem in report.problems.values():
+            print(f"  - {problem}", file=sys.stderr)
 
 
 def config_check(args: argparse.Namespace) -> int:
-    current = settings()
+    report = inspect_settings()
+    if report.problems:
+        print_problems(report)
+        print("fix them where they are given (shown above) and try again", file=sys.stderr)
+        return 2
+    current = report.settings
     print(f"settings are valid (profile {current.env}, NEXUS_HOME {current.home})")
     return 0
 
