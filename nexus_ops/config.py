@@ -39,6 +39,8 @@ PROFILES: tuple[str, ...] = ("development", "staging", "production")
 ENV_PREFIX = "NEXUS_"
 DEFAULT_OPENCODE_VERSION = "1.18.33"
 
+PATH_FIELDS = ("home", "opencode_bin", "opencode_workdir", "runbooks_dir", "alerts_file")
+
 # The defaults that differ by profile; every other default is the same for all.
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     "development": {"log_level": "DEBUG", "memory_limit_mb": 0},
@@ -268,12 +270,12 @@ class Settings(BaseSettings):
             return value.strip()
         raise ValueError("is not a cron expression (e.g. '0 2 * * *' for daily at 02:00, or off)")
 
-    @field_validator(
-        "home", "opencode_bin", "opencode_workdir", "runbooks_dir", "alerts_file", mode="after"
-    )
+    @field_validator(*PATH_FIELDS, mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
+        # Absolute: a process started elsewhere (the agent runs in NEXUS_HOME) must
+        # find the same folder; a relative path is relative to the working directory.
+        return value.expanduser().absolute() if value is not None else None
 
     def __repr_args__(self) -> Any:
         # A repr lands in notebooks and logs: secret values and URL credentials masked.
@@ -417,7 +419,7 @@ def inspect_settings(
     problems = {var: _unknown_variable(var) for var in sorted(values) if var not in names}
     profile = values.get("NEXUS_ENV", "development")
     kwargs: dict[str, Any] = dict(PROFILE_DEFAULTS.get(profile, {}))
-    kwargs.update({names[var]: raw for var, raw in values.items() if var in names})
+    kwargs.update({names[var]: _anchored(names[var], *given[var]) for var in given if var in names})
     settings, invalid = _validate(kwargs, values)
     problems.update(invalid)
     marked = {
@@ -425,6 +427,14 @@ def inspect_settings(
         for var, problem in problems.items()
     }
     return SettingsReport(settings, given, marked)
+
+
+def _anchored(field: str, value: str, source: str) -> str:
+    """A relative path given in a .env file, made relative to that file's folder."""
+    if field not in PATH_FIELDS or source == ENVIRONMENT or not value:
+        return value
+    path = Path(value).expanduser()
+    return value if path.is_absolute() else str(Path(source).parent / path)
 
 
 def _validate(kwargs: dict[str, Any], values: Mapping[str, str]) -> tuple[Settings, dict[str, str]]:
@@ -532,6 +542,30 @@ def _describe(error: Mapping[str, Any], values: Mapping[str, str]) -> str:
     return f"{var}={shown!r}: {detail}"
 
 
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``NEXUS_*`` variables that give a child process exactly these settings.
+
+    Every setting that has a value is given, so that the child sees what this
+    process read from its environment and .env files, whatever folder it runs in.
+    """
+    values = settings.model_dump(exclude_none=True)
+    return {field_env_name(name): _env_text(value) for name, value in values.items()}
+
+
+def child_environment(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment for a process of nexus-ops started from here: these settings
+    in place of every ``NEXUS_*`` variable of ``environ`` (default: ``os.environ``)."""
+    environ = os.environ if environ is None else environ
+    kept = {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}
+    return {**kept, **settings_environment(settings)}
+
+
+def _env_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def settings_table(settings: Settings) -> list[tuple[str, str, str]]:
     """(variable, value, description) for every setting; secret values masked."""
     rows = []
@@ -547,10 +581,12 @@ __all__ = [
     "PROFILE_DEFAULTS",
     "Settings",
     "SettingsReport",
+    "child_environment",
     "field_env_name",
     "gather_environment",
     "gather_sources",
     "inspect_settings",
     "load_settings",
+    "settings_environment",
     "settings_table",
 ]

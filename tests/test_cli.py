@@ -6,9 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import RunningAgent, nexus_cli, wait_for
+from conftest import (
+    RunningAgent,
+    free_port,
+    kill_everything_of,
+    nexus_cli,
+    private_env,
+    wait_for,
+)
 
 from nexus_ops.cli import describe_uptime
+from nexus_ops.client import AgentClient
 from nexus_ops.config import load_settings
 from nexus_ops.daemon import answers, running_agent
 from nexus_ops.models import ServerState, ServerStatus
@@ -85,3 +93,41 @@ def test_uptime_is_shown_only_for_a_live_server() -> None:
         state=ServerState.RUNNING, desired="running", port=4096, pid=7, uptime_seconds=12.4
     )
     assert describe_uptime(running) == "12s"
+
+
+def test_agent_start_gives_the_agent_the_settings_of_the_working_dir(
+    tmp_path: Path, opencode_bin: Path
+) -> None:
+    work = tmp_path / "project"
+    work.mkdir()
+    env = {k: v for k, v in private_env(tmp_path / "root").items() if not k.startswith("NEXUS_")}
+    agent_port, server_port = free_port(), free_port()
+    (work / ".env").write_text(
+        f"NEXUS_ENV=staging\nNEXUS_HOME=nexus-data\nNEXUS_AGENT_PORT={agent_port}\n"
+        f"NEXUS_OPENCODE_BIN={opencode_bin}\n"
+    )
+    (work / ".env.staging").write_text(
+        f"NEXUS_OPENCODE_PORT={server_port}\nNEXUS_PROBE_FAILURES=7\n"
+    )
+    home = work / "nexus-data"
+    cleanup = {
+        "NEXUS_HOME": str(home),
+        "NEXUS_OPENCODE_PORT": str(server_port),
+        "NEXUS_AGENT_PORT": str(agent_port),
+    }
+    try:
+        started = nexus_cli(env, "agent", "start", cwd=work, timeout=60)
+        assert started.returncode == 0, started.stderr
+        assert f"127.0.0.1:{agent_port}" in started.stdout
+        assert Layout(home).agent_pidfile.exists()
+        settings = load_settings({}, directory=work)
+        with AgentClient.from_settings(settings) as client:
+            shown = {row["variable"]: row["value"] for row in client.config()["settings"]}
+        assert shown["NEXUS_HOME"] == str(home)
+        assert shown["NEXUS_ENV"] == "staging" and shown["NEXUS_PROBE_FAILURES"] == "7"
+        assert shown["NEXUS_OPENCODE_PORT"] == str(server_port)
+        status = nexus_cli(env, "agent", "status", cwd=work)
+        assert status.returncode == 0 and "agent running" in status.stdout
+        assert nexus_cli(env, "agent", "stop", cwd=work).returncode == 0
+    finally:
+        kill_everything_of(cleanup)

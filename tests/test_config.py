@@ -11,6 +11,7 @@ from conftest import nexus_cli, private_env
 from nexus_ops.config import (
     PROFILE_DEFAULTS,
     Settings,
+    child_environment,
     load_settings,
     settings_table,
     suggest_settings,
@@ -154,3 +155,17 @@ def test_config_show_and_check_work_with_bad_settings(tmp_path: Path) -> None:
     as_json = json.loads(nexus_cli(env, "config", "show", "--json", cwd=tmp_path).stdout)
     assert as_json["origins"]["NEXUS_BACKOFF_MAX"] == "the environment"
     assert set(as_json["problems"]) == set(row)
+
+
+def test_a_child_gets_exactly_the_settings_read_here(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "NEXUS_ENV=production\nNEXUS_HOME=data\nNEXUS_PROBE_FAILURES=7\nNEXUS_ALLOW_REMOTE=1\n"
+    )
+    here = load_settings({"NEXUS_BACKOFF_INITIAL": "0.5"}, directory=tmp_path)
+    env = child_environment(here, {"PATH": "/bin", "NEXUS_PROBE_FAILURES": "2"})
+    assert env["PATH"] == "/bin" and env["NEXUS_PROBE_FAILURES"] == "7"
+    assert here.home == tmp_path / "data"  # relative to the .env file's folder
+    assert Path(env["NEXUS_HOME"]) == here.home
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert load_settings(env, directory=elsewhere) == here
