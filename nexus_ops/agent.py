@@ -103,6 +103,7 @@ class AgentContext:
 
 class LogTail(Frozen):
     lines: list[str]
+    offset: int = Field(description="Byte offset past the last line read; pass it as `after`.")
 
 
 class SettingRow(Frozen):
@@ -368,10 +369,17 @@ def api_router() -> APIRouter:
         ctx: Ctx,
         lines: Annotated[int, Query(ge=1, le=10_000)] = 200,
         contains: Annotated[str | None, Query(max_length=200)] = None,
+        after: Annotated[
+            int | None, Query(ge=0, description="Offset of an earlier answer: lines past it.")
+        ] = None,
     ) -> LogTail:
-        """The tail of the server's log, optionally only lines containing a text."""
-        tail = await asyncio.to_thread(logs.tail, ctx.layout.server_log, lines, contains)
-        return LogTail(lines=[_redact_line(ctx, line) for line in tail])
+        """The tail of the server's log (or the first lines past ``after``), and its offset."""
+        log = ctx.layout.server_log
+        if after is None:
+            chunk = await asyncio.to_thread(logs.tail_chunk, log, lines, contains)
+        else:
+            chunk = await asyncio.to_thread(logs.read_after, log, after, lines, contains)
+        return LogTail(lines=[_redact_line(ctx, line) for line in chunk.lines], offset=chunk.offset)
 
     @router.get(f"{API}/metrics/query", tags=["metrics"], responses=responses(400))
     def query_metrics(

@@ -20,10 +20,15 @@ from nexus_ops import __version__
 from nexus_ops.alerts import describe_rule_status, export_rules, load_config
 from nexus_ops.alerts.prometheus import SCRAPE_JOB
 from nexus_ops.client import AgentClient
-from nexus_ops.config import Settings, load_settings, settings_table
-from nexus_ops.daemon import running_agent, start_daemon, stop_daemon
-from nexus_ops.errors import ConfigError, NexusOpsError
-from nexus_ops.models import ActionResult, Event, ServerStatus
+from nexus_ops.config import (
+    Settings,
+    SettingsReport,
+    inspect_settings,
+    load_settings,
+)
+from nexus_ops.daemon import answers, running_agent, start_daemon, stop_daemon
+from nexus_ops.errors import AgentUnavailable, ConfigError, NexusOpsError
+from nexus_ops.models import ActionResult, Event, ServerState, ServerStatus
 from nexus_ops.opencode import (
     attach_environment,
     binary_version,
@@ -71,11 +76,22 @@ def settings() -> Settings:
     return load_settings()
 
 
-def connect(autostart: bool = True) -> AgentClient:
-    """A client of this host's agent, starting the agent first when none answers."""
+def connect(autostart: bool = False) -> AgentClient:
+    """A client of this host's agent; with ``autostart`` the agent is started if none answers.
+
+    Only commands that act (``server start``, ``server restart``) start an agent: a
+    command that only reads says that none runs and how to start one.
+    """
     current = settings()
     if autostart:
-        start_daemon(current)
+        info = start_daemon(current)
+        if info.started:
+            print(f"agent started: pid {info.pid}, {info.url}", file=sys.stderr)
+    elif not answers(current):
+        raise AgentUnavailable(
+            f"no agent answers at {current.agent_base_url} (NEXUS_HOME {current.home})",
+            hint="start one with `nexus-ops agent start` (or check NEXUS_AGENT_URL)",
+        )
     return AgentClient.from_settings(current, timeout=120.0)
 
 
@@ -89,7 +105,11 @@ def print_json(value: Any) -> None:
 def config_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = groups.add_parser("config", help="show or check the settings")
     sub = config.add_subparsers(title="actions", metavar="ACTION", required=True)
-    show = sub.add_parser("show", help="every setting with its value (secrets masked)")
+    show = sub.add_parser(
+        "show",
+        help="every setting, its value and where it came from (secrets masked); "
+        "bad ones marked BAD, exit 2",
+    )
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=config_show)
     check = sub.add_parser("check", help="validate the settings; exit 2 when invalid")
@@ -97,20 +117,42 @@ def config_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def config_show(args: argparse.Namespace) -> int:
-    current = settings()
-    rows = settings_table(current)
+    """Every setting with where it came from; bad ones shown as given, marked, exit 2."""
+    report = inspect_settings()
+    rows = report.rows()
     if args.json:
-        print_json({"profile": current.env, "settings": {var: val for var, val, _ in rows}})
-        return 0
-    print(f"profile: {current.env}")
-    width = max(len(var) for var, _, _ in rows)
-    for var, value, description in rows:
-        print(f"{var:<{width}}  {value or '-':<32}  {description}")
-    return 0
+        print_json(
+            {
+                "profile": report.settings.env,
+                "settings": {var: value for var, value, _, _ in rows},
+                "origins": {var: origin for var, _, origin, _ in rows},
+                "problems": report.problems,
+            }
+        )
+        return 2 if report.problems else 0
+    print(f"profile: {report.settings.env}")
+    width = max(len(var) for var, _, _, _ in rows)
+    for var, value, origin, description in rows:
+        mark = "BAD " if var in report.problems else "    "
+        print(f"{mark}{var:<{width}}  {value or '-':<32}  {description}  [{origin}]")
+    print_problems(report)
+    return 2 if report.problems else 0
+
+
+def print_problems(report: SettingsReport) -> None:
+    if report.problems:
+        print("\ninvalid settings:", file=sys.stderr)
+        for problem in report.problems.values():
+            print(f"  - {problem}", file=sys.stderr)
 
 
 def config_check(args: argparse.Namespace) -> int:
-    current = settings()
+    report = inspect_settings()
+    if report.problems:
+        print_problems(report)
+        print("fix them where they are given (shown above) and try again", file=sys.stderr)
+        return 2
+    current = report.settings
     print(f"settings are valid (profile {current.env}, NEXUS_HOME {current.home})")
     return 0
 
@@ -232,8 +274,8 @@ def agent_status(args: argparse.Namespace) -> int:
 def server_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = groups.add_parser("server", help="control the OpenCode server through the agent")
     sub = server.add_subparsers(title="actions", metavar="ACTION", required=True)
-    for verb in ("start", "stop", "restart"):
-        action = sub.add_parser(verb, help=f"{verb} the server")
+    for verb, help_text in SERVER_ACTIONS.items():
+        action = sub.add_parser(verb, help=help_text)
         action.set_defaults(handler=server_action, verb=verb)
     status = sub.add_parser("status", help="state, pid, version, port, uptime, restarts")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -245,8 +287,16 @@ def server_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser])
     logs.set_defaults(handler=server_logs)
 
 
+SERVER_ACTIONS = {
+    "start": "start the server (and the agent first, if none runs)",
+    "stop": "stop the server",
+    "restart": "restart the server (and start the agent first, if none runs)",
+}
+
+
 def server_action(args: argparse.Namespace) -> int:
-    with connect() as client:
+    # Stopping needs no new agent: one started now would first bring back the server.
+    with connect(autostart=args.verb != "stop") as client:
         result: ActionResult = getattr(client, args.verb)()
     print(f"{result.message}; {describe_status(result.status)}")
     return 0 if result.ok else 1
@@ -270,7 +320,7 @@ def describe_status(status: ServerStatus) -> str:
         parts.append(f"version {status.version}")
     parts += [
         f"port {status.port}",
-        f"uptime {status.uptime_seconds:.0f}s",
+        f"uptime {describe_uptime(status)}",
         f"restarts {status.restarts}",
     ]
     if status.last_exit:
@@ -280,29 +330,31 @@ def describe_status(status: ServerStatus) -> str:
     return ", ".join(parts)
 
 
+def describe_uptime(status: ServerStatus) -> str:
+    """Seconds the server has been up; ``-`` when no server process runs."""
+    if status.pid is None or status.state in (ServerState.STOPPED, ServerState.FATAL):
+        return "-"
+    return f"{status.uptime_seconds:.0f}s"
+
+
 def server_logs(args: argparse.Namespace) -> int:
     with connect() as client:
-        seen = client.logs(args.lines, args.grep)
-        for line in seen:
-            print(line)
+        lines, offset = client.log_chunk(args.lines, args.grep)
+        print_lines(lines)
         while args.follow:
             time.sleep(1.0)
-            fresh = client.logs(1000, args.grep)
-            for line in new_lines(seen, fresh):
-                print(line, flush=True)
-            seen = fresh
+            lines, offset = client.log_chunk(FOLLOW_BATCH, args.grep, after=offset)
+            print_lines(lines)
     return 0
 
 
-def new_lines(before: list[str], after: list[str]) -> list[str]:
-    """Lines of ``after`` past the overlap with the end of ``before``."""
-    if not before:
-        return after
-    for start in range(len(after)):
-        overlap = after[: len(after) - start]
-        if before[-len(overlap) :] == overlap:
-            return after[len(overlap) :]
-    return after
+FOLLOW_BATCH = 1000  # lines asked for per poll while following; the rest come next poll
+
+
+def print_lines(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
+    sys.stdout.flush()
 
 
 # ---- events ---------------------------------------------------------------------------

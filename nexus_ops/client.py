@@ -147,10 +147,20 @@ class AgentClient:
         return [Event.model_validate(e) for e in self.json("GET", f"{API}/events", params=params)]
 
     def logs(self, lines: int = 200, contains: str | None = None) -> list[str]:
+        return self.log_chunk(lines, contains)[0]
+
+    def log_chunk(
+        self, lines: int = 200, contains: str | None = None, after: int | None = None
+    ) -> tuple[list[str], int]:
+        """The log's last ``lines`` lines, or the first ones past offset ``after``; and the
+        offset to pass as ``after`` next time (to follow the log without repeating a line)."""
         params: dict[str, Any] = {"lines": lines}
         if contains:
             params["contains"] = contains
-        return list(self.json("GET", f"{API}/logs", params=params)["lines"])
+        if after is not None:
+            params["after"] = after
+        body = self.json("GET", f"{API}/logs", params=params)
+        return list(body["lines"]), int(body["offset"])
 
     def config(self) -> dict[str, Any]:
         return dict(self.json("GET", f"{API}/config"))

@@ -7,8 +7,9 @@ profile: ``development``, ``staging`` or ``production``; each profile has its ow
 documented defaults (:data:`PROFILE_DEFAULTS`).
 
 An invalid value never falls back to a default: :func:`load_settings` raises one
-:class:`~nexus_ops.errors.ConfigError` that lists every bad variable, its value
-and the form it expects.
+:class:`~nexus_ops.errors.ConfigError` that lists every bad variable, its value,
+the form it expects and where it was given; :func:`inspect_settings` reports the
+same without raising (for ``nexus-ops config show``).
 
 >>> settings = load_settings({"NEXUS_ENV": "staging", "NEXUS_HOME": "/tmp/nx"})
 >>> settings.env, settings.opencode_port
@@ -21,6 +22,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -30,12 +32,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings.sources import DotEnvSettingsSource
 
 from nexus_ops.errors import ConfigError
-from nexus_ops.redact import mask_setting
+from nexus_ops.redact import MASK, is_secret_name, mask_setting
 
 Profile = Literal["development", "staging", "production"]
 PROFILES: tuple[str, ...] = ("development", "staging", "production")
 ENV_PREFIX = "NEXUS_"
 DEFAULT_OPENCODE_VERSION = "1.18.33"
+
+PATH_FIELDS = ("home", "opencode_bin", "opencode_workdir", "runbooks_dir", "alerts_file")
 
 # The defaults that differ by profile; every other default is the same for all.
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -272,12 +276,12 @@ class Settings(BaseSettings):
             return value.strip()
         raise ValueError("is not a cron expression (e.g. '0 2 * * *' for daily at 02:00, or off)")
 
-    @field_validator(
-        "home", "opencode_bin", "opencode_workdir", "runbooks_dir", "alerts_file", mode="after"
-    )
+    @field_validator(*PATH_FIELDS, mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
+        # Absolute: a process started elsewhere (the agent runs in NEXUS_HOME) must
+        # find the same folder; a relative path is relative to the working directory.
+        return value.expanduser().absolute() if value is not None else None
 
     def __repr_args__(self) -> Any:
         # A repr lands in notebooks and logs: secret values and URL credentials masked.
@@ -324,6 +328,18 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _mask_unknown(variable: str, value: str) -> str:
+    """A misspelt variable's value, masked when it or what it may mean is a secret."""
+    for name in [variable, *suggest_settings(variable)]:
+        if is_secret_name(_field_name(name)):
+            return MASK if value else value
+    return mask_setting(_field_name(variable), value)
+
+
+def _field_name(variable: str) -> str:
+    return variable.removeprefix(ENV_PREFIX).lower()
+
+
 def field_env_name(field: str) -> str:
     """The environment variable of a setting: ``probe_timeout`` -> ``NEXUS_PROBE_TIMEOUT``."""
     return ENV_PREFIX + field.upper()
@@ -361,52 +377,189 @@ def _check_readable_text(path: Path) -> None:
         ) from exc
 
 
+ENVIRONMENT = "the environment"
+
+
+def gather_sources(
+    environ: Mapping[str, str] | None = None, directory: Path | None = None
+) -> dict[str, tuple[str, str]]:
+    """Every ``NEXUS_*`` value in force, with where it came from (a .env file's path or
+    :data:`ENVIRONMENT`): .env, then .env.<profile>, then the environment."""
+    environ = dict(os.environ if environ is None else environ)
+    directory = Path.cwd() if directory is None else directory
+    base_file = directory / ".env"
+    base = _upper_keys(read_dotenv(base_file))
+    profile = environ.get("NEXUS_ENV") or base.get("NEXUS_ENV") or "development"
+    profile_file = directory / f".env.{profile}"
+    merged = {k: (v, str(base_file)) for k, v in base.items()}
+    merged.update(
+        {k: (v, str(profile_file)) for k, v in _upper_keys(read_dotenv(profile_file)).items()}
+    )
+    merged.update({k: (v, ENVIRONMENT) for k, v in environ.items() if k.startswith(ENV_PREFIX)})
+    return {k: given for k, given in merged.items() if k.startswith(ENV_PREFIX)}
+
+
 def gather_environment(
     environ: Mapping[str, str] | None = None, directory: Path | None = None
 ) -> dict[str, str]:
     """Every ``NEXUS_*`` value in force: .env, then .env.<profile>, then the environment."""
-    environ = dict(os.environ if environ is None else environ)
-    directory = Path.cwd() if directory is None else directory
-    base = _upper_keys(read_dotenv(directory / ".env"))
-    profile = environ.get("NEXUS_ENV") or base.get("NEXUS_ENV") or "development"
-    merged = {**base, **_upper_keys(read_dotenv(directory / f".env.{profile}"))}
-    merged.update({k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)})
-    return {k: v for k, v in merged.items() if k.startswith(ENV_PREFIX)}
+    return {k: value for k, (value, _) in gather_sources(environ, directory).items()}
 
 
 def _upper_keys(values: Mapping[str, str]) -> dict[str, str]:
     return {k.upper(): v for k, v in values.items()}
 
 
+@dataclass(frozen=True)
+class SettingsReport:
+    """The settings in force, where each given value came from, and what is wrong.
+
+    ``settings`` holds every valid value; a bad one is replaced by its default there,
+    only so that the rest can be shown: :func:`load_settings` never hands it out.
+    """
+
+    settings: Settings
+    given: dict[str, tuple[str, str]]
+    problems: dict[str, str]
+
+    def origin(self, variable: str) -> str:
+        """Where the value of a variable came from: a .env file, the environment, or default."""
+        return self.given[variable][1] if variable in self.given else "default"
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(variable, value, origin, description) of every setting and every unknown
+        variable given; a bad value as it was given; secret values masked."""
+        rows = []
+        for var, value, description in settings_table(self.settings):
+            if var in self.problems and var in self.given:
+                value = mask_setting(_field_name(var), self.given[var][0])
+            rows.append((var, value, self.origin(var), description))
+        known = {row[0] for row in rows}
+        for var, (value, origin) in sorted(self.given.items()):
+            if var not in known:
+                rows.append((var, _mask_unknown(var, value), origin, "(unknown)"))
+        return rows
+
+
+def inspect_settings(
+    environ: Mapping[str, str] | None = None, directory: Path | None = None
+) -> SettingsReport:
+    """Read every setting; list each bad one (with where it was given) instead of raising."""
+    given = gather_sources(environ, directory)
+    values = {var: value for var, (value, _) in given.items()}
+    names = {field_env_name(f): f for f in Settings.model_fields}
+    problems = {var: _unknown_variable(var) for var in sorted(values) if var not in names}
+    profile = values.get("NEXUS_ENV", "development")
+    kwargs: dict[str, Any] = dict(PROFILE_DEFAULTS.get(profile, {}))
+    kwargs.update({names[var]: _anchored(names[var], *given[var]) for var in given if var in names})
+    settings, invalid = _validate(kwargs, values)
+    problems.update(invalid)
+    marked = {
+        var: f"{problem} (from {given[var][1]})" if var in given else problem
+        for var, problem in problems.items()
+    }
+    return SettingsReport(settings, given, marked)
+
+
+def _anchored(field: str, value: str, source: str) -> str:
+    """A relative path given in a .env file, made relative to that file's folder."""
+    if field not in PATH_FIELDS or source == ENVIRONMENT or not value:
+        return value
+    path = Path(value).expanduser()
+    return value if path.is_absolute() else str(Path(source).parent / path)
+
+
+def _validate(kwargs: dict[str, Any], values: Mapping[str, str]) -> tuple[Settings, dict[str, str]]:
+    """Settings from the valid values (bad ones dropped), and what was wrong with each bad one."""
+    problems: dict[str, str] = {}
+    kwargs = dict(kwargs)
+    while True:
+        try:
+            return Settings(**kwargs), problems
+        except ValidationError as exc:
+            fields = {str(e["loc"][0]) if e["loc"] else "" for e in exc.errors()}
+            for error in exc.errors():
+                var = field_env_name(str(error["loc"][0]) if error["loc"] else "?")
+                problems.setdefault(var, _describe(error, values))
+            if not fields & set(kwargs):  # nothing left to drop: a default itself is bad
+                raise ConfigError(
+                    str(exc), hint="report this: a default setting is invalid"
+                ) from exc
+            for field in fields:
+                kwargs.pop(field, None)
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, directory: Path | None = None
 ) -> Settings:
     """Read and validate every setting; raise one ConfigError naming every bad one."""
-    values = gather_environment(environ, directory)
-    fields = Settings.model_fields
-    names = {field_env_name(f): f for f in fields}
-    problems = [_unknown_variable(var, names) for var in sorted(values) if var not in names]
-    profile = values.get("NEXUS_ENV", "development")
-    kwargs: dict[str, Any] = dict(PROFILE_DEFAULTS.get(profile, {}))
-    kwargs.update({names[var]: raw for var, raw in values.items() if var in names})
-    try:
-        settings = Settings(**kwargs)
-    except ValidationError as exc:
-        problems += [_describe(error, values) for error in exc.errors()]
-        settings = None
-    if problems or settings is None:
+    report = inspect_settings(environ, directory)
+    if report.problems:
         raise ConfigError(
-            "invalid settings:\n" + "\n".join(f"  - {p}" for p in problems),
-            hint="fix these variables (in the environment or a .env file) and try again; "
-            "`nexus-ops config show` lists every setting with its current value",
+            "invalid settings:\n" + "\n".join(f"  - {p}" for p in report.problems.values()),
+            hint="fix these variables where they are given and try again; "
+            "`nexus-ops config show` lists every setting, the bad ones marked",
         )
-    return settings
+    return report.settings
 
 
-def _unknown_variable(var: str, names: Mapping[str, str]) -> str:
-    close = difflib.get_close_matches(var, list(names), n=1)
-    suggestion = f"; did you mean {close[0]}?" if close else ""
+def _unknown_variable(var: str) -> str:
+    close = suggest_settings(var)
+    suggestion = f"; did you mean {' or '.join(close)}?" if close else ""
     return f"{var} is not a nexus-ops setting{suggestion}"
+
+
+def suggest_settings(var: str, most: int = 3) -> list[str]:
+    """The settings an unknown variable most likely meant, best first.
+
+    Words count before letters: ``NEXUS_SAMPLE_INTERVAL`` means
+    ``NEXUS_METRICS_INTERVAL`` (an interval, of samples), not ``NEXUS_ALERT_INTERVAL``
+    (a few letters closer). A word matches a word of the setting's name, or, worth
+    less, a word of its description; a word of the name left unmatched costs a little.
+    """
+    words = _words(var.removeprefix(ENV_PREFIX))
+    scores = {
+        field_env_name(name): _score(words, name, info.description or "")
+        for name, info in Settings.model_fields.items()
+    }
+    best = max(scores.values())
+    if best <= 0.4:  # too few words in common: fall back to letters (NEXUS_LOGLEVEL)
+        bare = {v.removeprefix(ENV_PREFIX): v for v in scores}
+        close = difflib.get_close_matches(var.removeprefix(ENV_PREFIX), list(bare), 1, 0.8)
+        return [bare[c] for c in close]
+    close = [v for v, score in scores.items() if score >= best - 0.05]
+    return sorted(close, key=lambda v: (-scores[v], _letters_apart(var, v)))[:most]
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
+
+
+def _score(words: list[str], field: str, description: str) -> float:
+    name = field.split("_")
+    described = _words(description)
+    matched = 0.0
+    for word in words:
+        if any(_same_word(word, other) for other in name):
+            matched += 1.0
+        elif any(_same_word(word, other) for other in described):
+            matched += 0.5
+    unmatched = sum(1 for other in name if not any(_same_word(other, w) for w in words))
+    return matched / (len(words) + 0.5 * unmatched)
+
+
+def _same_word(a: str, b: str) -> bool:
+    """Equal but for a typo or an ending (interval/intervall, sample/samples)."""
+    if a == b:
+        return True
+    short, long = sorted((a, b), key=len)
+    if len(short) >= 3 and len(long) - len(short) <= 3 and long.startswith(short):
+        return True
+    return len(a) >= 4 and difflib.SequenceMatcher(None, a, b).ratio() >= 0.8
+
+
+def _letters_apart(a: str, b: str) -> float:
+    return 1.0 - difflib.SequenceMatcher(None, a, b).ratio()
 
 
 def _describe(error: Mapping[str, Any], values: Mapping[str, str]) -> str:
@@ -419,6 +572,30 @@ def _describe(error: Mapping[str, Any], values: Mapping[str, str]) -> str:
     message = str(error["msg"])
     detail = f"{message}; expected {expected}" if expected else message
     return f"{var}={shown!r}: {detail}"
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``NEXUS_*`` variables that give a child process exactly these settings.
+
+    Every setting that has a value is given, so that the child sees what this
+    process read from its environment and .env files, whatever folder it runs in.
+    """
+    values = settings.model_dump(exclude_none=True)
+    return {field_env_name(name): _env_text(value) for name, value in values.items()}
+
+
+def child_environment(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment for a process of nexus-ops started from here: these settings
+    in place of every ``NEXUS_*`` variable of ``environ`` (default: ``os.environ``)."""
+    environ = os.environ if environ is None else environ
+    kept = {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}
+    return {**kept, **settings_environment(settings)}
+
+
+def _env_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def settings_table(settings: Settings) -> list[tuple[str, str, str]]:
@@ -435,8 +612,13 @@ __all__ = [
     "PROFILES",
     "PROFILE_DEFAULTS",
     "Settings",
+    "SettingsReport",
+    "child_environment",
     "field_env_name",
     "gather_environment",
+    "gather_sources",
+    "inspect_settings",
     "load_settings",
+    "settings_environment",
     "settings_table",
 ]

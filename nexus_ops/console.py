@@ -27,7 +27,6 @@ kernels; the agent and the server keep running.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -44,7 +43,7 @@ import httpx
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 
 from nexus_ops.agent import check_bind
-from nexus_ops.config import Settings, gather_environment
+from nexus_ops.config import Settings, child_environment
 from nexus_ops.daemon import answers
 from nexus_ops.errors import AgentUnavailable, NexusOpsError, PortInUse
 from nexus_ops.logs import rotate_if_needed, tail
@@ -264,7 +263,7 @@ def launch_console(settings: Settings, options: ConsoleOptions, plan: Plan) -> C
     log = Layout(settings.home).logs / "console.log"
     rotate_if_needed(log, settings.log_max_bytes, settings.log_backups)
     # The kernels run in root/: hand them the settings in force here (.env files included).
-    env = {**os.environ, **gather_environment(), "NEXUS_HOME": str(settings.home)}
+    env = child_environment(settings)
     spawned = spawn([sys.executable, "-m", "nexus_ops.console_voila"], env, root, log)
     save_record(root / RECORD, spawned.record)
     return ConsoleServer(plan.url, spawned.popen, root, log)
@@ -321,7 +320,7 @@ def start_agent(settings: Settings, timeout: float = 60.0) -> str:
     """
     if answers(settings):
         return f"agent running at {settings.agent_base_url}"
-    env = {**os.environ, **gather_environment(), "NEXUS_HOME": str(settings.home)}
+    env = child_environment(settings)
     try:
         done = subprocess.run(
             [sys.executable, "-m", "nexus_ops", "agent", "start"],

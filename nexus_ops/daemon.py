@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
 
 from nexus_ops.client import AgentClient
-from nexus_ops.config import Settings
+from nexus_ops.config import Settings, child_environment
 from nexus_ops.errors import AgentUnavailable, NexusOpsError
 from nexus_ops.logs import tail
 from nexus_ops.models import ProcessRecord
@@ -45,7 +44,9 @@ def start_daemon(settings: Settings, timeout: float = 30.0) -> DaemonInfo:
         return DaemonInfo(record.pid if record else None, settings.agent_base_url, False)
     layout = Layout(settings.home).ensure()
     argv = [sys.executable, "-m", "nexus_ops", "agent", "run"]
-    spawned = spawn(argv, dict(os.environ), layout.home, layout.agent_log)
+    # The agent runs in NEXUS_HOME, where this process's .env files are out of reach:
+    # it gets the settings read here, so that both agree (NEXUS_HOME above all).
+    spawned = spawn(argv, child_environment(settings), layout.home, layout.agent_log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if spawned.popen.poll() is not None:

@@ -162,12 +162,13 @@ def agent(nexus_env: dict[str, str]) -> Iterator[RunningAgent]:
 
 
 def nexus_cli(
-    env: dict[str, str], *args: str, timeout: float = 120.0
+    env: dict[str, str], *args: str, timeout: float = 120.0, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the `nexus-ops` command as a user would."""
+    """Run the `nexus-ops` command as a user would (in ``cwd``, where .env files are read)."""
     return subprocess.run(
         [sys.executable, "-m", "nexus_ops", *args],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

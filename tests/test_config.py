@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from conftest import nexus_cli, private_env
 
-from nexus_ops.config import PROFILE_DEFAULTS, Settings, load_settings, settings_table
+from nexus_ops.config import (
+    PROFILE_DEFAULTS,
+    Settings,
+    child_environment,
+    load_settings,
+    settings_table,
+    suggest_settings,
+)
 from nexus_ops.errors import ConfigError
 from nexus_ops.redact import MASK, mask_setting, redact
 
@@ -84,3 +92,80 @@ def test_secrets_are_masked() -> None:
     assert redact("Authorization: Bearer abc.def", []) == f"Authorization: Bearer {MASK}"
     rows = {v: val for v, val, _ in settings_table(load_settings({}))}
     assert rows["NEXUS_AGENT_PORT"] == "1420"
+
+
+def test_each_bad_value_names_where_it_was_given(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("NEXUS_ENV=staging\nNEXUS_PROBE_TIMEOUT=abc\n")
+    (tmp_path / ".env.staging").write_text("NEXUS_AGENT_PORT=99999\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"NEXUS_BACKOFF_MAX": "-1"}, directory=tmp_path)
+    problems = [line for line in str(caught.value).splitlines() if line.startswith("  - ")]
+    assert len(problems) == 3
+    by_variable = {line.split("=")[0].strip(" -"): line for line in problems}
+    assert by_variable["NEXUS_PROBE_TIMEOUT"].endswith(f"(from {tmp_path / '.env'})")
+    assert by_variable["NEXUS_AGENT_PORT"].endswith(f"(from {tmp_path / '.env.staging'})")
+    assert by_variable["NEXUS_BACKOFF_MAX"].endswith("(from the environment)")
+
+
+@pytest.mark.parametrize(
+    ("unknown", "meant"),
+    [
+        ("NEXUS_SAMPLE_INTERVAL", ["NEXUS_METRICS_INTERVAL"]),  # a word of the description
+        ("NEXUS_PROBE_INTERVALL", ["NEXUS_PROBE_INTERVAL"]),  # a typo
+        ("NEXUS_ALERTS_INTERVAL", ["NEXUS_ALERT_INTERVAL"]),
+        ("NEXUS_WEBHOOK_URL", ["NEXUS_ALERT_WEBHOOK_URLS"]),
+        ("NEXUS_BACKUP_CRON", ["NEXUS_BACKUP_SCHEDULE"]),
+        ("NEXUS_LOGLEVEL", ["NEXUS_LOG_LEVEL"]),  # words run together: letters decide
+        ("NEXUS_PORT", ["NEXUS_AGENT_PORT", "NEXUS_CONSOLE_PORT", "NEXUS_OPENCODE_PORT"]),
+        ("NEXUS_FOO", []),
+    ],
+)
+def test_an_unknown_variable_gets_the_settings_it_may_mean(unknown: str, meant: list[str]) -> None:
+    assert suggest_settings(unknown) == meant
+
+
+def test_config_show_and_check_work_with_bad_settings(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "NEXUS_PROBE_TIMEOUT=abc\nNEXUS_SAMPLE_INTERVAL=2\nNEXUS_ALERT_WEBHOOK_TOKN=hunter2\n"
+    )
+    env = private_env(tmp_path / "root", {"NEXUS_BACKOFF_MAX": "-1"})
+    refused = nexus_cli(env, "events", cwd=tmp_path)
+    assert refused.returncode == 2 and "`nexus-ops config show`" in refused.stderr
+    shown = nexus_cli(env, "config", "show", cwd=tmp_path)
+    assert shown.returncode == 2 and "Traceback" not in shown.stderr
+    lines = shown.stdout.splitlines()
+    for name in Settings.model_fields:
+        assert any(f" NEXUS_{name.upper()} " in line for line in lines), name
+    row = {line.split()[1]: line for line in lines if line.startswith("BAD ")}
+    assert set(row) == {
+        "NEXUS_PROBE_TIMEOUT",
+        "NEXUS_BACKOFF_MAX",
+        "NEXUS_SAMPLE_INTERVAL",
+        "NEXUS_ALERT_WEBHOOK_TOKN",
+    }
+    assert (
+        " abc " in row["NEXUS_PROBE_TIMEOUT"]
+        and f"[{tmp_path / '.env'}]" in row["NEXUS_PROBE_TIMEOUT"]
+    )
+    assert "[the environment]" in row["NEXUS_BACKOFF_MAX"]
+    assert "hunter2" not in shown.stdout + shown.stderr
+    assert "did you mean NEXUS_METRICS_INTERVAL?" in shown.stderr
+    checked = nexus_cli(env, "config", "check", cwd=tmp_path)
+    assert checked.returncode == 2 and "NEXUS_PROBE_TIMEOUT='abc'" in checked.stderr
+    as_json = json.loads(nexus_cli(env, "config", "show", "--json", cwd=tmp_path).stdout)
+    assert as_json["origins"]["NEXUS_BACKOFF_MAX"] == "the environment"
+    assert set(as_json["problems"]) == set(row)
+
+
+def test_a_child_gets_exactly_the_settings_read_here(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "NEXUS_ENV=production\nNEXUS_HOME=data\nNEXUS_PROBE_FAILURES=7\nNEXUS_ALLOW_REMOTE=1\n"
+    )
+    here = load_settings({"NEXUS_BACKOFF_INITIAL": "0.5"}, directory=tmp_path)
+    env = child_environment(here, {"PATH": "/bin", "NEXUS_PROBE_FAILURES": "2"})
+    assert env["PATH"] == "/bin" and env["NEXUS_PROBE_FAILURES"] == "7"
+    assert here.home == tmp_path / "data"  # relative to the .env file's folder
+    assert Path(env["NEXUS_HOME"]) == here.home
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert load_settings(env, directory=elsewhere) == here
