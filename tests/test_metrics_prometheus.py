@@ -7,11 +7,13 @@ Prometheus scraped is one the agent's store holds for that moment.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -134,14 +136,75 @@ def test_downsampled_and_rollup_queries(stack) -> None:
     assert "opencode_server_status" in backend.metrics()
 
 
+def _grafana(expr: str, interval: str = "5s") -> str:
+    """A dashboard query as Grafana sends it (variables replaced)."""
+    for var, value in (
+        ("$__rate_interval", "1m"),
+        ("$__range", "1h"),
+        ("$__interval", interval),
+        ("$instance", ".*"),
+    ):
+        expr = expr.replace(var, value)
+    return expr
+
+
+def _panel_queries() -> list[tuple[str, str]]:
+    board = json.loads(DASHBOARD.read_text())
+    return [(p["title"], _grafana(t["expr"])) for p in board["panels"] for t in p["targets"]]
+
+
 def test_dashboard_queries_run_on_prometheus(stack) -> None:
     _, prom = stack
-    board = json.loads(DASHBOARD.read_text())
-    for panel in board["panels"]:
-        for target in panel["targets"]:
-            expr = target["expr"].replace("$__rate_interval", "1m").replace("$__range", "1h")
-            instant(prom.url, expr.replace("$instance", ".*"))  # raises on a bad query
+    for _, expr in _panel_queries():
+        instant(prom.url, expr)  # raises on a bad query
     wait_for(lambda: instant(prom.url, 'opencode_server_status{job="nexus-ops"}'), timeout=60)
+
+
+def _annotation_events(prom: PrometheusServer, expr: str, start: float, end: float) -> int:
+    """How many annotations Grafana draws: points > 0, those a step apart merged."""
+    step = 2.0
+    params = {"query": _grafana(expr, "2s"), "start": start, "end": end, "step": step}
+    body = httpx.get(f"{prom.url}/api/v1/query_range", params=params, timeout=10).json()
+    assert body["status"] == "success", body
+    events = 0
+    for series in body["data"]["result"]:
+        last = -math.inf
+        for t, value in series["values"]:
+            if float(value) > 0:
+                events += float(t) > last + step
+                last = float(t)
+    return events
+
+
+def _starts(prom: PrometheusServer) -> float:
+    result = instant(prom.url, 'opencode_server_starts_total{job="nexus-ops"}')
+    return float(result[0]["value"][1]) if result else -1.0  # type: ignore[index]
+
+
+def test_dashboard_marks_each_start_and_shows_zero_while_down(stack) -> None:
+    agent, prom = stack
+    board = json.loads(DASHBOARD.read_text())
+    (annotation,) = board["annotations"]["list"]
+    wait_for(lambda: _starts(prom) >= 1, timeout=60, what="the first start scraped")
+    before, began = _starts(prom), time.time()
+    for _ in range(2):
+        time.sleep(3)  # two starts further apart than the annotation's step
+        assert agent.client.restart(wait=True).ok
+    wait_for(lambda: _starts(prom) >= before + 2, timeout=60, what="both restarts scraped")
+    time.sleep(3)
+    assert _annotation_events(prom, annotation["expr"], began - 2, time.time()) == 2
+    try:
+        assert agent.client.stop().ok
+        wait_for(
+            lambda: instant(prom.url, 'opencode_server_status{job="nexus-ops"} == 0'),
+            timeout=60,
+            what="the server scraped down",
+        )
+        time.sleep(2)  # a scrape or two more: the server's series are stale
+        empty = [title for title, expr in _panel_queries() if not instant(prom.url, expr)]
+        assert not empty, f"panels with no data while the server is down: {empty}"
+    finally:
+        assert agent.client.start(wait=True).ok
 
 
 def test_errors_of_the_prometheus_backend(stack) -> None:
