@@ -20,10 +20,11 @@ import pytest
 from conftest import RunningAgent, kill_everything_of, private_env, start_agent, wait_for
 from prometheus_helpers import PrometheusServer, instant, running_prometheus, scrape_config
 
+from nexus_ops.errors import AgentError
 from nexus_ops.metrics.backends import MetricQuery, MetricsBackend
 from nexus_ops.metrics.frames import QueryError
 from nexus_ops.metrics.prometheus import PrometheusBackend, PrometheusUnavailable
-from nexus_ops.paths import Layout
+from nexus_ops.paths import Layout, read_or_create_secret
 
 pytestmark = [
     pytest.mark.prometheus,
@@ -213,3 +214,52 @@ def test_errors_of_the_prometheus_backend(stack) -> None:
         PrometheusBackend(prom.url).query(MetricQuery('bad"metric', start=time.time() - 60))
     with pytest.raises(PrometheusUnavailable, match="did not answer"):
         PrometheusBackend("http://127.0.0.1:9", timeout=1).metrics()
+
+
+def test_agent_answers_queries_from_prometheus_with_that_backend(
+    tmp_path: Path, opencode_bin: Path
+) -> None:
+    """NEXUS_METRICS_BACKEND=prometheus: the agent's query API reads the Prometheus that
+    scrapes it, and says so, clearly, when that Prometheus is gone."""
+    env = private_env(tmp_path / "agent", {"NEXUS_OPENCODE_BIN": str(opencode_bin)})
+    env.update(NEXUS_METRICS_INTERVAL="1", NEXUS_METRICS_BACKEND="prometheus")
+    layout = Layout(Path(env["NEXUS_HOME"]))
+    layout.ensure()
+    read_or_create_secret(layout.agent_token_file)  # Prometheus scrapes with it from the start
+    target = f"127.0.0.1:{env['NEXUS_AGENT_PORT']}"
+    try:
+        with running_prometheus(
+            tmp_path / "prometheus", scrape_config(target, layout.agent_token_file)
+        ) as prom:
+            env["NEXUS_PROMETHEUS_URL"] = prom.url
+            agent = start_agent(env)
+            assert agent.client.start(wait=True).ok
+            # `up` is Prometheus' own series of the scrape: metrics.db never holds it.
+            wait_for(
+                lambda: not agent.client.query_metrics("up", start="5m").empty,
+                timeout=60,
+                what="the agent answering from Prometheus",
+            )
+            body = agent.client.json("GET", "/api/v1/metrics/query", params={"metric": "up"})
+            assert body["backend"] == "prometheus" and body["resolution"] == "raw"
+            assert set(body["series"][0]["values"]) == {1.0}
+            assert "up" in agent.client.metric_names()
+            # The console's request-duration panel: derived from the histogram.
+            wait_for(
+                lambda: (
+                    not agent.client.query_metrics(
+                        "opencode_request_duration_seconds", labels={"outcome": "ok"}, start="5m"
+                    ).empty
+                ),
+                timeout=90,
+                what="request durations from Prometheus",
+            )
+        with pytest.raises(AgentError) as gone:
+            agent.client.query_metrics("up", start="5m")
+        assert gone.value.status == 502
+        assert "NEXUS_PROMETHEUS_URL" in gone.value.message
+        assert "NEXUS_PROMETHEUS_URL" in (gone.value.hint or "")
+        agent.client.close()
+        agent.stop()
+    finally:
+        kill_everything_of(env)

@@ -41,10 +41,16 @@ from nexus_ops.metrics.frames import (
     tidy_frame,
 )
 
-# Metrics the sample store keeps that Prometheus computes from counters.
+# Metrics the sample store keeps that Prometheus computes from counters: the CPU
+# percents, and the request durations (one sample per request in the store; the
+# mean over a minute from the histogram here).
 DERIVED: dict[str, str] = {
     "opencode_process_cpu_percent": "100 * rate(opencode_process_cpu_seconds_total{sel}[1m])",
     "nexus_agent_cpu_percent": "100 * rate(nexus_agent_cpu_seconds_total{sel}[1m])",
+    "opencode_request_duration_seconds": (
+        "rate(opencode_request_duration_seconds_sum{sel}[1m])"
+        " / rate(opencode_request_duration_seconds_count{sel}[1m])"
+    ),
 }
 _STEPS = {"1m": 60.0, "1h": 3600.0}
 _OVER_TIME = {"mean": "avg", "min": "min", "max": "max", "sum": "sum", "count": "count"}
@@ -86,6 +92,10 @@ class PrometheusBackend:
 
     def metrics(self) -> list[str]:
         return [str(name) for name in self._get("/api/v1/label/__name__/values")]
+
+    def resolution(self, query: MetricQuery) -> str:
+        """``1m``/``1h`` when asked for; else the scraped samples (``raw``)."""
+        return query.resolution if query.resolution in _STEPS else "raw"
 
     def query(self, query: MetricQuery) -> pd.DataFrame:
         end = min(query.end, self._clock())
@@ -175,7 +185,8 @@ class PrometheusBackend:
             response = self._http.get(path, params=params)
         except httpx.HTTPError as exc:
             raise PrometheusUnavailable(
-                f"Prometheus at {self.url} did not answer {path}: {type(exc).__name__}",
+                f"Prometheus at {self.url} (NEXUS_PROMETHEUS_URL) did not answer {path}:"
+                f" {type(exc).__name__}",
                 hint="check NEXUS_PROMETHEUS_URL and that Prometheus is running",
             ) from exc
         try:
