@@ -227,10 +227,13 @@ def test_agent_answers_queries_from_prometheus_with_that_backend(
     layout.ensure()
     read_or_create_secret(layout.agent_token_file)  # Prometheus scrapes with it from the start
     target = f"127.0.0.1:{env['NEXUS_AGENT_PORT']}"
+    config = scrape_config(target, layout.agent_token_file)
+    # Another target in the same Prometheus (down: its `up` is 0): not this agent's.
+    other = {"job_name": "other", "static_configs": [{"targets": ["127.0.0.1:9"]}]}
+    config["scrape_configs"].append(other)  # type: ignore[attr-defined]
+    env["NEXUS_PROMETHEUS_LABELS"] = f"job=nexus-ops,instance={target}"
     try:
-        with running_prometheus(
-            tmp_path / "prometheus", scrape_config(target, layout.agent_token_file)
-        ) as prom:
+        with running_prometheus(tmp_path / "prometheus", config) as prom:
             env["NEXUS_PROMETHEUS_URL"] = prom.url
             agent = start_agent(env)
             assert agent.client.start(wait=True).ok
@@ -240,9 +243,11 @@ def test_agent_answers_queries_from_prometheus_with_that_backend(
                 timeout=60,
                 what="the agent answering from Prometheus",
             )
+            wait_for(lambda: instant(prom.url, 'up{job="other"}'), timeout=60)
             body = agent.client.json("GET", "/api/v1/metrics/query", params={"metric": "up"})
             assert body["backend"] == "prometheus" and body["resolution"] == "raw"
-            assert set(body["series"][0]["values"]) == {1.0}
+            # Only this agent's series (NEXUS_PROMETHEUS_LABELS), not the other target's.
+            assert [s["values"][-1] for s in body["series"]] == [1.0]
             assert "up" in agent.client.metric_names()
             # The console's request-duration panel: derived from the histogram.
             wait_for(

@@ -33,6 +33,7 @@ from nexus_ops.metrics.frames import (
     concat_frames,
     downsample,
     labels_text,
+    parse_labels,
     tidy_frame,
 )
 from nexus_ops.metrics.storefile import open_store
@@ -190,8 +191,12 @@ def _prometheus_from_settings(
             "NEXUS_METRICS_BACKEND=prometheus needs NEXUS_PROMETHEUS_URL",
             hint="set NEXUS_PROMETHEUS_URL to the Prometheus server, e.g. http://127.0.0.1:9090",
         )
+    try:
+        labels = parse_labels(settings.prometheus_labels)
+    except QueryError as exc:
+        raise ConfigError(f"NEXUS_PROMETHEUS_LABELS: {exc.message}", hint=exc.hint) from exc
     return PrometheusBackend(
-        settings.prometheus_url, timeout=settings.prometheus_timeout, clock=clock
+        settings.prometheus_url, timeout=settings.prometheus_timeout, labels=labels, clock=clock
     )
 
 

@@ -12,7 +12,9 @@ HTTP API:
 - for the resolutions ``1m`` and ``1h``, ``<agg>_over_time`` per minute or hour.
 
 Labels Prometheus adds (``job``, ``instance``) are dropped, so that a series
-reads the same from both backends. A few metrics the sample store keeps are
+reads the same from both backends; ``labels`` (``NEXUS_PROMETHEUS_LABELS``)
+are matched by every query, so that an agent reads only its own series from a
+Prometheus that scrapes several. A few metrics the sample store keeps are
 derived here from counters (:data:`DERIVED`).
 
 >>> PrometheusBackend("http://127.0.0.1:9090").selector("m", {"state": "LISTEN"})
@@ -79,8 +81,10 @@ class PrometheusBackend:
         drop_labels: Iterable[str] = ("job", "instance"),
         clock: Callable[[], float] = time.time,
         transport: httpx.BaseTransport | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.labels = dict(labels or {})
         self.drop_labels = frozenset(drop_labels) | {"__name__"}
         self._clock = clock
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
@@ -91,7 +95,8 @@ class PrometheusBackend:
     # -- the Protocol ------------------------------------------------------------
 
     def metrics(self) -> list[str]:
-        return [str(name) for name in self._get("/api/v1/label/__name__/values")]
+        params = {"match[]": self.selector("", self.labels)} if self.labels else None
+        return [str(name) for name in self._get("/api/v1/label/__name__/values", params)]
 
     def resolution(self, query: MetricQuery) -> str:
         """``1m``/``1h`` when asked for; else the scraped samples (``raw``)."""
@@ -100,7 +105,7 @@ class PrometheusBackend:
     def query(self, query: MetricQuery) -> pd.DataFrame:
         end = min(query.end, self._clock())
         start = max(query.start, 0.0)
-        expr = self.expression(query.metric, query.labels)
+        expr = self.expression(query.metric, {**self.labels, **query.labels})
         if query.metric in DERIVED:
             step = max(1.0, (end - start) / query.max_points)
             return self._limit(self._range(expr, start, end, step), query)
