@@ -25,6 +25,7 @@ from nexus_ops.metrics.backends import MetricQuery, MetricsBackend
 from nexus_ops.metrics.frames import QueryError
 from nexus_ops.metrics.prometheus import PrometheusBackend, PrometheusUnavailable
 from nexus_ops.paths import Layout, read_or_create_secret
+from nexus_ops.ui.metrics import wanted_metrics
 
 pytestmark = [
     pytest.mark.prometheus,
@@ -249,6 +250,18 @@ def test_agent_answers_queries_from_prometheus_with_that_backend(
             # Only this agent's series (NEXUS_PROMETHEUS_LABELS), not the other target's.
             assert [s["values"][-1] for s in body["series"]] == [1.0]
             assert "up" in agent.client.metric_names()
+            # Every series of the console's metrics tab, from Prometheus.
+            wait_for(
+                lambda: (
+                    not [
+                        m
+                        for m in wanted_metrics()
+                        if agent.client.query_metrics(m, start="5m").empty
+                    ]
+                ),
+                timeout=90,
+                what="every metric of the console from Prometheus",
+            )
             # The console's request-duration panel: derived from the histogram.
             wait_for(
                 lambda: (
