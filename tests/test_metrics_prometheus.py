@@ -203,6 +203,10 @@ def test_dashboard_marks_each_start_and_shows_zero_while_down(stack) -> None:
             what="the server scraped down",
         )
         time.sleep(2)  # a scrape or two more: the server's series are stale
+        # The agent's target stays up and tells the server's state (what the
+        # Kubernetes readiness on the agent keeps scraping).
+        assert instant(prom.url, 'up{job="nexus-ops"} == 1')
+        assert instant(prom.url, 'opencode_server_state{job="nexus-ops", state="stopped"} == 1')
         empty = [title for title, expr in _panel_queries() if not instant(prom.url, expr)]
         assert not empty, f"panels with no data while the server is down: {empty}"
     finally:
