@@ -279,6 +279,7 @@ _MEANING = {
     404: "What the request names does not exist.",
     409: "The server's port is held by another process.",
     424: "There is no OpenCode binary to run.",
+    502: "The Prometheus server of NEXUS_PROMETHEUS_URL did not answer.",
 }
 
 
@@ -381,7 +382,7 @@ def api_router() -> APIRouter:
             chunk = await asyncio.to_thread(logs.read_after, log, after, lines, contains)
         return LogTail(lines=[_redact_line(ctx, line) for line in chunk.lines], offset=chunk.offset)
 
-    @router.get(f"{API}/metrics/query", tags=["metrics"], responses=responses(400))
+    @router.get(f"{API}/metrics/query", tags=["metrics"], responses=responses(400, 502))
     def query_metrics(
         ctx: Ctx,
         metric: Annotated[str, Query(description="Metric name, e.g. opencode_connections.")],
@@ -393,13 +394,14 @@ def api_router() -> APIRouter:
         method: Annotated[str, Query(description="minmax, lttb or none.")] = "minmax",
         agg: Annotated[str, Query(description="mean, min, max, sum or count.")] = "mean",
     ) -> dict[str, Any]:
-        """Metric history from metrics.db: one entry per series (times, values)."""
+        """Metric history from metrics.db or Prometheus (NEXUS_METRICS_BACKEND): one entry
+        per series (times, values)."""
         assert ctx.metrics is not None
         return ctx.metrics.query(metric, labels, start, end, max_points, resolution, method, agg)
 
-    @router.get(f"{API}/metrics/names", tags=["metrics"])
+    @router.get(f"{API}/metrics/names", tags=["metrics"], responses=responses(502))
     def metric_names(ctx: Ctx) -> list[str]:
-        """Names of the metrics metrics.db holds."""
+        """Names of the metrics the metrics backend (metrics.db or Prometheus) holds."""
         assert ctx.metrics is not None
         return ctx.metrics.names()
 

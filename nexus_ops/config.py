@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     prometheus_timeout: float = Field(
         10.0, gt=0, description="Seconds a query to Prometheus may take."
     )
+    prometheus_labels: str | None = Field(
+        None,
+        description="Labels (name=value,...) of this agent's series in a Prometheus"
+        " that scrapes several, e.g. instance=ops-1:1420.",
+    )
 
     # Backups (restic-like retention: a backup is kept when any rule keeps it).
     backup_schedule: str = Field(

@@ -90,7 +90,12 @@ def test_dashboard_has_the_seed_panels() -> None:
 
 def test_dashboard_promql_parses(tmp_path: Path) -> None:
     # promtool parses the expressions of recording rules: one rule per panel query.
-    grafana_vars = {"$__rate_interval": "1m", "$__range": "1h", "$instance": ".*"}
+    grafana_vars = {
+        "$__rate_interval": "1m",
+        "$__range": "1h",
+        "$__interval": "5s",
+        "$instance": ".*",
+    }
     rules = []
     for index, expr in enumerate(_dashboard_exprs()):
         for var, value in grafana_vars.items():
@@ -101,3 +106,46 @@ def test_dashboard_promql_parses(tmp_path: Path) -> None:
     done = promtool("check", "rules", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(rules)} rules found" in done.stdout
+
+
+def _datasources(node: object) -> list[object]:
+    """Every ``datasource`` value anywhere in the dashboard."""
+    if isinstance(node, dict):
+        found = [node["datasource"]] if "datasource" in node else []
+        return found + [d for value in node.values() for d in _datasources(value)]
+    if isinstance(node, list):
+        return [d for item in node for d in _datasources(item)]
+    return []
+
+
+def test_dashboard_uses_the_data_source_picked_on_import() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    (source,) = board["__inputs"]
+    assert (source["name"], source["type"]) == ("DS_PROMETHEUS", "datasource")
+    used = _datasources(board)
+    # panels, targets, the annotation and the instance variable
+    assert len(used) > len(board["panels"])
+    assert all(d == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"} for d in used), used
+
+
+def test_dashboard_variables_have_a_current_value() -> None:
+    variables = json.loads(DASHBOARD.read_text())["templating"]["list"]
+    assert variables
+    for variable in variables:
+        assert variable["current"].get("value"), variable["name"]
+
+
+def test_dashboard_splits_request_duration_by_outcome() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    (duration,) = [p for p in board["panels"] if p["title"] == "Request Duration"]
+    for target in duration["targets"]:
+        assert "sum by (le, path, outcome)" in target["expr"]
+        assert "{{outcome}}" in target["legendFormat"]
+
+
+def test_dashboard_start_annotation_follows_the_query_step() -> None:
+    # One mark per start, at the step after it: the counter against itself one step
+    # earlier, whatever step Grafana picks for the time range.
+    (starts,) = json.loads(DASHBOARD.read_text())["annotations"]["list"]
+    assert "offset $__interval" in starts["expr"]
+    assert starts["step"] == "5s", "the scrape interval of deploy/prometheus"

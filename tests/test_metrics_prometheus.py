@@ -7,21 +7,25 @@ Prometheus scraped is one the agent's store holds for that moment.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import RunningAgent, kill_everything_of, private_env, start_agent, wait_for
 from prometheus_helpers import PrometheusServer, instant, running_prometheus, scrape_config
 
+from nexus_ops.errors import AgentError
 from nexus_ops.metrics.backends import MetricQuery, MetricsBackend
 from nexus_ops.metrics.frames import QueryError
 from nexus_ops.metrics.prometheus import PrometheusBackend, PrometheusUnavailable
-from nexus_ops.paths import Layout
+from nexus_ops.paths import Layout, read_or_create_secret
+from nexus_ops.ui.metrics import wanted_metrics
 
 pytestmark = [
     pytest.mark.prometheus,
@@ -134,14 +138,79 @@ def test_downsampled_and_rollup_queries(stack) -> None:
     assert "opencode_server_status" in backend.metrics()
 
 
+def _grafana(expr: str, interval: str = "5s") -> str:
+    """A dashboard query as Grafana sends it (variables replaced)."""
+    for var, value in (
+        ("$__rate_interval", "1m"),
+        ("$__range", "1h"),
+        ("$__interval", interval),
+        ("$instance", ".*"),
+    ):
+        expr = expr.replace(var, value)
+    return expr
+
+
+def _panel_queries() -> list[tuple[str, str]]:
+    board = json.loads(DASHBOARD.read_text())
+    return [(p["title"], _grafana(t["expr"])) for p in board["panels"] for t in p["targets"]]
+
+
 def test_dashboard_queries_run_on_prometheus(stack) -> None:
     _, prom = stack
-    board = json.loads(DASHBOARD.read_text())
-    for panel in board["panels"]:
-        for target in panel["targets"]:
-            expr = target["expr"].replace("$__rate_interval", "1m").replace("$__range", "1h")
-            instant(prom.url, expr.replace("$instance", ".*"))  # raises on a bad query
+    for _, expr in _panel_queries():
+        instant(prom.url, expr)  # raises on a bad query
     wait_for(lambda: instant(prom.url, 'opencode_server_status{job="nexus-ops"}'), timeout=60)
+
+
+def _annotation_events(prom: PrometheusServer, expr: str, start: float, end: float) -> int:
+    """How many annotations Grafana draws: points > 0, those a step apart merged."""
+    step = 2.0
+    params = {"query": _grafana(expr, "2s"), "start": start, "end": end, "step": step}
+    body = httpx.get(f"{prom.url}/api/v1/query_range", params=params, timeout=10).json()
+    assert body["status"] == "success", body
+    events = 0
+    for series in body["data"]["result"]:
+        last = -math.inf
+        for t, value in series["values"]:
+            if float(value) > 0:
+                events += float(t) > last + step
+                last = float(t)
+    return events
+
+
+def _starts(prom: PrometheusServer) -> float:
+    result = instant(prom.url, 'opencode_server_starts_total{job="nexus-ops"}')
+    return float(result[0]["value"][1]) if result else -1.0  # type: ignore[index]
+
+
+def test_dashboard_marks_each_start_and_shows_zero_while_down(stack) -> None:
+    agent, prom = stack
+    board = json.loads(DASHBOARD.read_text())
+    (annotation,) = board["annotations"]["list"]
+    wait_for(lambda: _starts(prom) >= 1, timeout=60, what="the first start scraped")
+    before, began = _starts(prom), time.time()
+    for _ in range(2):
+        time.sleep(3)  # two starts further apart than the annotation's step
+        assert agent.client.restart(wait=True).ok
+    wait_for(lambda: _starts(prom) >= before + 2, timeout=60, what="both restarts scraped")
+    time.sleep(3)
+    assert _annotation_events(prom, annotation["expr"], began - 2, time.time()) == 2
+    try:
+        assert agent.client.stop().ok
+        wait_for(
+            lambda: instant(prom.url, 'opencode_server_status{job="nexus-ops"} == 0'),
+            timeout=60,
+            what="the server scraped down",
+        )
+        time.sleep(2)  # a scrape or two more: the server's series are stale
+        # The agent's target stays up and tells the server's state (what the
+        # Kubernetes readiness on the agent keeps scraping).
+        assert instant(prom.url, 'up{job="nexus-ops"} == 1')
+        assert instant(prom.url, 'opencode_server_state{job="nexus-ops", state="stopped"} == 1')
+        empty = [title for title, expr in _panel_queries() if not instant(prom.url, expr)]
+        assert not empty, f"panels with no data while the server is down: {empty}"
+    finally:
+        assert agent.client.start(wait=True).ok
 
 
 def test_errors_of_the_prometheus_backend(stack) -> None:
@@ -150,3 +219,69 @@ def test_errors_of_the_prometheus_backend(stack) -> None:
         PrometheusBackend(prom.url).query(MetricQuery('bad"metric', start=time.time() - 60))
     with pytest.raises(PrometheusUnavailable, match="did not answer"):
         PrometheusBackend("http://127.0.0.1:9", timeout=1).metrics()
+
+
+def test_agent_answers_queries_from_prometheus_with_that_backend(
+    tmp_path: Path, opencode_bin: Path
+) -> None:
+    """NEXUS_METRICS_BACKEND=prometheus: the agent's query API reads the Prometheus that
+    scrapes it, and says so, clearly, when that Prometheus is gone."""
+    env = private_env(tmp_path / "agent", {"NEXUS_OPENCODE_BIN": str(opencode_bin)})
+    env.update(NEXUS_METRICS_INTERVAL="1", NEXUS_METRICS_BACKEND="prometheus")
+    layout = Layout(Path(env["NEXUS_HOME"]))
+    layout.ensure()
+    read_or_create_secret(layout.agent_token_file)  # Prometheus scrapes with it from the start
+    target = f"127.0.0.1:{env['NEXUS_AGENT_PORT']}"
+    config = scrape_config(target, layout.agent_token_file)
+    # Another target in the same Prometheus (down: its `up` is 0): not this agent's.
+    other = {"job_name": "other", "static_configs": [{"targets": ["127.0.0.1:9"]}]}
+    config["scrape_configs"].append(other)  # type: ignore[attr-defined]
+    env["NEXUS_PROMETHEUS_LABELS"] = f"job=nexus-ops,instance={target}"
+    try:
+        with running_prometheus(tmp_path / "prometheus", config) as prom:
+            env["NEXUS_PROMETHEUS_URL"] = prom.url
+            agent = start_agent(env)
+            assert agent.client.start(wait=True).ok
+            # `up` is Prometheus' own series of the scrape: metrics.db never holds it.
+            wait_for(
+                lambda: not agent.client.query_metrics("up", start="5m").empty,
+                timeout=60,
+                what="the agent answering from Prometheus",
+            )
+            wait_for(lambda: instant(prom.url, 'up{job="other"}'), timeout=60)
+            body = agent.client.json("GET", "/api/v1/metrics/query", params={"metric": "up"})
+            assert body["backend"] == "prometheus" and body["resolution"] == "raw"
+            # Only this agent's series (NEXUS_PROMETHEUS_LABELS), not the other target's.
+            assert [s["values"][-1] for s in body["series"]] == [1.0]
+            assert "up" in agent.client.metric_names()
+            # Every series of the console's metrics tab, from Prometheus.
+            wait_for(
+                lambda: (
+                    not [
+                        m
+                        for m in wanted_metrics()
+                        if agent.client.query_metrics(m, start="5m").empty
+                    ]
+                ),
+                timeout=90,
+                what="every metric of the console from Prometheus",
+            )
+            # The console's request-duration panel: derived from the histogram.
+            wait_for(
+                lambda: (
+                    not agent.client.query_metrics(
+                        "opencode_request_duration_seconds", labels={"outcome": "ok"}, start="5m"
+                    ).empty
+                ),
+                timeout=90,
+                what="request durations from Prometheus",
+            )
+        with pytest.raises(AgentError) as gone:
+            agent.client.query_metrics("up", start="5m")
+        assert gone.value.status == 502
+        assert "NEXUS_PROMETHEUS_URL" in gone.value.message
+        assert "NEXUS_PROMETHEUS_URL" in (gone.value.hint or "")
+        agent.client.close()
+        agent.stop()
+    finally:
+        kill_everything_of(env)

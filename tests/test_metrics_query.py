@@ -151,3 +151,13 @@ def test_backend_is_picked_by_settings(tmp_path) -> None:
     env["NEXUS_PROMETHEUS_URL"] = "http://127.0.0.1:9"
     prom = backend_from_settings(load_settings(env, tmp_path))
     assert isinstance(prom, PrometheusBackend) and isinstance(prom, MetricsBackend)
+    assert prom.labels == {}
+    env["NEXUS_PROMETHEUS_LABELS"] = "job=nexus-ops, instance=ops-1:1420"
+    prom = backend_from_settings(load_settings(env, tmp_path))
+    assert isinstance(prom, PrometheusBackend)
+    assert prom.labels == {"job": "nexus-ops", "instance": "ops-1:1420"}
+    env["NEXUS_PROMETHEUS_LABELS"] = "instance"
+    with pytest.raises(
+        ConfigError, match=r"NEXUS_PROMETHEUS_LABELS: .*'instance' is not name=value"
+    ):
+        backend_from_settings(load_settings(env, tmp_path))

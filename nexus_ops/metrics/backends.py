@@ -33,6 +33,7 @@ from nexus_ops.metrics.frames import (
     concat_frames,
     downsample,
     labels_text,
+    parse_labels,
     tidy_frame,
 )
 from nexus_ops.metrics.storefile import open_store
@@ -105,6 +106,14 @@ class MetricsBackend(Protocol):
         """Names of the metrics the backend holds."""
         ...
 
+    def resolution(self, query: MetricQuery) -> str:
+        """The resolution ``query`` is answered at (``raw``, ``1m`` or ``1h``)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the backend holds open."""
+        ...
+
 
 class SQLiteBackend:
     """The embedded sample store as a backend.
@@ -120,6 +129,12 @@ class SQLiteBackend:
 
     def metrics(self) -> list[str]:
         return self.store.metrics()
+
+    def resolution(self, query: MetricQuery) -> str:
+        return self.pick_tier(query).name
+
+    def close(self) -> None:
+        """Nothing: the store belongs to whoever opened it."""
 
     def pick_tier(self, query: MetricQuery) -> Tier:
         """The tier a query reads: asked for, or the finest that still holds its start."""
@@ -157,14 +172,18 @@ class SQLiteBackend:
         return rollup.times, column
 
 
-BackendFactory = Callable[["Settings"], MetricsBackend]
+BackendFactory = Callable[["Settings", SampleStore | None, Callable[[], float]], MetricsBackend]
 
 
-def _sqlite_from_settings(settings: Settings) -> MetricsBackend:
-    return SQLiteBackend(open_store(settings))
+def _sqlite_from_settings(
+    settings: Settings, store: SampleStore | None, clock: Callable[[], float]
+) -> MetricsBackend:
+    return SQLiteBackend(store or open_store(settings), clock=clock)
 
 
-def _prometheus_from_settings(settings: Settings) -> MetricsBackend:
+def _prometheus_from_settings(
+    settings: Settings, store: SampleStore | None, clock: Callable[[], float]
+) -> MetricsBackend:
     from nexus_ops.metrics.prometheus import PrometheusBackend
 
     if not settings.prometheus_url:
@@ -172,7 +191,13 @@ def _prometheus_from_settings(settings: Settings) -> MetricsBackend:
             "NEXUS_METRICS_BACKEND=prometheus needs NEXUS_PROMETHEUS_URL",
             hint="set NEXUS_PROMETHEUS_URL to the Prometheus server, e.g. http://127.0.0.1:9090",
         )
-    return PrometheusBackend(settings.prometheus_url, timeout=settings.prometheus_timeout)
+    try:
+        labels = parse_labels(settings.prometheus_labels)
+    except QueryError as exc:
+        raise ConfigError(f"NEXUS_PROMETHEUS_LABELS: {exc.message}", hint=exc.hint) from exc
+    return PrometheusBackend(
+        settings.prometheus_url, timeout=settings.prometheus_timeout, labels=labels, clock=clock
+    )
 
 
 BACKENDS: dict[str, BackendFactory] = {
@@ -181,12 +206,18 @@ BACKENDS: dict[str, BackendFactory] = {
 }
 
 
-def backend_from_settings(settings: Settings) -> MetricsBackend:
-    """The backend ``NEXUS_METRICS_BACKEND`` names (``sqlite`` or ``prometheus``)."""
+def backend_from_settings(
+    settings: Settings, store: SampleStore | None = None, clock: Callable[[], float] = time.time
+) -> MetricsBackend:
+    """The backend ``NEXUS_METRICS_BACKEND`` names (``sqlite`` or ``prometheus``).
+
+    ``store``: the sample store the ``sqlite`` backend reads (else it opens
+    metrics.db itself); ``clock``: "now" for the backend.
+    """
     factory = BACKENDS.get(settings.metrics_backend)
     if factory is None:
         raise ConfigError(
             f"NEXUS_METRICS_BACKEND={settings.metrics_backend!r} is not a metrics backend",
             hint=f"use one of {', '.join(BACKENDS)}",
         )
-    return factory(settings)
+    return factory(settings, store, clock)

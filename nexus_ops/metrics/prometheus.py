@@ -12,7 +12,9 @@ HTTP API:
 - for the resolutions ``1m`` and ``1h``, ``<agg>_over_time`` per minute or hour.
 
 Labels Prometheus adds (``job``, ``instance``) are dropped, so that a series
-reads the same from both backends. A few metrics the sample store keeps are
+reads the same from both backends; ``labels`` (``NEXUS_PROMETHEUS_LABELS``)
+are matched by every query, so that an agent reads only its own series from a
+Prometheus that scrapes several. A few metrics the sample store keeps are
 derived here from counters (:data:`DERIVED`).
 
 >>> PrometheusBackend("http://127.0.0.1:9090").selector("m", {"state": "LISTEN"})
@@ -41,10 +43,16 @@ from nexus_ops.metrics.frames import (
     tidy_frame,
 )
 
-# Metrics the sample store keeps that Prometheus computes from counters.
+# Metrics the sample store keeps that Prometheus computes from counters: the CPU
+# percents, and the request durations (one sample per request in the store; the
+# mean over a minute from the histogram here).
 DERIVED: dict[str, str] = {
     "opencode_process_cpu_percent": "100 * rate(opencode_process_cpu_seconds_total{sel}[1m])",
     "nexus_agent_cpu_percent": "100 * rate(nexus_agent_cpu_seconds_total{sel}[1m])",
+    "opencode_request_duration_seconds": (
+        "rate(opencode_request_duration_seconds_sum{sel}[1m])"
+        " / rate(opencode_request_duration_seconds_count{sel}[1m])"
+    ),
 }
 _STEPS = {"1m": 60.0, "1h": 3600.0}
 _OVER_TIME = {"mean": "avg", "min": "min", "max": "max", "sum": "sum", "count": "count"}
@@ -73,8 +81,10 @@ class PrometheusBackend:
         drop_labels: Iterable[str] = ("job", "instance"),
         clock: Callable[[], float] = time.time,
         transport: httpx.BaseTransport | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.labels = dict(labels or {})
         self.drop_labels = frozenset(drop_labels) | {"__name__"}
         self._clock = clock
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
@@ -85,12 +95,17 @@ class PrometheusBackend:
     # -- the Protocol ------------------------------------------------------------
 
     def metrics(self) -> list[str]:
-        return [str(name) for name in self._get("/api/v1/label/__name__/values")]
+        params = {"match[]": self.selector("", self.labels)} if self.labels else None
+        return [str(name) for name in self._get("/api/v1/label/__name__/values", params)]
+
+    def resolution(self, query: MetricQuery) -> str:
+        """``1m``/``1h`` when asked for; else the scraped samples (``raw``)."""
+        return query.resolution if query.resolution in _STEPS else "raw"
 
     def query(self, query: MetricQuery) -> pd.DataFrame:
         end = min(query.end, self._clock())
         start = max(query.start, 0.0)
-        expr = self.expression(query.metric, query.labels)
+        expr = self.expression(query.metric, {**self.labels, **query.labels})
         if query.metric in DERIVED:
             step = max(1.0, (end - start) / query.max_points)
             return self._limit(self._range(expr, start, end, step), query)
@@ -175,7 +190,8 @@ class PrometheusBackend:
             response = self._http.get(path, params=params)
         except httpx.HTTPError as exc:
             raise PrometheusUnavailable(
-                f"Prometheus at {self.url} did not answer {path}: {type(exc).__name__}",
+                f"Prometheus at {self.url} (NEXUS_PROMETHEUS_URL) did not answer {path}:"
+                f" {type(exc).__name__}",
                 hint="check NEXUS_PROMETHEUS_URL and that Prometheus is running",
             ) from exc
         try:

@@ -20,11 +20,12 @@ from nexus_ops.opencode import AsyncOpenCodeClient, Credentials
 from nexus_ops.paths import Layout, read_or_create_secret
 
 if TYPE_CHECKING:
-    from nexus_ops.metrics.backends import SQLiteBackend
+    from nexus_ops.metrics.backends import MetricsBackend
 
 
 class MetricsService:
-    """Owns ``metrics.db``, samples the server into it, answers queries on it."""
+    """Owns ``metrics.db``, samples the server into it, answers queries on it or on
+    Prometheus (``NEXUS_METRICS_BACKEND``)."""
 
     def __init__(
         self, settings: Settings, server: ServerView, clock: Callable[[], float] = time.time
@@ -52,12 +53,13 @@ class MetricsService:
         self._clock = clock
 
     @cached_property
-    def backend(self) -> SQLiteBackend:
-        """The query side (pandas, downsampling): loaded at the first query, so that an
-        agent nobody asks for history keeps its memory small."""
-        from nexus_ops.metrics.backends import SQLiteBackend
+    def backend(self) -> MetricsBackend:
+        """The query side (pandas, downsampling): metrics.db or the Prometheus server
+        of ``NEXUS_METRICS_BACKEND``, loaded at the first query, so that an agent
+        nobody asks for history keeps its memory small."""
+        from nexus_ops.metrics.backends import backend_from_settings
 
-        return SQLiteBackend(self.store, clock=self._clock)
+        return backend_from_settings(self.settings, store=self.store, clock=self._clock)
 
     async def run(self) -> None:
         """Sample until cancelled (then write what is pending)."""
@@ -67,6 +69,8 @@ class MetricsService:
             await self.client.aclose()
 
     def close(self) -> None:
+        if "backend" in self.__dict__:  # only once a query has loaded it
+            self.backend.close()
         self.store.close()
 
     def collector(self) -> SamplerCollector:
@@ -102,10 +106,13 @@ class MetricsService:
             agg=agg,  # type: ignore[arg-type]
         )
         frame = self.backend.query(query)
-        tier = self.backend.pick_tier(query)
         payload = frame_to_payload(frame)
         payload.update(
-            metric=metric, start=query.start, end=min(query.end, now), resolution=tier.name
+            metric=metric,
+            start=query.start,
+            end=min(query.end, now),
+            resolution=self.backend.resolution(query),
+            backend=self.backend.name,
         )
         return payload
 
@@ -119,4 +126,7 @@ class MetricsService:
         return info
 
     def names(self) -> list[str]:
-        return self.store.metrics()
+        """Names of the metrics the backend holds (metrics.db's without loading pandas)."""
+        if self.settings.metrics_backend == "sqlite":
+            return self.store.metrics()
+        return self.backend.metrics()
