@@ -1,8 +1,10 @@
 """Processes: spawn, identify, signal and inspect a process tree (psutil, subprocess).
 
 A process is known by a :class:`~nexus_ops.models.ProcessRecord` (pid, create
-time, command line), so that a pid the kernel has given to another program since
-is never signalled.
+time, process group), so that a pid the kernel has given to another program since
+is never signalled. All three survive exec, so a wrapper script that ends in
+``exec /real/opencode "$@"`` is still the process that was started; the command line is not
+compared, since exec changes it.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
     try:
         record = identify(popen.pid, fallback_cmdline=list(argv))
     except ProcessError:  # it exited at once: still ours to reap and report
-        record = ProcessRecord(pid=popen.pid, create_time=time.time(), cmdline=list(argv))
+        record = ProcessRecord(
+            pid=popen.pid, create_time=time.time(), cmdline=list(argv), pgid=popen.pid
+        )
     return Spawned(record=record, popen=popen)
 
 
@@ -88,24 +92,34 @@ def identify(pid: int, fallback_cmdline: list[str] | None = None) -> ProcessReco
             if cmdline or time.monotonic() >= deadline:
                 break
             time.sleep(0.005)
-    except psutil.Error as exc:
+        pgid = os.getpgid(pid)
+    except (psutil.Error, ProcessLookupError) as exc:
         raise ProcessError(f"process {pid} vanished before it could be identified") from exc
     return ProcessRecord(
-        pid=pid, create_time=create_time, cmdline=cmdline or fallback_cmdline or []
+        pid=pid, create_time=create_time, cmdline=cmdline or fallback_cmdline or [], pgid=pgid
     )
 
 
 def find_live(record: ProcessRecord) -> psutil.Process | None:
-    """The process of ``record`` if it still runs and is the same program; else None."""
+    """The process of ``record`` if it still runs and is the same process; else None.
+
+    The same process: same pid, same create time and still in the recorded process
+    group. A record without a group (written by an older version) is checked
+    against its command line instead.
+    """
     try:
         proc = psutil.Process(record.pid)
         with proc.oneshot():
             same_start = abs(proc.create_time() - record.create_time) < _CREATE_TIME_SLACK
-            same_cmd = proc.cmdline() == record.cmdline
             zombie = proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
+            same = (
+                os.getpgid(record.pid) == record.pgid
+                if record.pgid is not None
+                else proc.cmdline() == record.cmdline
+            )
+    except (psutil.Error, ProcessLookupError):
         return None
-    return proc if same_start and same_cmd and not zombie else None
+    return proc if same_start and same and not zombie else None
 
 
 def save_record(path: Path, record: ProcessRecord) -> None:
@@ -188,11 +202,20 @@ def pidfd(pid: int) -> int | None:
         return None
 
 
-def wait_status(popen: subprocess.Popen[bytes] | None) -> tuple[int | None, int | None]:
-    """(exit code, signal) of a reaped child; (None, None) when it is not ours."""
+def wait_status(
+    popen: subprocess.Popen[bytes] | None, timeout: float = 1.0
+) -> tuple[int | None, int | None]:
+    """(exit code, signal) of a reaped child; (None, None) when it is not ours or still runs.
+
+    The wait is bounded: a caller that holds a lock must never hang on a process
+    that was thought to have exited.
+    """
     if popen is None:
         return None, None
-    code = popen.wait()
+    try:
+        code = popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None, None
     return (None, -code) if code < 0 else (code, None)
 
 

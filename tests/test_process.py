@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_for
 
 from nexus_ops.errors import BinaryNotFound, PortInUse
 from nexus_ops.models import ProcessRecord
@@ -23,6 +24,7 @@ from nexus_ops.process import (
     save_record,
     spawn,
     terminate_tree,
+    wait_status,
 )
 from nexus_ops.supervisor import backoff_delay
 
@@ -44,14 +46,31 @@ def test_identity_refuses_a_reused_pid(tmp_path: Path) -> None:
         assert find_live(record) is not None
         reused = record.model_copy(update={"create_time": record.create_time - 100})
         assert find_live(reused) is None
-        other = record.model_copy(update={"cmdline": ["opencode", "serve"]})
-        assert find_live(other) is None
+        other_group = record.model_copy(update={"pgid": record.pid})
+        assert record.pgid == os.getpgrp() != record.pid
+        assert find_live(other_group) is None
+        legacy = record.model_copy(update={"pgid": None, "cmdline": ["opencode", "serve"]})
+        assert find_live(legacy) is None  # an old record without a group: by command line
+        assert find_live(legacy.model_copy(update={"cmdline": record.cmdline})) is not None
         save_record(tmp_path / "x.pid", record)
         assert load_record(tmp_path / "x.pid") == record
         assert oct((tmp_path / "x.pid").stat().st_mode & 0o777) == "0o600"
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_identity_survives_exec_and_the_wait_never_hangs(tmp_path: Path) -> None:
+    spawned = spawn(["/bin/sh", "-c", "sleep 0.2; exec sleep 30"], dict(os.environ), tmp_path,
+                    tmp_path / "out.log")  # fmt: skip
+    try:
+        assert spawned.record.pgid == spawned.record.pid
+        wait_for(lambda: psutil.Process(spawned.record.pid).cmdline() == ["sleep", "30"], 10)
+        assert find_live(spawned.record) is not None
+        assert wait_status(spawned.popen, timeout=0.1) == (None, None)  # alive: no hang
+    finally:
+        spawned.popen.kill()
+    assert wait_status(spawned.popen) == (None, 9)
 
 
 def test_garbage_pidfile_reads_as_none(tmp_path: Path) -> None:

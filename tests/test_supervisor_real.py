@@ -256,3 +256,41 @@ def test_back_to_back_restarts_each_become_ready(nexus_env: dict[str, str]) -> N
     finally:
         agent.client.close()
         agent.stop()
+
+
+def exec_wrapper(folder: Path, binary: Path, before: str = "") -> Path:
+    """A shell script that ``exec``s the real binary, as people write for PATH or env setup."""
+    wrapper = folder / "opencode-wrapper.sh"
+    wrapper.write_text(f'#!/bin/sh\n{before}exec {binary} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_wrapper_script_that_execs_the_binary_is_supervised_and_adopted(
+    nexus_env: dict[str, str], tmp_path: Path, opencode_bin: Path
+) -> None:
+    nexus_env["NEXUS_OPENCODE_BIN"] = str(exec_wrapper(tmp_path, opencode_bin))
+    first = start_agent(nexus_env)
+    pid = started_server(first)
+    assert Path(psutil.Process(pid).exe()) == opencode_bin.resolve()  # exec has happened
+    status = first.client.status()
+    assert status.rss_bytes and status.rss_bytes > 0
+    metrics = wait_for(
+        lambda: "opencode_process_resident_memory_bytes" in first.client.metrics_text()
+    )
+    assert metrics
+    first.client.close()
+    first.stop(signal.SIGKILL)
+    second = start_agent(nexus_env)
+    try:
+        adopted = wait_for(lambda: second.client.ready().ready and second.client.status(), 20)
+        assert adopted.pid == pid  # type: ignore[attr-defined]
+        assert "adopt" in kinds(second)
+        stopped = second.client.stop()
+        assert stopped.ok and stopped.survivors == [], stopped.message
+        assert stopped.status.state is ServerState.STOPPED
+        assert not psutil.pid_exists(pid)
+        assert second.client.health()  # the agent still answers
+    finally:
+        second.client.close()
+        second.stop()
