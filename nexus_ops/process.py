@@ -122,6 +122,42 @@ def find_live(record: ProcessRecord) -> psutil.Process | None:
     return proc if same_start and same and not zombie else None
 
 
+def server_problem(record: ProcessRecord, binary: Path | None) -> str | None:
+    """Why ``record`` is not an ``opencode serve`` that this agent started; None when it is.
+
+    It must be the recorded process (pid, create time, group), lead the process
+    group the agent made for it, not be in the agent's own group, and run
+    ``serve`` from an OpenCode binary: the configured ``binary``, or one named
+    ``opencode*`` (what a wrapper script execs). Whether it listens on its port is
+    :func:`listens_on`.
+    """
+    proc = find_live(record)
+    if proc is None:
+        return f"pid {record.pid} is gone or is another process"
+    try:
+        exe, cmdline, pgid = Path(proc.exe()), proc.cmdline(), os.getpgid(record.pid)
+    except (psutil.Error, ProcessLookupError):
+        return f"pid {record.pid} cannot be inspected"
+    if pgid != record.pid or record.pgid not in (None, record.pid) or pgid == os.getpgrp():
+        return f"pid {record.pid} does not lead a process group of its own (group {pgid})"
+    if not _is_opencode(exe, binary) or "serve" not in cmdline[1:]:
+        return f"pid {record.pid} runs {exe}, not `opencode serve`"
+    return None
+
+
+def _is_opencode(exe: Path, binary: Path | None) -> bool:
+    with contextlib.suppress(OSError):
+        if binary is not None and exe.resolve() == binary.resolve():
+            return True
+    return exe.name.startswith("opencode")
+
+
+def listens_on(record: ProcessRecord, port: int) -> bool:
+    """True when ``record``'s process, or one of its descendants, listens on TCP ``port``."""
+    listener = port_listener(port)
+    return listener is not None and listener in tree_pids(record.pid)
+
+
 def save_record(path: Path, record: ProcessRecord) -> None:
     atomic_write(path, record.model_dump_json().encode(), mode=0o600)
 
@@ -148,35 +184,104 @@ def descendants(proc: psutil.Process) -> list[psutil.Process]:
     return found
 
 
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to process group ``pgid``; False when the group is refused or gone.
+
+    Refused: 0 and 1 (``killpg`` reads 0 as the caller's own group, and a
+    container's init shows group 0) and the agent's own group. Every group signal
+    goes through here.
+    """
+    if pgid <= 1 or pgid == os.getpgrp():
+        return False
+    try:
         os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live (not zombie) processes of group ``pgid``: one scan of the host's processes."""
+    found = []
+    for pid in psutil.pids():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(psutil.Process(pid))
+    return found
+
+
+def own_group(record: ProcessRecord) -> int | None:
+    """The process group ``record``'s process was started in and leads, when it is still ours.
+
+    While any member is left, the kernel does not give the group's id to a new
+    process; once none is, a new process with that pid may lead a group of the
+    same id, and that group is not ours.
+    """
+    if record.pgid != record.pid:
+        return None
+    leader = [p for p in group_members(record.pid) if p.pid == record.pid]
+    if leader and find_live(record) is None:
+        return None
+    return record.pid
 
 
 def terminate_tree(record: ProcessRecord, grace: float) -> list[int]:
-    """Stop a process and everything it started; return the pids that survived.
+    """Stop a process, everything it started and what is left of its group; return survivors.
 
-    SIGTERM (and SIGCONT, so that a stopped process can act on it) to the group,
-    up to ``grace`` seconds to exit, SIGKILL to the group, then SIGKILL to any
-    descendant that had left the group.
+    SIGTERM (and SIGCONT, so that a stopped process can act on it) to the group it
+    leads and to any descendant that left the group, up to ``grace`` seconds to
+    exit, then SIGKILL. When the process has exited already, the rest of its group
+    is stopped the same way (a binary that forks children and exits leaves them
+    in its group).
     """
     proc = find_live(record)
-    if proc is None:
+    group = own_group(record)
+    tree = [proc, *descendants(proc)] if proc is not None else []
+    members = _unique([*tree, *(group_members(group) if group is not None else [])])
+    if not members:
         return []
-    tree = [proc, *descendants(proc)]
-    with contextlib.suppress(psutil.Error, ProcessLookupError):
-        pgid = os.getpgid(record.pid)
-        signal_group(pgid, signal.SIGTERM)
-        signal_group(pgid, signal.SIGCONT)
-    _, alive = psutil.wait_procs(tree, timeout=grace)
+    _signal_all(members, group, signal.SIGTERM)
+    _signal_all(members, group, signal.SIGCONT)
+    alive = _wait_gone(members, grace)
     if alive:
-        with contextlib.suppress(ProcessLookupError):
-            signal_group(record.pid, signal.SIGKILL)
-        for leftover in alive:
-            with contextlib.suppress(psutil.Error):
-                leftover.kill()
-        _, alive = psutil.wait_procs(alive, timeout=2.0)
+        _signal_all(alive, group, signal.SIGKILL)
+        alive = _wait_gone(alive, 2.0)
     return [p.pid for p in alive]
+
+
+def _unique(procs: list[psutil.Process]) -> list[psutil.Process]:
+    return list({p.pid: p for p in procs}.values())
+
+
+def _signal_all(procs: list[psutil.Process], group: int | None, sig: signal.Signals) -> None:
+    """``sig`` to ``group``, and to each of ``procs`` that is not in it."""
+    grouped = group is not None and signal_group(group, sig)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if not grouped or os.getpgid(proc.pid) != group:
+                proc.send_signal(sig)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` for ``procs`` to exit; those still running.
+
+    A zombie counts as gone, and is not reaped here: the agent's own child is
+    reaped by its Popen, which thus learns its exit status.
+    """
+    deadline = time.monotonic() + timeout
+    alive = procs
+    while True:
+        alive = [p for p in alive if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def terminate_process(record: ProcessRecord, grace: float) -> list[int]:

@@ -45,10 +45,12 @@ from nexus_ops.process import (
     Spawned,
     check_port_free,
     find_live,
+    listens_on,
     load_record,
     pidfd,
     remove_record,
     save_record,
+    server_problem,
     spawn,
     terminate_tree,
     tree_rss,
@@ -258,20 +260,43 @@ class Supervisor:
     async def _recover(self) -> None:
         async with self._lock:
             record = load_record(self.layout.server_pidfile)
-            if record is not None and find_live(record) is not None:
+            problem = await self._adoption_problem(record) if record is not None else None
+            if record is not None and problem is None:
                 self._adopt(record)
                 return
             if record is not None:
                 self.journal.record(
                     EventKind.STALE_PIDFILE,
                     pid=record.pid,
-                    message=f"pid {record.pid} is gone or is another program; not signalled",
+                    message=f"{problem}; not adopted, not signalled",
                 )
                 remove_record(self.layout.server_pidfile)
             if self.journal.get(_KEY_FATAL):
                 self._state = ServerState.FATAL
             elif self.desired == "running":
                 await self._spawn_or_backoff(RestartReason.CRASH)
+
+    async def _adoption_problem(self, record: ProcessRecord) -> str | None:
+        """Why the pidfile's process is not a server to adopt; None when it is.
+
+        A server the previous agent started a moment before it died may not listen
+        yet: it gets ``start_timeout`` to open its port.
+        """
+        try:
+            binary: Path | None = locate_binary(
+                self.settings.opencode_bin, self.layout.opencode_prefix
+            )
+        except NexusOpsError:
+            binary = None
+        port = self.settings.opencode_port
+        deadline = self._now() + self.settings.start_timeout
+        while (problem := await asyncio.to_thread(server_problem, record, binary)) is None:
+            if await asyncio.to_thread(listens_on, record, port):
+                return None
+            if self._now() >= deadline:
+                return f"pid {record.pid} does not listen on port {port}"
+            await asyncio.sleep(0.2)
+        return problem
 
     def _adopt(self, record: ProcessRecord) -> None:
         self._record = record
@@ -459,6 +484,8 @@ class Supervisor:
                 return
             spawned = self._spawned
             code, sig = await asyncio.to_thread(wait_status, spawned.popen if spawned else None)
+            # What it forked and left behind (a port held by an orphan, say) goes too.
+            await asyncio.to_thread(terminate_tree, record, self.settings.stop_grace)
             self._forget_process(
                 ExitInfo(
                     pid=self._record.pid,

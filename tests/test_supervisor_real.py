@@ -12,9 +12,18 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import RunningAgent, kill_everything_of, nexus_cli, private_env, start_agent, wait_for
+from conftest import (
+    RunningAgent,
+    free_port,
+    kill_everything_of,
+    nexus_cli,
+    private_env,
+    start_agent,
+    wait_for,
+)
 
-from nexus_ops.models import ServerState
+from nexus_ops.models import ProcessRecord, ServerState
+from nexus_ops.process import identify
 
 pytestmark = pytest.mark.opencode
 
@@ -289,8 +298,68 @@ def test_wrapper_script_that_execs_the_binary_is_supervised_and_adopted(
         stopped = second.client.stop()
         assert stopped.ok and stopped.survivors == [], stopped.message
         assert stopped.status.state is ServerState.STOPPED
-        assert not psutil.pid_exists(pid)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
         assert second.client.health()  # the agent still answers
     finally:
         second.client.close()
         second.stop()
+
+
+def forged_pidfile(env: dict[str, str], record: ProcessRecord) -> Path:
+    pidfile = Path(env["NEXUS_HOME"]) / "opencode.pid"
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(record.model_dump_json())
+    return pidfile
+
+
+def test_forged_pidfile_of_a_live_process_is_not_adopted_nor_signalled(
+    nexus_env: dict[str, str],
+) -> None:
+    """The real pid, create time, group and command line of a process that is not
+    `opencode serve` on the port: a group leader, then pid 1 (whose group reads 0)."""
+    nexus_env.update(NEXUS_PROBE_INTERVAL="0.1", NEXUS_PROBE_FAILURES="2")
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        for record in (identify(bystander.pid), identify(1)):
+            pidfile = forged_pidfile(nexus_env, record)
+            nexus_env["NEXUS_AGENT_PORT"] = str(free_port())
+            running = start_agent(nexus_env)
+            try:
+                events = running.client.events()
+                stale = [e for e in events if e.kind == "stale_pidfile" and e.pid == record.pid]
+                assert stale, [e.kind for e in events]
+                assert "not adopted" in stale[0].message
+                assert "adopt" not in kinds(running)
+                assert running.client.status().pid is None
+                time.sleep(0.5)  # several probe intervals: nothing is declared hung
+                assert "hung" not in kinds(running) and running.proc.poll() is None
+            finally:
+                running.client.close()
+                running.stop()
+            assert not pidfile.exists()
+        assert bystander.poll() is None, "a forged pidfile's process must never be signalled"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_what_a_crashing_binary_forked_is_stopped_on_each_exit(
+    nexus_env: dict[str, str], tmp_path: Path
+) -> None:
+    children = tmp_path / "children"
+    forker = tmp_path / "forker.sh"
+    forker.write_text(f"#!/bin/sh\nsleep 300 &\necho $! >> {children}\nexit 3\n")
+    forker.chmod(0o755)
+    nexus_env.update(NEXUS_OPENCODE_BIN=str(forker), NEXUS_RESTART_LIMIT="1")
+    running = start_agent(nexus_env)
+    try:
+        running.client.start(wait=False)
+        wait_for(lambda: running.client.status().state is ServerState.FATAL, 40, what="fatal")
+        pids = [int(p) for p in children.read_text().split()]
+        assert len(pids) == 2  # the start and one restart
+        for pid in pids:
+            wait_for(lambda p=pid: not psutil.pid_exists(p) or  # type: ignore[misc]
+                     psutil.Process(p).status() == psutil.STATUS_ZOMBIE, 10, what=f"{pid} gone")  # fmt: skip
+    finally:
+        running.client.close()
+        running.stop()
