@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +92,16 @@ class Layout:
         self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.secrets.chmod(0o700)
         return self
+
+
+def make_private(paths: Iterable[Path]) -> None:
+    """Take group's and others' permissions off each of ``paths`` that exists (a folder: 0700)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            info = path.lstat()
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o077 and not stat.S_ISLNK(info.st_mode):
+                path.chmod(mode & ~0o077)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -42,11 +42,14 @@ class Spawned:
     popen: subprocess.Popen[bytes]
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path) -> Spawned:
+def spawn(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path, umask: int = -1
+) -> Spawned:
     """Start ``argv`` in its own session and process group, output appended to ``log_path``.
 
     The log is opened with O_APPEND, so that the process keeps writing safely when
     the agent dies and while the agent rotates the file (copy, then truncate).
+    ``umask``, when not negative, is the process's umask (the agent's own otherwise).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -60,6 +63,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                umask=umask,
             )
         except OSError as exc:
             raise ProcessError(

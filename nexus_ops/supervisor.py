@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nexus_ops import logs
+from nexus_ops.backup.sources import OpenCodeLocations
 from nexus_ops.config import Settings
 from nexus_ops.errors import NexusOpsError, OpenCodeUnavailable
 from nexus_ops.models import (
@@ -40,7 +41,7 @@ from nexus_ops.models import (
     ServerStatus,
 )
 from nexus_ops.opencode import AsyncOpenCodeClient, Credentials, Health, locate_binary
-from nexus_ops.paths import Layout, read_or_create_secret
+from nexus_ops.paths import Layout, make_private, read_or_create_secret
 from nexus_ops.process import (
     Spawned,
     check_port_free,
@@ -69,6 +70,8 @@ _UNHEALTHY_EVENT = {
 _KEY_DESIRED = "desired"
 _KEY_FATAL = "fatal"
 _KEY_RESTARTS = "restarts"
+# What the server creates (opencode.db, its WAL, its logs) is for this user alone.
+_SERVER_UMASK = 0o077
 
 
 def backoff_delay(attempt: int, *, initial: float, cap: float, jitter: float) -> float:
@@ -395,8 +398,10 @@ class Supervisor:
         ]
         cwd = settings.opencode_workdir or Path.home()
         cwd = cwd if cwd.is_dir() else self.layout.home
+        env = self._server_env()
+        await asyncio.to_thread(make_private, self._private_paths(env))
         spawned = await asyncio.to_thread(
-            spawn, argv, self._server_env(), cwd, self.layout.server_log
+            spawn, argv, env, cwd, self.layout.server_log, umask=_SERVER_UMASK
         )
         save_record(self.layout.server_pidfile, spawned.record)
         self._spawned, self._record = spawned, spawned.record
@@ -412,6 +417,16 @@ class Supervisor:
         )
         self._ready_task = asyncio.get_running_loop().create_task(self._await_ready(spawned.record))
         self._ready_task.add_done_callback(_log_failure)
+
+    def _private_paths(self, env: dict[str, str]) -> list[Path]:
+        """What the server writes that only this user may read: OpenCode's data folder,
+        the files in it and in its ``log/``, and the server's log."""
+        data = OpenCodeLocations.from_environ(env).data_dir
+        found = [data, self.layout.server_log]
+        for folder in (data, data / "log"):
+            with contextlib.suppress(OSError):
+                found.extend(folder.iterdir())
+        return found
 
     def _server_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}

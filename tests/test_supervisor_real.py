@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -363,3 +367,35 @@ def test_what_a_crashing_binary_forked_is_stopped_on_each_exit(
     finally:
         running.client.close()
         running.stop()
+
+
+def test_a_fresh_server_passes_the_file_mode_checks(opencode_bin: Path) -> None:
+    """In a folder every user may pass through, so that a 0644 file would be exposed."""
+    root = Path(tempfile.mkdtemp(prefix="nxops-modes-"))
+    root.chmod(0o755)
+    env = private_env(root, {"NEXUS_OPENCODE_BIN": str(opencode_bin)})
+    Path(env["NEXUS_HOME"]).chmod(0o700)  # as the agent makes it when it is not there
+    data = Path(env["XDG_DATA_HOME"]) / "opencode"
+    data.mkdir(mode=0o755)
+    (data / "auth.json").write_text("{}")  # left 0644 by an earlier, unprotected run
+    (data / "auth.json").chmod(0o644)
+    try:
+        running = start_agent(env)
+        try:
+            started_server(running)
+            wait_for(lambda: list((data / "log").iterdir()) and (data / "opencode.db-wal").exists(),
+                     20, what="OpenCode's database, WAL and log")  # fmt: skip
+        finally:
+            running.client.close()
+            running.stop()
+        report = json.loads(nexus_cli(env, "security", "check", "--json").stdout)
+        items = {item["name"]: item for item in report["items"]}
+        for name in ("data permissions", "secret files"):
+            assert items[name]["status"] == "pass", items[name]
+        assert stat.S_IMODE((data / "auth.json").stat().st_mode) == 0o600
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        created = [data / "opencode.db", data / "opencode.db-wal", *(data / "log").iterdir()]
+        assert [f for f in created if stat.S_IMODE(f.stat().st_mode) & 0o077] == []  # umask 077
+    finally:
+        kill_everything_of(env)
+        shutil.rmtree(root, ignore_errors=True)
