@@ -295,12 +295,11 @@ def terminate_process(record: ProcessRecord, grace: float) -> list[int]:
         return []
     with contextlib.suppress(psutil.Error):
         proc.terminate()
-    _, alive = psutil.wait_procs([proc], timeout=grace)
+    alive = _wait_gone([proc], grace)
     for leftover in alive:
         with contextlib.suppress(psutil.Error):
             leftover.kill()
-    _, alive = psutil.wait_procs(alive, timeout=2.0)
-    return [p.pid for p in alive]
+    return [p.pid for p in _wait_gone(alive, 2.0)]
 
 
 def pidfd(pid: int) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -282,16 +283,18 @@ def exec_wrapper(folder: Path, binary: Path, before: str = "") -> Path:
 def test_wrapper_script_that_execs_the_binary_is_supervised_and_adopted(
     nexus_env: dict[str, str], tmp_path: Path, opencode_bin: Path
 ) -> None:
-    nexus_env["NEXUS_OPENCODE_BIN"] = str(exec_wrapper(tmp_path, opencode_bin))
+    """The wrapper also leaves a stubborn process in the group, outside the server's tree:
+    `agent stop --stop-server` stops it too."""
+    orphan_pid = tmp_path / "orphan.pid"
+    orphan = f"(trap '' TERM; sleep 300 & echo $! > {orphan_pid})\n"
+    nexus_env["NEXUS_OPENCODE_BIN"] = str(exec_wrapper(tmp_path, opencode_bin, before=orphan))
+    nexus_env["NEXUS_STOP_GRACE"] = "4"  # the server exits within it; the stray does not
     first = start_agent(nexus_env)
     pid = started_server(first)
     assert Path(psutil.Process(pid).exe()) == opencode_bin.resolve()  # exec has happened
     status = first.client.status()
     assert status.rss_bytes and status.rss_bytes > 0
-    metrics = wait_for(
-        lambda: "opencode_process_resident_memory_bytes" in first.client.metrics_text()
-    )
-    assert metrics
+    assert wait_for(lambda: "opencode_process_resident_memory_bytes" in first.client.metrics_text())
     first.client.close()
     first.stop(signal.SIGKILL)
     second = start_agent(nexus_env)
@@ -299,14 +302,22 @@ def test_wrapper_script_that_execs_the_binary_is_supervised_and_adopted(
         adopted = wait_for(lambda: second.client.ready().ready and second.client.status(), 20)
         assert adopted.pid == pid  # type: ignore[attr-defined]
         assert "adopt" in kinds(second)
-        stopped = second.client.stop()
-        assert stopped.ok and stopped.survivors == [], stopped.message
-        assert stopped.status.state is ServerState.STOPPED
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        assert second.client.health()  # the agent still answers
+        stray = int(orphan_pid.read_text())
+        assert os.getpgid(stray) == pid and psutil.Process(stray).ppid() != pid  # not its child
+        stopped = nexus_cli(nexus_env, "agent", "stop", "--stop-server")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "stopped" in stopped.stdout and "survivors" not in stopped.stdout
+        for gone in (pid, stray):
+            assert (
+                not psutil.pid_exists(gone) or psutil.Process(gone).status() == psutil.STATUS_ZOMBIE
+            )
+        second.proc.wait(timeout=20)
     finally:
         second.client.close()
         second.stop()
+        if orphan_pid.exists():  # left behind when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(orphan_pid.read_text()), signal.SIGKILL)
 
 
 def forged_pidfile(env: dict[str, str], record: ProcessRecord) -> Path:
