@@ -78,7 +78,9 @@ class Settings(BaseSettings):
 
     # The managed OpenCode server.
     opencode_bin: Path | None = Field(
-        None, description="OpenCode binary to run (default: the installed one, then PATH)."
+        None,
+        description="OpenCode binary to run (default: the installed one, then PATH); "
+        'a script that ends in `exec /path/to/opencode "$@"` works too.',
     )
     opencode_version: str = Field(
         DEFAULT_OPENCODE_VERSION, description="Version `opencode install` installs."

@@ -71,11 +71,17 @@ class Frozen(BaseModel):
 
 
 class ProcessRecord(Frozen):
-    """Who a process is: enough to never signal a reused pid."""
+    """Who a process is: enough to never signal a reused pid.
+
+    ``pid`` and ``create_time`` survive exec; so does ``pgid``, the process group
+    the process was in when recorded (its own, for a server this agent started).
+    ``cmdline`` is what it showed then (a wrapper script's exec changes it later).
+    """
 
     pid: int
     create_time: float
     cmdline: list[str]
+    pgid: int | None = None
 
 
 class ExitInfo(Frozen):

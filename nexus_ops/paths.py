@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +105,16 @@ class Layout:
             hint="make that folder writable by this user (is it a read-only mount?), "
             "or point NEXUS_HOME at a writable folder",
         )
+
+
+def make_private(paths: Iterable[Path]) -> None:
+    """Take group's and others' permissions off each of ``paths`` that exists (a folder: 0700)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            info = path.lstat()
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o077 and not stat.S_ISLNK(info.st_mode):
+                path.chmod(mode & ~0o077)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -1,8 +1,10 @@
 """Processes: spawn, identify, signal and inspect a process tree (psutil, subprocess).
 
 A process is known by a :class:`~nexus_ops.models.ProcessRecord` (pid, create
-time, command line), so that a pid the kernel has given to another program since
-is never signalled.
+time, process group), so that a pid the kernel has given to another program since
+is never signalled. All three survive exec, so a wrapper script that ends in
+``exec /real/opencode "$@"`` is still the process that was started; the command line is not
+compared, since exec changes it.
 """
 
 from __future__ import annotations
@@ -41,11 +43,14 @@ class Spawned:
     popen: subprocess.Popen[bytes]
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path) -> Spawned:
+def spawn(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path, umask: int = -1
+) -> Spawned:
     """Start ``argv`` in its own session and process group, output appended to ``log_path``.
 
     The log is opened with O_APPEND, so that the process keeps writing safely when
     the agent dies and while the agent rotates the file (copy, then truncate).
+    ``umask``, when not negative, is the process's umask (the agent's own otherwise).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -59,6 +64,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                umask=umask,
             )
         except OSError as exc:
             raise ProcessError(
@@ -68,7 +74,9 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
     try:
         record = identify(popen.pid, fallback_cmdline=list(argv))
     except ProcessError:  # it exited at once: still ours to reap and report
-        record = ProcessRecord(pid=popen.pid, create_time=time.time(), cmdline=list(argv))
+        record = ProcessRecord(
+            pid=popen.pid, create_time=time.time(), cmdline=list(argv), pgid=popen.pid
+        )
     return Spawned(record=record, popen=popen)
 
 
@@ -89,24 +97,69 @@ def identify(pid: int, fallback_cmdline: list[str] | None = None) -> ProcessReco
             if cmdline or time.monotonic() >= deadline:
                 break
             time.sleep(0.005)
-    except psutil.Error as exc:
+        pgid = os.getpgid(pid)
+    except (psutil.Error, ProcessLookupError) as exc:
         raise ProcessError(f"process {pid} vanished before it could be identified") from exc
     return ProcessRecord(
-        pid=pid, create_time=create_time, cmdline=cmdline or fallback_cmdline or []
+        pid=pid, create_time=create_time, cmdline=cmdline or fallback_cmdline or [], pgid=pgid
     )
 
 
 def find_live(record: ProcessRecord) -> psutil.Process | None:
-    """The process of ``record`` if it still runs and is the same program; else None."""
+    """The process of ``record`` if it still runs and is the same process; else None.
+
+    The same process: same pid, same create time and still in the recorded process
+    group. A record without a group (written by an older version) is checked
+    against its command line instead.
+    """
     try:
         proc = psutil.Process(record.pid)
         with proc.oneshot():
             same_start = abs(proc.create_time() - record.create_time) < _CREATE_TIME_SLACK
-            same_cmd = proc.cmdline() == record.cmdline
             zombie = proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
+            same = (
+                os.getpgid(record.pid) == record.pgid
+                if record.pgid is not None
+                else proc.cmdline() == record.cmdline
+            )
+    except (psutil.Error, ProcessLookupError):
         return None
-    return proc if same_start and same_cmd and not zombie else None
+    return proc if same_start and same and not zombie else None
+
+
+def server_problem(record: ProcessRecord, binary: Path | None) -> str | None:
+    """Why ``record`` is not an ``opencode serve`` that this agent started; None when it is.
+
+    It must be the recorded process (pid, create time, group), lead the process
+    group the agent made for it, not be in the agent's own group, and run
+    ``serve`` from an OpenCode binary: the configured ``binary``, or one named
+    ``opencode*`` (what a wrapper script execs). Whether it listens on its port is
+    :func:`listens_on`.
+    """
+    proc = find_live(record)
+    if proc is None:
+        return f"pid {record.pid} is gone or is another process"
+    try:
+        exe, cmdline, pgid = Path(proc.exe()), proc.cmdline(), os.getpgid(record.pid)
+    except (psutil.Error, ProcessLookupError):
+        return f"pid {record.pid} cannot be inspected"
+    if pgid != record.pid or record.pgid not in (None, record.pid) or pgid == os.getpgrp():
+        return f"pid {record.pid} does not lead a process group of its own (group {pgid})"
+    if not _is_opencode(exe, binary) or "serve" not in cmdline[1:]:
+        return f"pid {record.pid} runs {exe}, not `opencode serve`"
+    return None
+
+
+def _is_opencode(exe: Path, binary: Path | None) -> bool:
+    with contextlib.suppress(OSError):
+        if binary is not None and exe.resolve() == binary.resolve():
+            return True
+    return exe.name.startswith("opencode")
+
+
+def listens_on(record: ProcessRecord, port: int) -> bool:
+    """True when ``record``'s process, or one of its descendants, listens on TCP ``port``."""
+    return any(listen_addresses(pid, port) for pid in tree_pids(record.pid))
 
 
 def save_record(path: Path, record: ProcessRecord) -> None:
@@ -135,35 +188,104 @@ def descendants(proc: psutil.Process) -> list[psutil.Process]:
     return found
 
 
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to process group ``pgid``; False when the group is refused or gone.
+
+    Refused: 0 and 1 (``killpg`` reads 0 as the caller's own group, and a
+    container's init shows group 0) and the agent's own group. Every group signal
+    goes through here.
+    """
+    if pgid <= 1 or pgid == os.getpgrp():
+        return False
+    try:
         os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live (not zombie) processes of group ``pgid``: one scan of the host's processes."""
+    found = []
+    for pid in psutil.pids():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(psutil.Process(pid))
+    return found
+
+
+def own_group(record: ProcessRecord) -> int | None:
+    """The process group ``record``'s process was started in and leads, when it is still ours.
+
+    While any member is left, the kernel does not give the group's id to a new
+    process; once none is, a new process with that pid may lead a group of the
+    same id, and that group is not ours.
+    """
+    if record.pgid != record.pid:
+        return None
+    leader = [p for p in group_members(record.pid) if p.pid == record.pid]
+    if leader and find_live(record) is None:
+        return None
+    return record.pid
 
 
 def terminate_tree(record: ProcessRecord, grace: float) -> list[int]:
-    """Stop a process and everything it started; return the pids that survived.
+    """Stop a process, everything it started and what is left of its group; return survivors.
 
-    SIGTERM (and SIGCONT, so that a stopped process can act on it) to the group,
-    up to ``grace`` seconds to exit, SIGKILL to the group, then SIGKILL to any
-    descendant that had left the group.
+    SIGTERM (and SIGCONT, so that a stopped process can act on it) to the group it
+    leads and to any descendant that left the group, up to ``grace`` seconds to
+    exit, then SIGKILL. When the process has exited already, the rest of its group
+    is stopped the same way (a binary that forks children and exits leaves them
+    in its group).
     """
     proc = find_live(record)
-    if proc is None:
+    group = own_group(record)
+    tree = [proc, *descendants(proc)] if proc is not None else []
+    members = _unique([*tree, *(group_members(group) if group is not None else [])])
+    if not members:
         return []
-    tree = [proc, *descendants(proc)]
-    with contextlib.suppress(psutil.Error, ProcessLookupError):
-        pgid = os.getpgid(record.pid)
-        signal_group(pgid, signal.SIGTERM)
-        signal_group(pgid, signal.SIGCONT)
-    _, alive = psutil.wait_procs(tree, timeout=grace)
+    _signal_all(members, group, signal.SIGTERM)
+    _signal_all(members, group, signal.SIGCONT)
+    alive = _wait_gone(members, grace)
     if alive:
-        with contextlib.suppress(ProcessLookupError):
-            signal_group(record.pid, signal.SIGKILL)
-        for leftover in alive:
-            with contextlib.suppress(psutil.Error):
-                leftover.kill()
-        _, alive = psutil.wait_procs(alive, timeout=2.0)
+        _signal_all(alive, group, signal.SIGKILL)
+        alive = _wait_gone(alive, 2.0)
     return [p.pid for p in alive]
+
+
+def _unique(procs: list[psutil.Process]) -> list[psutil.Process]:
+    return list({p.pid: p for p in procs}.values())
+
+
+def _signal_all(procs: list[psutil.Process], group: int | None, sig: signal.Signals) -> None:
+    """``sig`` to ``group``, and to each of ``procs`` that is not in it."""
+    grouped = group is not None and signal_group(group, sig)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if not grouped or os.getpgid(proc.pid) != group:
+                proc.send_signal(sig)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` for ``procs`` to exit; those still running.
+
+    A zombie counts as gone, and is not reaped here: the agent's own child is
+    reaped by its Popen, which thus learns its exit status.
+    """
+    deadline = time.monotonic() + timeout
+    alive = procs
+    while True:
+        alive = [p for p in alive if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def terminate_process(record: ProcessRecord, grace: float) -> list[int]:
@@ -173,12 +295,11 @@ def terminate_process(record: ProcessRecord, grace: float) -> list[int]:
         return []
     with contextlib.suppress(psutil.Error):
         proc.terminate()
-    _, alive = psutil.wait_procs([proc], timeout=grace)
+    alive = _wait_gone([proc], grace)
     for leftover in alive:
         with contextlib.suppress(psutil.Error):
             leftover.kill()
-    _, alive = psutil.wait_procs(alive, timeout=2.0)
-    return [p.pid for p in alive]
+    return [p.pid for p in _wait_gone(alive, 2.0)]
 
 
 def pidfd(pid: int) -> int | None:
@@ -189,11 +310,20 @@ def pidfd(pid: int) -> int | None:
         return None
 
 
-def wait_status(popen: subprocess.Popen[bytes] | None) -> tuple[int | None, int | None]:
-    """(exit code, signal) of a reaped child; (None, None) when it is not ours."""
+def wait_status(
+    popen: subprocess.Popen[bytes] | None, timeout: float = 1.0
+) -> tuple[int | None, int | None]:
+    """(exit code, signal) of a reaped child; (None, None) when it is not ours or still runs.
+
+    The wait is bounded: a caller that holds a lock must never hang on a process
+    that was thought to have exited.
+    """
     if popen is None:
         return None, None
-    code = popen.wait()
+    try:
+        code = popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None, None
     return (None, -code) if code < 0 else (code, None)
 
 
@@ -221,14 +351,8 @@ def check_port_free(host: str, port: int, setting: str = "NEXUS_OPENCODE_PORT") 
 
 def port_holder(port: int) -> str | None:
     """'name (pid N): cmdline' of the process listening on ``port``, when visible."""
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except psutil.Error:
-        return None
-    for conn in conns:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            return describe_pid(conn.pid) if conn.pid else None
-    return None
+    pid = port_listener(port)
+    return describe_pid(pid) if pid else None
 
 
 def listen_addresses(pid: int, port: int, proc_root: Path = Path("/proc")) -> list[str]:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nexus_ops import logs
+from nexus_ops.backup.sources import OpenCodeLocations
 from nexus_ops.config import Settings
 from nexus_ops.errors import NexusOpsError, OpenCodeUnavailable
 from nexus_ops.models import (
@@ -40,15 +41,17 @@ from nexus_ops.models import (
     ServerStatus,
 )
 from nexus_ops.opencode import AsyncOpenCodeClient, Credentials, Health, locate_binary
-from nexus_ops.paths import Layout, read_or_create_secret
+from nexus_ops.paths import Layout, make_private, read_or_create_secret
 from nexus_ops.process import (
     Spawned,
     check_port_free,
     find_live,
+    listens_on,
     load_record,
     pidfd,
     remove_record,
     save_record,
+    server_problem,
     spawn,
     terminate_tree,
     tree_rss,
@@ -67,6 +70,8 @@ _UNHEALTHY_EVENT = {
 _KEY_DESIRED = "desired"
 _KEY_FATAL = "fatal"
 _KEY_RESTARTS = "restarts"
+# What the server creates (opencode.db, its WAL, its logs) is for this user alone.
+_SERVER_UMASK = 0o077
 
 
 def backoff_delay(attempt: int, *, initial: float, cap: float, jitter: float) -> float:
@@ -258,20 +263,43 @@ class Supervisor:
     async def _recover(self) -> None:
         async with self._lock:
             record = load_record(self.layout.server_pidfile)
-            if record is not None and find_live(record) is not None:
+            problem = await self._adoption_problem(record) if record is not None else None
+            if record is not None and problem is None:
                 self._adopt(record)
                 return
             if record is not None:
                 self.journal.record(
                     EventKind.STALE_PIDFILE,
                     pid=record.pid,
-                    message=f"pid {record.pid} is gone or is another program; not signalled",
+                    message=f"{problem}; not adopted, not signalled",
                 )
                 remove_record(self.layout.server_pidfile)
             if self.journal.get(_KEY_FATAL):
                 self._state = ServerState.FATAL
             elif self.desired == "running":
                 await self._spawn_or_backoff(RestartReason.CRASH)
+
+    async def _adoption_problem(self, record: ProcessRecord) -> str | None:
+        """Why the pidfile's process is not a server to adopt; None when it is.
+
+        A server the previous agent started a moment before it died may not listen
+        yet: it gets ``start_timeout`` to open its port.
+        """
+        try:
+            binary: Path | None = locate_binary(
+                self.settings.opencode_bin, self.layout.opencode_prefix
+            )
+        except NexusOpsError:
+            binary = None
+        port = self.settings.opencode_port
+        deadline = self._now() + self.settings.start_timeout
+        while (problem := await asyncio.to_thread(server_problem, record, binary)) is None:
+            if await asyncio.to_thread(listens_on, record, port):
+                return None
+            if self._now() >= deadline:
+                return f"pid {record.pid} does not listen on port {port}"
+            await asyncio.sleep(0.2)
+        return problem
 
     def _adopt(self, record: ProcessRecord) -> None:
         self._record = record
@@ -370,8 +398,10 @@ class Supervisor:
         ]
         cwd = settings.opencode_workdir or Path.home()
         cwd = cwd if cwd.is_dir() else self.layout.home
+        env = self._server_env()
+        await asyncio.to_thread(make_private, self._private_paths(env))
         spawned = await asyncio.to_thread(
-            spawn, argv, self._server_env(), cwd, self.layout.server_log
+            spawn, argv, env, cwd, self.layout.server_log, umask=_SERVER_UMASK
         )
         save_record(self.layout.server_pidfile, spawned.record)
         self._spawned, self._record = spawned, spawned.record
@@ -387,6 +417,16 @@ class Supervisor:
         )
         self._ready_task = asyncio.get_running_loop().create_task(self._await_ready(spawned.record))
         self._ready_task.add_done_callback(_log_failure)
+
+    def _private_paths(self, env: dict[str, str]) -> list[Path]:
+        """What the server writes that only this user may read: OpenCode's data folder,
+        the files in it and in its ``log/``, and the server's log."""
+        data = OpenCodeLocations.from_environ(env).data_dir
+        found = [data, self.layout.server_log]
+        for folder in (data, data / "log"):
+            with contextlib.suppress(OSError):
+                found.extend(folder.iterdir())
+        return found
 
     def _server_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
@@ -459,6 +499,8 @@ class Supervisor:
                 return
             spawned = self._spawned
             code, sig = await asyncio.to_thread(wait_status, spawned.popen if spawned else None)
+            # What it forked and left behind (a port held by an orphan, say) goes too.
+            await asyncio.to_thread(terminate_tree, record, self.settings.stop_grace)
             self._forget_process(
                 ExitInfo(
                     pid=self._record.pid,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import free_port, wait_for
 
 from nexus_ops.errors import BinaryNotFound, PortInUse
 from nexus_ops.models import ProcessRecord
@@ -18,12 +19,16 @@ from nexus_ops.opencode import locate_binary
 from nexus_ops.process import (
     check_port_free,
     find_live,
+    group_members,
     identify,
     listen_addresses,
+    listens_on,
     load_record,
     save_record,
+    server_problem,
     spawn,
     terminate_tree,
+    wait_status,
 )
 from nexus_ops.supervisor import backoff_delay
 
@@ -45,14 +50,31 @@ def test_identity_refuses_a_reused_pid(tmp_path: Path) -> None:
         assert find_live(record) is not None
         reused = record.model_copy(update={"create_time": record.create_time - 100})
         assert find_live(reused) is None
-        other = record.model_copy(update={"cmdline": ["opencode", "serve"]})
-        assert find_live(other) is None
+        other_group = record.model_copy(update={"pgid": record.pid})
+        assert record.pgid == os.getpgrp() != record.pid
+        assert find_live(other_group) is None
+        legacy = record.model_copy(update={"pgid": None, "cmdline": ["opencode", "serve"]})
+        assert find_live(legacy) is None  # an old record without a group: by command line
+        assert find_live(legacy.model_copy(update={"cmdline": record.cmdline})) is not None
         save_record(tmp_path / "x.pid", record)
         assert load_record(tmp_path / "x.pid") == record
         assert oct((tmp_path / "x.pid").stat().st_mode & 0o777) == "0o600"
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_identity_survives_exec_and_the_wait_never_hangs(tmp_path: Path) -> None:
+    spawned = spawn(["/bin/sh", "-c", "sleep 0.2; exec sleep 30"], dict(os.environ), tmp_path,
+                    tmp_path / "out.log")  # fmt: skip
+    try:
+        assert spawned.record.pgid == spawned.record.pid
+        wait_for(lambda: psutil.Process(spawned.record.pid).cmdline() == ["sleep", "30"], 10)
+        assert find_live(spawned.record) is not None
+        assert wait_status(spawned.popen, timeout=0.1) == (None, None)  # alive: no hang
+    finally:
+        spawned.popen.kill()
+    assert wait_status(spawned.popen) == (None, 9)
 
 
 def test_garbage_pidfile_reads_as_none(tmp_path: Path) -> None:
@@ -75,6 +97,53 @@ def test_terminate_tree_kills_stubborn_parent_and_escaped_children(tmp_path: Pat
     assert survivors == []
     for pid in (child, escapee):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_what_an_exited_leader_left_in_its_group_is_stopped(tmp_path: Path) -> None:
+    script = "sleep 300 & echo $!; trap '' TERM; sh -c 'trap \"\" TERM; sleep 300' & exit 0"
+    spawned = spawn(["/bin/sh", "-c", script], dict(os.environ), tmp_path, tmp_path / "out.log")
+    assert spawned.popen.wait(timeout=10) == 0
+    child = int((tmp_path / "out.log").read_text().split()[0])
+    left = wait_for(lambda: len(group_members(spawned.record.pid)) == 3 and group_members(
+        spawned.record.pid), 10, what="the sleep, the stubborn shell and its sleep")  # fmt: skip
+    assert child in [p.pid for p in left]  # type: ignore[attr-defined]
+    assert terminate_tree(spawned.record, grace=0.3) == []
+    assert group_members(spawned.record.pid) == []
+
+
+def test_group_signals_refuse_0_1_and_the_callers_own_group(tmp_path: Path) -> None:
+    code = (
+        "import os, signal\n"
+        "from nexus_ops.process import signal_group\n"
+        "os.setsid()\n"
+        "print([signal_group(g, signal.SIGTERM) for g in (0, 1, os.getpgrp())])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, f"the caller signalled itself ({done.returncode}): {done.stderr}"
+    assert done.stdout.strip() == "[False, False, False]"
+
+
+def test_only_an_opencode_server_leading_its_own_group_is_a_server(tmp_path: Path) -> None:
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        record = identify(bystander.pid)
+        assert record.pgid == bystander.pid
+        assert "not `opencode serve`" in (server_problem(record, None) or "")
+        assert "not `opencode serve`" in (server_problem(record, Path("/usr/bin/opencode")) or "")
+        assert not listens_on(record, free_port())
+    finally:
+        bystander.kill()
+        bystander.wait()
+    in_my_group = subprocess.Popen(["sleep", "300"])
+    try:
+        problem = server_problem(identify(in_my_group.pid), None) or ""
+        assert "does not lead a process group" in problem
+    finally:
+        in_my_group.kill()
+        in_my_group.wait()
+    init = identify(1)
+    assert server_problem(init, None) is not None
 
 
 def test_terminate_of_a_gone_process_is_a_no_op() -> None:

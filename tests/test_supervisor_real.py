@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import RunningAgent, kill_everything_of, nexus_cli, private_env, start_agent, wait_for
+from conftest import (
+    RunningAgent,
+    free_port,
+    kill_everything_of,
+    nexus_cli,
+    private_env,
+    start_agent,
+    wait_for,
+)
 
-from nexus_ops.models import ServerState
+from nexus_ops.models import ProcessRecord, ServerState
+from nexus_ops.process import identify
 
 pytestmark = pytest.mark.opencode
 
@@ -256,3 +270,143 @@ def test_back_to_back_restarts_each_become_ready(nexus_env: dict[str, str]) -> N
     finally:
         agent.client.close()
         agent.stop()
+
+
+def exec_wrapper(folder: Path, binary: Path, before: str = "") -> Path:
+    """A shell script that ``exec``s the real binary, as people write for PATH or env setup."""
+    wrapper = folder / "opencode-wrapper.sh"
+    wrapper.write_text(f'#!/bin/sh\n{before}exec {binary} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_wrapper_script_that_execs_the_binary_is_supervised_and_adopted(
+    nexus_env: dict[str, str], tmp_path: Path, opencode_bin: Path
+) -> None:
+    """The wrapper also leaves a stubborn process in the group, outside the server's tree:
+    `agent stop --stop-server` stops it too."""
+    orphan_pid = tmp_path / "orphan.pid"
+    orphan = f"(trap '' TERM; sleep 300 & echo $! > {orphan_pid})\n"
+    nexus_env["NEXUS_OPENCODE_BIN"] = str(exec_wrapper(tmp_path, opencode_bin, before=orphan))
+    nexus_env["NEXUS_STOP_GRACE"] = "4"  # the server exits within it; the stray does not
+    first = start_agent(nexus_env)
+    pid = started_server(first)
+    assert Path(psutil.Process(pid).exe()) == opencode_bin.resolve()  # exec has happened
+    status = first.client.status()
+    assert status.rss_bytes and status.rss_bytes > 0
+    assert wait_for(lambda: "opencode_process_resident_memory_bytes" in first.client.metrics_text())
+    first.client.close()
+    first.stop(signal.SIGKILL)
+    second = start_agent(nexus_env)
+    try:
+        adopted = wait_for(lambda: second.client.ready().ready and second.client.status(), 20)
+        assert adopted.pid == pid  # type: ignore[attr-defined]
+        assert "adopt" in kinds(second)
+        stray = int(orphan_pid.read_text())
+        assert os.getpgid(stray) == pid and psutil.Process(stray).ppid() != pid  # not its child
+        stopped = nexus_cli(nexus_env, "agent", "stop", "--stop-server")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "stopped" in stopped.stdout and "survivors" not in stopped.stdout
+        for gone in (pid, stray):
+            assert (
+                not psutil.pid_exists(gone) or psutil.Process(gone).status() == psutil.STATUS_ZOMBIE
+            )
+        second.proc.wait(timeout=20)
+    finally:
+        second.client.close()
+        second.stop()
+        if orphan_pid.exists():  # left behind when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(orphan_pid.read_text()), signal.SIGKILL)
+
+
+def forged_pidfile(env: dict[str, str], record: ProcessRecord) -> Path:
+    pidfile = Path(env["NEXUS_HOME"]) / "opencode.pid"
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(record.model_dump_json())
+    return pidfile
+
+
+def test_forged_pidfile_of_a_live_process_is_not_adopted_nor_signalled(
+    nexus_env: dict[str, str],
+) -> None:
+    """The real pid, create time, group and command line of a process that is not
+    `opencode serve` on the port: a group leader, then pid 1 (whose group reads 0)."""
+    nexus_env.update(NEXUS_PROBE_INTERVAL="0.1", NEXUS_PROBE_FAILURES="2")
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        for record in (identify(bystander.pid), identify(1)):
+            pidfile = forged_pidfile(nexus_env, record)
+            nexus_env["NEXUS_AGENT_PORT"] = str(free_port())
+            running = start_agent(nexus_env)
+            try:
+                events = running.client.events()
+                stale = [e for e in events if e.kind == "stale_pidfile" and e.pid == record.pid]
+                assert stale, [e.kind for e in events]
+                assert "not adopted" in stale[0].message
+                assert "adopt" not in kinds(running)
+                assert running.client.status().pid is None
+                time.sleep(0.5)  # several probe intervals: nothing is declared hung
+                assert "hung" not in kinds(running) and running.proc.poll() is None
+            finally:
+                running.client.close()
+                running.stop()
+            assert not pidfile.exists()
+        assert bystander.poll() is None, "a forged pidfile's process must never be signalled"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_what_a_crashing_binary_forked_is_stopped_on_each_exit(
+    nexus_env: dict[str, str], tmp_path: Path
+) -> None:
+    children = tmp_path / "children"
+    forker = tmp_path / "forker.sh"
+    forker.write_text(f"#!/bin/sh\nsleep 300 &\necho $! >> {children}\nexit 3\n")
+    forker.chmod(0o755)
+    nexus_env.update(NEXUS_OPENCODE_BIN=str(forker), NEXUS_RESTART_LIMIT="1")
+    running = start_agent(nexus_env)
+    try:
+        running.client.start(wait=False)
+        wait_for(lambda: running.client.status().state is ServerState.FATAL, 40, what="fatal")
+        pids = [int(p) for p in children.read_text().split()]
+        assert len(pids) == 2  # the start and one restart
+        for pid in pids:
+            wait_for(lambda p=pid: not psutil.pid_exists(p) or  # type: ignore[misc]
+                     psutil.Process(p).status() == psutil.STATUS_ZOMBIE, 10, what=f"{pid} gone")  # fmt: skip
+    finally:
+        running.client.close()
+        running.stop()
+
+
+def test_a_fresh_server_passes_the_file_mode_checks(opencode_bin: Path) -> None:
+    """In a folder every user may pass through, so that a 0644 file would be exposed."""
+    root = Path(tempfile.mkdtemp(prefix="nxops-modes-"))
+    root.chmod(0o755)
+    env = private_env(root, {"NEXUS_OPENCODE_BIN": str(opencode_bin)})
+    Path(env["NEXUS_HOME"]).chmod(0o700)  # as the agent makes it when it is not there
+    data = Path(env["XDG_DATA_HOME"]) / "opencode"
+    data.mkdir(mode=0o755)
+    (data / "auth.json").write_text("{}")  # left 0644 by an earlier, unprotected run
+    (data / "auth.json").chmod(0o644)
+    try:
+        running = start_agent(env)
+        try:
+            started_server(running)
+            wait_for(lambda: list((data / "log").iterdir()) and (data / "opencode.db-wal").exists(),
+                     20, what="OpenCode's database, WAL and log")  # fmt: skip
+        finally:
+            running.client.close()
+            running.stop()
+        report = json.loads(nexus_cli(env, "security", "check", "--json").stdout)
+        items = {item["name"]: item for item in report["items"]}
+        for name in ("data permissions", "secret files"):
+            assert items[name]["status"] == "pass", items[name]
+        assert stat.S_IMODE((data / "auth.json").stat().st_mode) == 0o600
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        created = [data / "opencode.db", data / "opencode.db-wal", *(data / "log").iterdir()]
+        assert [f for f in created if stat.S_IMODE(f.stat().st_mode) & 0o077] == []  # umask 077
+    finally:
+        kill_everything_of(env)
+        shutil.rmtree(root, ignore_errors=True)
