@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 from collections.abc import Iterator
@@ -93,6 +94,94 @@ def test_client_maps_a_wrong_token_and_a_missing_agent(app_client: tuple[TestCli
     nobody = AgentClient("http://127.0.0.1:9", "t", timeout=1.0)
     with pytest.raises(Exception, match="nexus-ops agent start"):
         nobody.status()
+
+
+def test_bad_values_get_the_error_shape_naming_the_field(
+    app_client: tuple[TestClient, str],
+) -> None:
+    client, token = app_client
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    cases = [
+        ("POST", "/api/v1/runbooks/backup/runs", '{"who": "\\ud800"}', "who="),
+        ("POST", "/api/v1/runbooks/backup/runs", '{"parameters": {"\\udfff": 1}}', "parameters"),
+        ("POST", "/api/v1/runbooks/backup/runs", '{"parameters": {"n": 1e999999}}', "parameters.n"),
+        ("POST", "/api/v1/runbooks/backup/runs", '{"parameters": {"n": [NaN]}}', "parameters.n.0"),
+        ("POST", "/api/v1/backups", '{"include_nexus": 1e999999}', "include_nexus="),
+        ("POST", "/api/v1/backups/x/restore", '{"parts": ["\\ud800"]}', "parts.0="),
+        ("GET", f"/api/v1/events?after_id={2**64}", None, "after_id="),
+        ("GET", "/api/v1/events?since=nan", None, "since="),
+        ("GET", "/api/v1/metrics/query?metric=x&start=nan", None, "start="),
+        ("GET", "/api/v1/metrics/query?metric=x&end=Infinity", None, "end="),
+        ("POST", "/api/v1/backups", "{not json", "the body is not JSON"),
+    ]
+    for method, path, body, named in cases:
+        response = client.request(method, path, content=body, headers=headers)
+        assert response.status_code in (400, 422), (path, body, response.text)
+        answer = response.json()
+        assert set(answer) == {"error", "hint"} and answer["hint"], answer
+        assert answer["error"].startswith(named), (named, answer)
+    assert client.get("/api/v1/runs", headers=headers).json() == []
+
+
+def test_the_openapi_document_declares_422s_in_the_error_shape(
+    app_client: tuple[TestClient, str],
+) -> None:
+    client, token = app_client
+    spec = client.get("/api/v1/openapi.json", headers={"Authorization": f"Bearer {token}"}).json()
+    refs = {
+        answer["content"]["application/json"]["schema"]["$ref"]
+        for operations in spec["paths"].values()
+        for operation in operations.values()
+        for code, answer in operation["responses"].items()
+        if code == "422"
+    }
+    assert refs == {"#/components/schemas/ErrorBody"}
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+@pytest.fixture
+def full_runs_folder(app_client: tuple[TestClient, str], tmp_path: Path) -> Iterator[Path]:
+    """The agent's runs/ on a 64 KiB tmpfs, filled up (needs root; skipped otherwise)."""
+    runs = tmp_path / "nexus" / "runs"
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(runs)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with contextlib.suppress(OSError), (runs / "filler").open("wb") as filler:
+            filler.write(b"x" * 1_000_000)
+        yield runs
+    finally:
+        subprocess.run(["umount", "-l", str(runs)], check=False)
+
+
+def test_a_runbook_run_on_a_full_disk_is_refused_clearly_and_not_listed(
+    app_client: tuple[TestClient, str], full_runs_folder: Path
+) -> None:
+    client, token = app_client
+    headers = {"Authorization": f"Bearer {token}"}
+    refused = client.post("/api/v1/runbooks/backup/runs", json={}, headers=headers)
+    assert refused.status_code == 507, refused.text
+    answer = refused.json()
+    assert "is full" in answer["error"] and str(full_runs_folder) in answer["error"]
+    assert "free space" in answer["hint"]
+    assert client.get("/api/v1/runs", headers=headers).json() == []
+    assert sorted(p.name for p in full_runs_folder.iterdir()) == [".runbook.lock", "filler"]
+    (full_runs_folder / "filler").unlink()  # space again: the lock was not kept
+    started = client.post("/api/v1/runbooks/backup/runs", json={}, headers=headers)
+    assert started.status_code == 202, started.text
+    run = started.json()["id"]
+    done = wait_for(
+        lambda: (
+            (r := client.get(f"/api/v1/runs/{run}", headers=headers).json())["status"] != "running"
+            and r
+        ),
+        timeout=120,
+    )
+    assert isinstance(done, dict) and done["status"] == "succeeded", done
 
 
 def test_non_loopback_bind_is_refused_without_the_flag(tmp_path: Path) -> None:
