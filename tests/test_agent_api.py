@@ -113,6 +113,12 @@ def test_bad_values_get_the_error_shape_naming_the_field(
         ("GET", "/api/v1/metrics/query?metric=x&start=nan", None, "start="),
         ("GET", "/api/v1/metrics/query?metric=x&end=Infinity", None, "end="),
         ("POST", "/api/v1/backups", "{not json", "the body is not JSON"),
+        (
+            "POST",
+            "/api/v1/runbooks/application_failure/runs",
+            '{"parameters": {"log_lines": 0}}',
+            "parameter 'log_lines' expects int in [1..10000], got 0: below 1",
+        ),
     ]
     for method, path, body, named in cases:
         response = client.request(method, path, content=body, headers=headers)
