@@ -105,6 +105,7 @@ class AgentContext:
     backups: BackupService | None = None
     runbooks: RunbookService | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    store_problems: list[str] = field(default_factory=list)
 
 
 class LogTail(Frozen):
@@ -131,7 +132,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = Database(layout.database)
+        database = Database(layout.database, set_aside_damaged=True)
         journal = Journal(database)
         supervisor = Supervisor(settings, journal)
         exposition = Exposition(supervisor.status, lambda: supervisor.counters, __version__)
@@ -146,9 +147,13 @@ def create_app(
         ctx.loop = asyncio.get_running_loop()
         app.state.ctx = ctx
         journal.record(EventKind.AGENT_START, pid=os.getpid(), message=f"agent {__version__}")
+        for store in stores(ctx):
+            for problem in store.problems:
+                report_store_problem(ctx, store, problem)
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(job(ctx)) for job in jobs or []]
         tasks.append(asyncio.create_task(ctx.metrics.run()))
         tasks.append(asyncio.create_task(ctx.backups.run_schedule()))
+        tasks.append(asyncio.create_task(watch_stores(ctx)))
         if manage:
             tasks.append(asyncio.create_task(supervisor.run()))
         try:
@@ -393,9 +398,14 @@ def public_router() -> APIRouter:
 
     @router.get("/health", tags=["probes"])
     async def health(ctx: Ctx) -> AgentHealth:
-        """The agent is alive (no token needed)."""
+        """The agent is alive (no token needed); ``degraded`` names what went wrong with its
+        own files (a database deleted, replaced or damaged, and rebuilt)."""
         return AgentHealth(
-            version=__version__, uptime_seconds=time.time() - ctx.started, pid=os.getpid()
+            status="degraded" if ctx.store_problems else "ok",
+            version=__version__,
+            uptime_seconds=time.time() - ctx.started,
+            pid=os.getpid(),
+            problems=ctx.store_problems[-10:],
         )
 
     @router.get(
@@ -701,6 +711,33 @@ def check_bind(
         )
     if token is not None:
         require_strong_token(token, "the agent token ($NEXUS_HOME/secrets/agent.token)")
+
+
+STORE_CHECK_INTERVAL = 5.0  # seconds between checks that the databases are still the files
+
+
+def stores(ctx: AgentContext) -> list[Database]:
+    """The agent's databases: nexus.db, and metrics.db when sampling."""
+    return [ctx.database] + ([ctx.metrics.store.db] if ctx.metrics else [])
+
+
+async def watch_stores(ctx: AgentContext, interval: float = STORE_CHECK_INTERVAL) -> None:
+    """Notice a database deleted or replaced under the agent, and rebuild it at once (the
+    history would otherwise go with the old file when the agent stops)."""
+    while True:
+        await asyncio.sleep(interval)
+        for store in stores(ctx):
+            problem = await asyncio.to_thread(store.check_identity)
+            if problem is not None:
+                report_store_problem(ctx, store, problem)
+
+
+def report_store_problem(ctx: AgentContext, store: Database, problem: str) -> None:
+    """Say it loudly: the log (ERROR), the journal, /metrics and /health."""
+    log.error("%s", problem)
+    ctx.store_problems.append(problem)
+    ctx.exposition.count_store_problem(store.path.name)
+    ctx.journal.record(EventKind.STORE_PROBLEM, message=problem)
 
 
 async def evaluate_alerts(ctx: AgentContext) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RunningAgent, private_env, wait_for
+from conftest import RunningAgent, private_env, start_agent, wait_for
 from fastapi.testclient import TestClient
 
 from nexus_ops.agent import check_bind, create_app
@@ -221,3 +221,67 @@ def test_metrics_pass_promtool(agent: RunningAgent, tmp_path: Path) -> None:
     stopped = agent.client.metrics_text()
     assert "opencode_server_status 0.0" in stopped
     assert "opencode_server_desired_running 0.0" in stopped
+
+
+def store_problems(agent: RunningAgent) -> list[str]:
+    return [e.message for e in agent.client.events(kinds=["store_problem"])]
+
+
+@pytest.mark.opencode
+def test_a_store_deleted_under_the_agent_is_rebuilt_loudly_with_its_history(
+    agent: RunningAgent,
+) -> None:
+    agent.client.start()
+    home = Path(agent.env["NEXUS_HOME"])
+    before = [e.id for e in agent.client.events()]
+    wait_for(lambda: (home / "metrics.db").stat().st_size > 0)
+    for name in ("nexus.db", "metrics.db"):
+        (home / name).unlink()
+    health = wait_for(lambda: len((h := agent.client.health()).problems) == 2 and h, timeout=60)
+    assert getattr(health, "status", None) == "degraded"
+    assert all("was deleted under the running agent" in p for p in store_problems(agent))
+    assert len(store_problems(agent)) == 2
+    assert (home / "nexus.db").is_file() and (home / "metrics.db").is_file()
+    text = agent.client.metrics_text()
+    for name in ("nexus.db", "metrics.db"):
+        assert f'nexus_agent_store_problems_total{{store="{name}"}} 1.0' in text, text
+    assert "ERROR" in agent.log.read_text() and "was deleted" in agent.log.read_text()
+    pid = agent.client.status().pid
+    agent.stop()  # a new agent finds the history the first one kept
+    again = start_agent(agent.env)
+    try:
+        kept = [e.id for e in again.client.events(limit=10_000)]
+        assert set(before) <= set(kept)
+        assert len(store_problems(again)) == 2
+        assert again.client.health().status == "ok"
+        wait_for(lambda: again.client.status().pid == pid)
+    finally:
+        again.stop()
+        again.client.close()
+
+
+@pytest.mark.opencode
+def test_a_corrupt_store_is_set_aside_at_start_and_supervision_goes_on(
+    agent: RunningAgent,
+) -> None:
+    agent.client.start()
+    pid = agent.client.status().pid
+    home = Path(agent.env["NEXUS_HOME"])
+    agent.stop()  # the server keeps running
+    for name in ("nexus.db", "metrics.db"):
+        (home / name).write_bytes(b"this is not a database\n" * 500)
+    again = start_agent(agent.env)
+    try:
+        health = again.client.health()
+        assert health.status == "degraded" and len(health.problems) == 2
+        for name in ("nexus.db", "metrics.db"):
+            aside = list(home.glob(f"{name}.corrupt-*"))
+            assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+            assert any(str(aside[0]) in p for p in store_problems(again)), store_problems(again)
+        assert all("file is not a database" in p for p in health.problems)
+        status = again.client.status()
+        assert status.pid == pid and status.state == "running"
+        assert [e.pid for e in again.client.events(kinds=["adopt"])] == [pid]
+    finally:
+        again.stop()
+        again.client.close()
