@@ -14,9 +14,12 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import os
+import re
+import reprlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +27,11 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
@@ -42,6 +47,7 @@ from nexus_ops.errors import (
     ParameterError,
     PortInUse,
     SecurityError,
+    StorageFull,
     Unauthorized,
     UnsafeArchive,
 )
@@ -99,6 +105,7 @@ class AgentContext:
     backups: BackupService | None = None
     runbooks: RunbookService | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    store_problems: list[str] = field(default_factory=list)
 
 
 class LogTail(Frozen):
@@ -126,7 +133,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = Database(layout.database)
+        database = Database(layout.database, set_aside_damaged=True)
         journal = Journal(database)
         supervisor = Supervisor(settings, journal)
         exposition = Exposition(supervisor.status, lambda: supervisor.counters, __version__)
@@ -141,9 +148,13 @@ def create_app(
         ctx.loop = asyncio.get_running_loop()
         app.state.ctx = ctx
         journal.record(EventKind.AGENT_START, pid=os.getpid(), message=f"agent {__version__}")
+        for store in stores(ctx):
+            for problem in store.problems:
+                report_store_problem(ctx, store, problem)
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(job(ctx)) for job in jobs or []]
         tasks.append(asyncio.create_task(ctx.metrics.run()))
         tasks.append(asyncio.create_task(ctx.backups.run_schedule()))
+        tasks.append(asyncio.create_task(watch_stores(ctx)))
         if manage:
             tasks.append(asyncio.create_task(supervisor.run()))
         try:
@@ -170,6 +181,8 @@ def create_app(
     )
     app.add_exception_handler(NexusOpsError, _nexus_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.openapi = _error_shaped_openapi(app)  # type: ignore[method-assign]
     app.middleware("http")(_allow_every_method)
     app.middleware("http")(host_guard(settings))
     app.include_router(public_router())
@@ -249,6 +262,7 @@ _STATUS_BY_ERROR: dict[type[NexusOpsError], int] = {
     SecurityError: 403,
     ParameterError: 400,
     UnsafeArchive: 422,
+    StorageFull: 507,
 }
 
 
@@ -270,6 +284,55 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+_SOURCES = {"body", "query", "path", "header", "cookie"}
+VALIDATION_HINT = "fix the fields named above (the API is described at /api/v1/openapi.json)"
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 (a missing, mistyped or out-of-range field) in the shape of every
+    other error, naming each field: ``limit='0': Input should be ...``."""
+    assert isinstance(exc, RequestValidationError)
+    error = "; ".join(describe_problem(problem) for problem in exc.errors())
+    return JSONResponse(ErrorBody(error=error, hint=VALIDATION_HINT).model_dump(), 422)
+
+
+def describe_problem(problem: Mapping[str, Any]) -> str:
+    """One validation problem as ``field='given': what is wrong``."""
+    if problem.get("type") == "json_invalid":
+        reason = problem.get("ctx", {}).get("error", "")
+        return f"the body is not JSON ({reason})"
+    loc = [str(part) for part in problem.get("loc", ())]
+    name = ".".join(loc[1:] if loc[:1] and loc[0] in _SOURCES else loc) or "body"
+    given = problem.get("input")
+    shown = f"={reprlib.repr(given)}" if isinstance(given, str | int | float) else ""
+    return f"{name}{shown}: {problem.get('msg', 'invalid')}"
+
+
+def _error_shaped_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document, its 422s declared as :class:`ErrorBody` like every error."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if "422" in operation.get("responses", {}):
+                    operation["responses"]["422"] = _UNPROCESSABLE
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        return schema
+
+    return openapi
+
+
+_UNPROCESSABLE = {
+    "description": "A field of the request is missing, mistyped or out of range; the error "
+    "names it.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
     500: {"model": ErrorBody, "description": "The agent could not do it."},
@@ -280,6 +343,7 @@ _MEANING = {
     409: "The server's port is held by another process.",
     424: "There is no OpenCode binary to run.",
     502: "The Prometheus server of NEXUS_PROMETHEUS_URL did not answer.",
+    507: "A file the request needs cannot be written: its file system is full.",
 }
 
 
@@ -289,9 +353,46 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 class StrictBody(Frozen):
-    """A request body: no unknown fields, and no coercion (``0`` is not ``false``)."""
+    """A request body: no unknown fields, no coercion (``0`` is not ``false``), and
+    nothing JSON should not carry (see :func:`unsound_value`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sound(cls, data: Any) -> Any:
+        found = unsound_value(data)
+        if found is not None:
+            loc, value, what = found
+            problem = PydanticCustomError("unsound_json", what)
+            line: InitErrorDetails = {"type": problem, "loc": loc, "input": value}
+            raise ValidationError.from_exception_data(cls.__name__, [line])
+        return data
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+Loc = tuple[str | int, ...]
+
+
+def unsound_value(value: Any, loc: Loc = ()) -> tuple[Loc, Any, str] | None:
+    """The first value in decoded JSON that nothing downstream can store or send back:
+    a number out of range (``1e999999``, ``NaN``, ``Infinity``) or a lone surrogate
+    (``"\\ud800"``, which is not text)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return loc, value, "not a finite number (a JSON number must fit a 64-bit float)"
+    if isinstance(value, str) and _SURROGATE.search(value):
+        return loc, value, "a lone surrogate (\\ud800-\\udfff), which is not text"
+    if isinstance(value, dict):
+        items: list[tuple[Any, Any]] = list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        found = unsound_value(key, (*loc, str(key))) or unsound_value(item, (*loc, key))
+        if found is not None:
+            return found
+    return None
 
 
 def public_router() -> APIRouter:
@@ -299,9 +400,14 @@ def public_router() -> APIRouter:
 
     @router.get("/health", tags=["probes"])
     async def health(ctx: Ctx) -> AgentHealth:
-        """The agent is alive (no token needed)."""
+        """The agent is alive (no token needed); ``degraded`` names what went wrong with its
+        own files (a database deleted, replaced or damaged, and rebuilt)."""
         return AgentHealth(
-            version=__version__, uptime_seconds=time.time() - ctx.started, pid=os.getpid()
+            status="degraded" if ctx.store_problems else "ok",
+            version=__version__,
+            uptime_seconds=time.time() - ctx.started,
+            pid=os.getpid(),
+            problems=ctx.store_problems[-10:],
         )
 
     @router.get(
@@ -316,6 +422,10 @@ def public_router() -> APIRouter:
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if sup.ready else 503)
 
     return router
+
+
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+UnixTime = Annotated[float | None, Query(description="Unix time, inclusive.", allow_inf_nan=False)]
 
 
 def api_router() -> APIRouter:
@@ -354,10 +464,10 @@ def api_router() -> APIRouter:
     @router.get(f"{API}/events", tags=["journal"])
     async def events(
         ctx: Ctx,
-        since: Annotated[float | None, Query(description="Unix time, inclusive.")] = None,
-        until: Annotated[float | None, Query(description="Unix time, inclusive.")] = None,
+        since: UnixTime = None,
+        until: UnixTime = None,
         kind: Annotated[list[str] | None, Query(description="Event kinds to keep.")] = None,
-        after_id: Annotated[int | None, Query(ge=0)] = None,
+        after_id: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
     ) -> list[Event]:
         """Journal entries, oldest first."""
@@ -529,7 +639,12 @@ def recovery_router() -> APIRouter:
     def get_runbook(ctx: Ctx, name: str) -> Runbook:
         return runbooks(ctx).get(name)
 
-    @router.post(f"{API}/runbooks/{{name}}/runs", tags=["runbooks"], status_code=202)
+    @router.post(
+        f"{API}/runbooks/{{name}}/runs",
+        tags=["runbooks"],
+        status_code=202,
+        responses=responses(507),
+    )
     def start_run(ctx: Ctx, name: str, body: RunRequest) -> RunRecord:
         """Check the parameters, then run in the background; read it back from /runs/{id}."""
         who = f"api:{body.who}" if body.who else "api"
@@ -606,6 +721,33 @@ def check_bind(
         )
     if token is not None:
         require_strong_token(token, "the agent token ($NEXUS_HOME/secrets/agent.token)")
+
+
+STORE_CHECK_INTERVAL = 5.0  # seconds between checks that the databases are still the files
+
+
+def stores(ctx: AgentContext) -> list[Database]:
+    """The agent's databases: nexus.db, and metrics.db when sampling."""
+    return [ctx.database] + ([ctx.metrics.store.db] if ctx.metrics else [])
+
+
+async def watch_stores(ctx: AgentContext, interval: float = STORE_CHECK_INTERVAL) -> None:
+    """Notice a database deleted or replaced under the agent, and rebuild it at once (the
+    history would otherwise go with the old file when the agent stops)."""
+    while True:
+        await asyncio.sleep(interval)
+        for store in stores(ctx):
+            problem = await asyncio.to_thread(store.check_identity)
+            if problem is not None:
+                report_store_problem(ctx, store, problem)
+
+
+def report_store_problem(ctx: AgentContext, store: Database, problem: str) -> None:
+    """Say it loudly: the log (ERROR), the journal, /metrics and /health."""
+    log.error("%s", problem)
+    ctx.store_problems.append(problem)
+    ctx.exposition.count_store_problem(store.path.name)
+    ctx.journal.record(EventKind.STORE_PROBLEM, message=problem)
 
 
 async def evaluate_alerts(ctx: AgentContext) -> None:

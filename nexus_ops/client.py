@@ -362,25 +362,10 @@ class BearerAuth(httpx.Auth):
         yield request
 
 
-def _detail(detail: Any) -> str:
-    """FastAPI's validation errors as ``name='value': what is wrong``, one per parameter."""
-    if not isinstance(detail, list) or not all(isinstance(d, dict) for d in detail):
-        return str(detail)
-    parts = []
-    for item in detail:
-        name = str(item.get("loc", ["?"])[-1])
-        given = f"={item['input']!r}" if "input" in item and item["input"] is not None else ""
-        parts.append(f"{name}{given}: {item.get('msg', 'invalid')}")
-    return "; ".join(parts)
-
-
 def _error(response: httpx.Response) -> AgentError:
     try:
         body = response.json()
-        message = body.get("error") or _detail(body.get("detail", body))
-        hint = body.get("hint") or (
-            "fix the parameters named above" if response.status_code == 422 else None
-        )
-    except ValueError:
+        message, hint = str(body["error"]), body.get("hint")
+    except (ValueError, KeyError, TypeError):  # not the agent's {error, hint}: a proxy's page
         message, hint = response.text[:300], None
     return AgentError(message, hint=hint, status=response.status_code)

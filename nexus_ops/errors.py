@@ -25,6 +25,7 @@ sqlite3, papermill) are mapped into this tree in the module that owns each::
     │   ├── ParameterError          a runbook parameter is unknown or mistyped
     │   └── RunbookNotFound         no runbook of that name
     ├── SecurityError               an unsafe setting was refused
+    ├── StorageFull                 a file could not be written: no space left: HTTP 507
     └── NotFound                    (mixin) the thing a request names does not exist: HTTP 404
 """
 
@@ -105,6 +106,12 @@ class ParameterError(RunbookError):
 
 class SecurityError(NexusOpsError):
     """A setting or request was refused because it is unsafe."""
+
+
+class StorageFull(NexusOpsError):
+    """A file could not be written because its file system is full; the API answers 507."""
+
+    status = 507
 
 
 class NotFound(NexusOpsError):

@@ -57,8 +57,12 @@ class FileLock:
                         hint=f"wait for it to finish (lock file {self.path})",
                     ) from None
                 time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n{self.what}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n{self.what}\n".encode())
+        except OSError:
+            os.close(fd)  # a lock whose holder cannot be written (a full disk) is not kept
+            raise
         self._fd = fd
         return self
 

@@ -40,6 +40,7 @@ class EventKind(StrEnum):
     LOG_ROTATED = "log_rotated"
     AGENT_START = "agent_start"
     AGENT_STOP = "agent_stop"
+    STORE_PROBLEM = "store_problem"
 
 
 class RestartReason(StrEnum):
@@ -135,10 +136,14 @@ class Event(Frozen):
 class AgentHealth(Frozen):
     """The agent's own liveness answer."""
 
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = "ok"
     version: str
     uptime_seconds: float
     pid: int
+    problems: list[str] = Field(
+        default_factory=list,
+        description="What went wrong with the agent's own files since it started (degraded).",
+    )
 
 
 class Readiness(Frozen):

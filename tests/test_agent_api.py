@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RunningAgent, private_env, wait_for
+from conftest import RunningAgent, private_env, start_agent, wait_for
 from fastapi.testclient import TestClient
 
 from nexus_ops.agent import check_bind, create_app
@@ -95,6 +97,100 @@ def test_client_maps_a_wrong_token_and_a_missing_agent(app_client: tuple[TestCli
         nobody.status()
 
 
+def test_bad_values_get_the_error_shape_naming_the_field(
+    app_client: tuple[TestClient, str],
+) -> None:
+    client, token = app_client
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    cases = [
+        ("POST", "/api/v1/runbooks/backup/runs", '{"who": "\\ud800"}', "who="),
+        ("POST", "/api/v1/runbooks/backup/runs", '{"parameters": {"\\udfff": 1}}', "parameters"),
+        ("POST", "/api/v1/runbooks/backup/runs", '{"parameters": {"n": 1e999999}}', "parameters.n"),
+        ("POST", "/api/v1/runbooks/backup/runs", '{"parameters": {"n": [NaN]}}', "parameters.n.0"),
+        ("POST", "/api/v1/backups", '{"include_nexus": 1e999999}', "include_nexus="),
+        ("POST", "/api/v1/backups/x/restore", '{"parts": ["\\ud800"]}', "parts.0="),
+        ("GET", f"/api/v1/events?after_id={2**64}", None, "after_id="),
+        ("GET", "/api/v1/events?since=nan", None, "since="),
+        ("GET", "/api/v1/metrics/query?metric=x&start=nan", None, "start="),
+        ("GET", "/api/v1/metrics/query?metric=x&end=Infinity", None, "end="),
+        ("POST", "/api/v1/backups", "{not json", "the body is not JSON"),
+        (
+            "POST",
+            "/api/v1/runbooks/application_failure/runs",
+            '{"parameters": {"log_lines": 0}}',
+            "parameter 'log_lines' expects int in [1..10000], got 0: below 1",
+        ),
+    ]
+    for method, path, body, named in cases:
+        response = client.request(method, path, content=body, headers=headers)
+        assert response.status_code in (400, 422), (path, body, response.text)
+        answer = response.json()
+        assert set(answer) == {"error", "hint"} and answer["hint"], answer
+        assert answer["error"].startswith(named), (named, answer)
+    assert client.get("/api/v1/runs", headers=headers).json() == []
+
+
+def test_the_openapi_document_declares_422s_in_the_error_shape(
+    app_client: tuple[TestClient, str],
+) -> None:
+    client, token = app_client
+    spec = client.get("/api/v1/openapi.json", headers={"Authorization": f"Bearer {token}"}).json()
+    refs = {
+        answer["content"]["application/json"]["schema"]["$ref"]
+        for operations in spec["paths"].values()
+        for operation in operations.values()
+        for code, answer in operation["responses"].items()
+        if code == "422"
+    }
+    assert refs == {"#/components/schemas/ErrorBody"}
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+@pytest.fixture
+def full_runs_folder(app_client: tuple[TestClient, str], tmp_path: Path) -> Iterator[Path]:
+    """The agent's runs/ on a 64 KiB tmpfs, filled up (needs root; skipped otherwise)."""
+    runs = tmp_path / "nexus" / "runs"
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(runs)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with contextlib.suppress(OSError), (runs / "filler").open("wb") as filler:
+            filler.write(b"x" * 1_000_000)
+        yield runs
+    finally:
+        subprocess.run(["umount", "-l", str(runs)], check=False)
+
+
+def test_a_runbook_run_on_a_full_disk_is_refused_clearly_and_not_listed(
+    app_client: tuple[TestClient, str], full_runs_folder: Path
+) -> None:
+    client, token = app_client
+    headers = {"Authorization": f"Bearer {token}"}
+    refused = client.post("/api/v1/runbooks/backup/runs", json={}, headers=headers)
+    assert refused.status_code == 507, refused.text
+    answer = refused.json()
+    assert "is full" in answer["error"] and str(full_runs_folder) in answer["error"]
+    assert "free space" in answer["hint"]
+    assert client.get("/api/v1/runs", headers=headers).json() == []
+    assert sorted(p.name for p in full_runs_folder.iterdir()) == [".runbook.lock", "filler"]
+    (full_runs_folder / "filler").unlink()  # space again: the lock was not kept
+    started = client.post("/api/v1/runbooks/backup/runs", json={}, headers=headers)
+    assert started.status_code == 202, started.text
+    run = started.json()["id"]
+    done = wait_for(
+        lambda: (
+            (r := client.get(f"/api/v1/runs/{run}", headers=headers).json())["status"] != "running"
+            and r
+        ),
+        timeout=120,
+    )
+    assert isinstance(done, dict) and done["status"] == "succeeded", done
+
+
 def test_non_loopback_bind_is_refused_without_the_flag(tmp_path: Path) -> None:
     env = private_env(tmp_path, {"NEXUS_AGENT_HOST": "0.0.0.0"})
     with pytest.raises(SecurityError, match="NEXUS_ALLOW_REMOTE"):
@@ -126,3 +222,50 @@ def test_metrics_pass_promtool(agent: RunningAgent, tmp_path: Path) -> None:
     stopped = agent.client.metrics_text()
     assert "opencode_server_status 0.0" in stopped
     assert "opencode_server_desired_running 0.0" in stopped
+
+
+def store_problems(agent: RunningAgent) -> list[str]:
+    return [e.message for e in agent.client.events(kinds=["store_problem"])]
+
+
+@pytest.mark.opencode
+def test_stores_deleted_under_the_agent_or_corrupt_at_start_are_rebuilt_loudly(
+    agent: RunningAgent,
+) -> None:
+    agent.client.start()
+    pid = agent.client.status().pid
+    home = Path(agent.env["NEXUS_HOME"])
+    before = [e.id for e in agent.client.events()]
+    wait_for(lambda: (home / "metrics.db").stat().st_size > 0)
+    for name in ("nexus.db", "metrics.db"):
+        (home / name).unlink()
+    health = wait_for(lambda: len((h := agent.client.health()).problems) == 2 and h, timeout=60)
+    assert getattr(health, "status", None) == "degraded"
+    assert len(store_problems(agent)) == 2
+    assert all("was deleted under the running agent" in p for p in store_problems(agent))
+    text = agent.client.metrics_text()
+    for name in ("nexus.db", "metrics.db"):
+        assert f'nexus_agent_store_problems_total{{store="{name}"}} 1.0' in text, text
+    assert "ERROR" in agent.log.read_text() and "was deleted" in agent.log.read_text()
+    with contextlib.closing(sqlite3.connect(f"file:{home / 'nexus.db'}?mode=ro", uri=True)) as db:
+        on_disk = {row[0] for row in db.execute("SELECT id FROM events")}
+    assert set(before) <= on_disk  # what the next agent reads: the history was kept
+
+    agent.stop()  # the server keeps running; the stores are damaged while no agent runs
+    for name in ("nexus.db", "metrics.db"):
+        (home / name).write_bytes(b"this is not a database\n" * 500)
+    again = start_agent(agent.env)
+    try:
+        health = again.client.health()
+        assert health.status == "degraded" and len(health.problems) == 2
+        assert all("file is not a database" in p for p in health.problems)
+        for name in ("nexus.db", "metrics.db"):
+            aside = list(home.glob(f"{name}.corrupt-*Z"))
+            assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+            assert any(str(aside[0]) in p for p in store_problems(again)), store_problems(again)
+        status = again.client.status()
+        assert status.pid == pid and status.state == "running"  # adopted: supervision goes on
+        assert [e.pid for e in again.client.events(kinds=["adopt"])] == [pid]
+    finally:
+        again.stop()
+        again.client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import nexus_cli, private_env
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from nexus_ops.errors import ParameterError, RunbookError
-from nexus_ops.runbooks import RunbookCatalog, RunbookRunner, validate
+from nexus_ops.runbooks import ParamSpec, RunbookCatalog, RunbookRunner, validate
 from nexus_ops.runbooks.catalog import candidate_folders, locate
 from nexus_ops.store import Database
 from nexus_ops.store.runs import RunIndex
@@ -110,6 +112,8 @@ def test_every_shipped_runbook_is_catalogued_with_typed_documented_parameters() 
         assert spec["dry_run"].type == "bool" and spec["dry_run"].default is True, book.name
         for param in book.parameters:
             assert param.help, f"{book.name}.{param.name} has no help comment"
+            if param.type in ("int", "float"):
+                assert param.maximum is not None, f"{book.name}.{param.name} has no range"
 
 
 def test_shipped_runbooks_are_thin_and_without_outputs() -> None:
@@ -160,6 +164,58 @@ def test_parameters_are_parsed_from_strings_and_checked_from_json(folder: Path) 
     with pytest.raises(ParameterError) as caught:
         validate(spec, {"n": 1.5, "x": 1})
     assert "'x'" in str(caught.value) and "'n'" in str(caught.value)  # every problem at once
+
+
+def test_numbers_must_be_finite_and_in_their_declared_range() -> None:
+    spec = RunbookCatalog(RUNBOOKS).get("application_failure").spec()
+    assert spec["log_lines"].kind == "int in [1..10000]"
+    for given, from_strings, why in [
+        ({"exit_hours": "nan"}, True, "expects float in [0..8760], got 'nan': not a finite"),
+        ({"exit_hours": "Infinity"}, True, "got 'Infinity': not a finite number"),
+        ({"exit_hours": float("nan")}, False, "got nan: not a finite number"),
+        ({"exit_hours": -1}, False, "got -1: below 0"),
+        ({"log_lines": "0"}, True, "expects int in [1..10000], got '0': below 1"),
+        ({"log_lines": 10**30}, False, "above 10000"),
+    ]:
+        with pytest.raises(ParameterError, match=re.escape(why)) as caught:
+            validate(spec, given, from_strings=from_strings)
+        assert "log_lines (int in [1..10000])" in str(caught.value.hint)
+    assert validate(spec, {"exit_hours": "8760", "log_lines": 1}, from_strings=True) == {
+        "exit_hours": 8760.0,
+        "log_lines": 1,
+    }
+    free = {"n": ParamSpec(name="n", type="int"), "xs": ParamSpec(name="xs", type="list[float]")}
+    with pytest.raises(ParameterError, match=f"above {2**63 - 1}"):
+        validate(free, {"n": 2**63})  # no declared range: 64 bits
+    with pytest.raises(ParameterError, match=r"'xs'.*not a finite number"):
+        validate(free, {"xs": "1, nan"}, from_strings=True)
+
+
+@pytest.mark.parametrize(
+    ("declaration", "why"),
+    [
+        ("n: int = 3  # how many [1..x]", "'x' of its range is not an int"),
+        ("n: int = 3  # how many [5..1]", "is empty"),
+        ("n: int = 30  # how many [1..10]", "above 10"),
+        ("s: str = 'a'  # a name [1..2]", "a range fits numbers"),
+    ],
+)
+def test_a_bad_declared_range_is_refused_when_the_runbook_is_read(
+    tmp_path: Path, declaration: str, why: str
+) -> None:
+    write_notebook(tmp_path, "ranged", "dry_run: bool = True  # only look\n" + declaration)
+    with pytest.raises(RunbookError, match=why) as caught:
+        RunbookCatalog(tmp_path).get("ranged")
+    assert "[low..high]" in str(caught.value.hint)
+
+
+def test_the_cli_refuses_an_out_of_range_parameter_clearly(tmp_path: Path) -> None:
+    env = private_env(tmp_path)
+    done = nexus_cli(env, "runbook", "run", "application_failure", "-p", "exit_hours", "nan")
+    assert done.returncode != 0
+    assert "parameter 'exit_hours' expects float in [0..8760], got 'nan'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list((tmp_path / "nexus" / "runs").glob("*.ipynb"))
 
 
 def test_list_parameters() -> None:

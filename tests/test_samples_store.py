@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -171,3 +173,56 @@ def test_series_match_labels_and_windows_close_for_quiet_series(tmp_path) -> Non
     blocks = store.db.query("SELECT count FROM blocks WHERE series_id = ? AND tier = 0", (quiet,))
     assert blocks == [(1,)]
     assert store.db.query("SELECT COUNT(*) FROM head")[0][0] == 1
+
+
+def test_a_store_deleted_or_replaced_under_it_is_rebuilt_with_every_sample(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "metrics.db"
+    store = SampleStore(path)
+    store.append("opencode_threads", {}, 60.0, 12.0)
+    store.flush()
+    assert store.db.check_identity() is None
+    path.unlink()
+    store.append("opencode_threads", {}, 61.0, 13.0)
+    store.flush()  # written to the deleted file, which only the connection still holds
+    problem = store.db.check_identity()
+    assert problem is not None and "was deleted" in problem and "every record kept" in problem
+    store.append("opencode_threads", {}, 62.0, 14.0)
+    store.close()
+    reopened = SampleStore(path)
+    assert [s.metric for s in reopened.series()] == ["opencode_threads"]
+    assert reopened.db.query("SELECT count(*) FROM head") == [(3,)]
+    path.with_name("stranger.db").write_bytes(b"")
+    path.with_name("stranger.db").replace(path)
+    problem = reopened.db.check_identity()
+    assert problem is not None and "was replaced" in problem
+    displaced = list(tmp_path.glob("metrics.db.displaced-*"))
+    assert len(displaced) == 1 and str(displaced[0]) in problem
+    assert reopened.db.query("SELECT count(*) FROM head") == [(3,)]
+    reopened.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "bad page"])
+def test_a_damaged_store_is_set_aside_only_by_its_owner(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "metrics.db"
+    store = SampleStore(path)
+    for i in range(2000):
+        store.append("opencode_threads", {"n": str(i % 50)}, 60.0 + i, float(i))
+    store.flush()
+    store.close()
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":
+        data[:100] = b"x" * 100
+    else:  # the header stays valid; a b-tree page of a table is overwritten
+        page = int.from_bytes(data[16:18], "big")
+        data[2 * page : 3 * page] = b"\xff" * page
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"damaged|not a database|malformed"):
+        SampleStore(path).series()  # a reader (the CLI, a notebook) does not move it
+    owned = SampleStore(path, set_aside_damaged=True)
+    assert owned.series() == [] and len(owned.db.problems) == 1
+    aside = list(tmp_path.glob("metrics.db.corrupt-*Z"))
+    assert len(aside) == 1 and aside[0].read_bytes() == bytes(data)
+    assert str(aside[0]) in owned.db.problems[0] and "fresh one" in owned.db.problems[0]
+    owned.close()

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 
-from nexus_ops.agent import create_app
+from nexus_ops.agent import VALIDATION_HINT, create_app
 from nexus_ops.client import AgentClient
 from nexus_ops.config import load_settings
 from nexus_ops.errors import AgentError
@@ -108,7 +108,7 @@ def test_the_faults_schemathesis_found_now_answer_clearly(agent_client: AgentCli
         agent_client.events(limit=0)
     assert bad.value.status == 422
     assert bad.value.message == "limit='0': Input should be greater than or equal to 1"
-    assert bad.value.hint == "fix the parameters named above"
+    assert bad.value.hint == VALIDATION_HINT
     with pytest.raises(AgentError) as missing:
         agent_client.json("GET", "/api/v1/backups/20990101T000000Z-none")
     assert missing.value.status == 404 and "there is no backup" in missing.value.message
@@ -119,6 +119,7 @@ def test_the_faults_schemathesis_found_now_answer_clearly(agent_client: AgentCli
         "/api/v1/backups", content=b"{not json", headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 422  # FastAPI's JSON decode error, its documented 422
+    assert response.json()["error"].startswith("the body is not JSON")
     not_found = agent_client._http.get("/api/v1/no-such-route")
     assert not_found.status_code == 404
     assert not_found.json() == {"error": "Not Found", "hint": None}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -115,6 +115,17 @@ class Exposition:
             buckets=REQUEST_BUCKETS,
             registry=self.registry,
         )
+        self.store_problems = Counter(
+            "nexus_agent_store_problems",
+            "Databases of the agent found deleted, replaced or damaged (and rebuilt).",
+            labelnames=["store"],
+            registry=self.registry,
+        )
+        for store in ("nexus.db", "metrics.db"):
+            self.store_problems.labels(store=store)  # shown at 0 before any problem
+
+    def count_store_problem(self, store: str) -> None:
+        self.store_problems.labels(store=store).inc()
 
     def observe_request(self, path: str, seconds: float, ok: bool) -> None:
         self.request_duration.labels(path=path, outcome="ok" if ok else "error").observe(seconds)

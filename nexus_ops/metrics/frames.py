@@ -20,6 +20,7 @@ Downsampling keeps the shape of a series in at most ``max_points`` points:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -92,7 +93,7 @@ def parse_time(value: object, now: float, field: str = "time") -> float:
     if isinstance(value, bool):
         raise QueryError(f"{field}={value!r} is not a time")
     if isinstance(value, int | float | np.floating | np.integer):
-        return float(value)
+        return _finite(float(value), value, field)
     if isinstance(value, timedelta):
         return now - value.total_seconds()
     if isinstance(value, datetime | pd.Timestamp):
@@ -104,11 +105,21 @@ def parse_time(value: object, now: float, field: str = "time") -> float:
     raise QueryError(f"{field}={value!r} is not a time")
 
 
+def _finite(seconds: float, given: object, field: str) -> float:
+    if not math.isfinite(seconds):
+        raise QueryError(
+            f"{field}={given!r} is not a point in time",
+            hint="give finite epoch seconds, ISO 8601 (2026-11-28T10:00:00Z), 'now', or a "
+            "duration before now such as 24h",
+        )
+    return seconds
+
+
 def _parse_time_text(text: str, now: float, field: str) -> float:
     if text == "now":
         return now
     try:
-        return float(text)
+        return _finite(float(text), text, field)
     except ValueError:
         pass
     if _DURATION.match(text.lstrip("-")):

@@ -31,7 +31,7 @@ class MetricsService:
         self, settings: Settings, server: ServerView, clock: Callable[[], float] = time.time
     ) -> None:
         self.settings = settings
-        self.store = open_store(settings)
+        self.store = open_store(settings, owner=True)
         # Its own client, keeping its connection: the supervisor's probes open a fresh
         # one each time (to test accept()), which costs more than asking does.
         password = read_or_create_secret(Layout(settings.home).server_password_file)

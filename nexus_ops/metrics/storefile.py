@@ -19,6 +19,11 @@ def retention_from_settings(settings: Settings) -> Retention:
     )
 
 
-def open_store(settings: Settings) -> SampleStore:
-    """The sample store of these settings (``$NEXUS_HOME/metrics.db``)."""
-    return SampleStore(Layout(settings.home).metrics_database, retention_from_settings(settings))
+def open_store(settings: Settings, *, owner: bool = False) -> SampleStore:
+    """The sample store of these settings (``$NEXUS_HOME/metrics.db``); its ``owner``, the
+    agent, moves a damaged file aside and starts a fresh one."""
+    return SampleStore(
+        Layout(settings.home).metrics_database,
+        retention_from_settings(settings),
+        set_aside_damaged=owner,
+    )

@@ -25,7 +25,7 @@ import papermill
 from nexus_ops.errors import RunbookError, RunbookNotFound
 from nexus_ops.runbooks.models import ParamSpec, Runbook
 from nexus_ops.runbooks.nbio import read_notebook
-from nexus_ops.runbooks.params import parse_default, supported
+from nexus_ops.runbooks.params import check, declared_range, parse_default, supported, within
 
 INSTALLED = Path("share") / "nexus-ops" / "runbooks"
 
@@ -108,17 +108,30 @@ def read_runbook(path: Path) -> Runbook:
                 f"runbook {path.stem}: parameter {name!r} has no supported type ({type_name})",
                 hint="declare it as `name: bool|int|float|str|list[str] = default  # help`",
             )
-        parameters.append(
-            ParamSpec(
-                name=name,
-                type=type_name,
-                default=parse_default(str(info.get("default"))),
-                help=str(info.get("help") or ""),
-            )
-        )
+        parameters.append(_spec(path, name, type_name, info))
     return Runbook(
         name=path.stem, title=title, description=description, path=str(path), parameters=parameters
     )
+
+
+def _spec(path: Path, name: str, type_name: str, info: dict[str, Any]) -> ParamSpec:
+    """One parameter; its declared range must be numbers, and hold its default."""
+    help_text = str(info.get("help") or "")
+    default = parse_default(str(info.get("default")))
+    try:
+        low, high = declared_range(type_name, help_text)
+        spec = ParamSpec(
+            name=name, type=type_name, default=default, help=help_text, minimum=low, maximum=high
+        )
+        if low is not None or high is not None:
+            within(spec, check(type_name, default))
+    except ValueError as exc:
+        raise RunbookError(
+            f"runbook {path.stem}: parameter {name!r} ({type_name} = {default!r}): {exc}",
+            hint="end a number's comment with its range, [low..high] (an end may stay "
+            "open: [1..]), that holds the default",
+        ) from exc
+    return spec
 
 
 def _describe(notebook: Any) -> tuple[str, str]:

@@ -13,6 +13,7 @@ and its marker before the failing cell.
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import secrets
 import socket
@@ -30,8 +31,9 @@ from papermill.exceptions import PapermillExecutionError
 from papermill.execute import raise_for_execution_errors
 from traitlets.config import Config
 
-from nexus_ops.errors import RunbookError
+from nexus_ops.errors import NexusOpsError, RunbookError, StorageFull
 from nexus_ops.locks import FileLock, LockBusy
+from nexus_ops.paths import atomic_write
 from nexus_ops.runbooks.catalog import RunbookCatalog
 from nexus_ops.runbooks.models import Runbook
 from nexus_ops.runbooks.nbio import error_output, read_notebook
@@ -229,9 +231,12 @@ class RunbookRunner:
                 hint="one runbook runs at a time on a host; "
                 "`nexus-ops runbook runs` shows the running one",
             ) from None
+        except OSError as exc:
+            raise unwritable(self.runs_dir, exc) from exc
+        run_id = new_run_id(name)
+        notebook = self.runs_dir / f"{run_id}.ipynb"
         try:
-            run_id = new_run_id(name)
-            notebook = self.runs_dir / f"{run_id}.ipynb"
+            reserve(notebook, Path(runbook.path))
             cells = len(read_notebook(runbook.path).cells) + 1  # + injected
             record = self.index.create(
                 run_id,
@@ -243,6 +248,8 @@ class RunbookRunner:
             )
         except BaseException:
             lock.release()
+            with contextlib.suppress(OSError):
+                notebook.unlink(missing_ok=True)  # a reserved notebook of a run not listed
             raise
         return PreparedRun(self, runbook, record, values, lock)
 
@@ -258,6 +265,29 @@ class RunbookRunner:
         """Prepare and execute in this thread; returns the finished record."""
         prepared = self.prepare(name, parameters, who=who, from_strings=from_strings)
         return prepared.execute(progress_bar=progress_bar)
+
+
+def reserve(notebook: Path, source: Path) -> None:
+    """Write the unexecuted notebook where the run's goes: a folder that cannot take it
+    (a full disk) refuses the run here, before it is listed."""
+    try:
+        atomic_write(notebook, source.read_bytes(), mode=0o600)
+    except OSError as exc:
+        raise unwritable(notebook.parent, exc) from exc
+
+
+def unwritable(folder: Path, exc: OSError) -> NexusOpsError:
+    """The error of a runs folder that refused a write."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(
+            f"no runbook can run: {folder} is full ({exc.strerror})",
+            hint=f"free space on the file system of {folder} (old runs, backups, logs), "
+            "then run it again",
+        )
+    return RunbookError(
+        f"no runbook can run: cannot write in {folder} ({exc.strerror})",
+        hint="check the folder's owner and permissions",
+    )
 
 
 def new_run_id(name: str) -> str:

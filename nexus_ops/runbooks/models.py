@@ -20,6 +20,16 @@ class ParamSpec(Frozen):
     type: str = Field(description="bool, int, float, str or list[...] of one of them")
     default: Any = None
     help: str = ""
+    minimum: int | float | None = Field(None, description="smallest value (numbers and their lists)")
+    maximum: int | float | None = Field(None, description="largest value (numbers and their lists)")
+
+    @property
+    def kind(self) -> str:
+        """The type and its range, as in ``int in [1..10000]``."""
+        if self.minimum is None and self.maximum is None:
+            return self.type
+        low, high = ("" if end is None else number(end) for end in (self.minimum, self.maximum))
+        return f"{self.type} in [{low}..{high}]"
 
 
 class Runbook(Frozen):
@@ -33,3 +43,8 @@ class Runbook(Frozen):
 
     def spec(self) -> dict[str, ParamSpec]:
         return {p.name: p for p in self.parameters}
+
+
+def number(value: float) -> str:
+    """A bound as the operator wrote it: ``8760`` and ``0.1``, an int in full."""
+    return str(value) if isinstance(value, int) else f"{value:g}"

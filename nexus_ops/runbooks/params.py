@@ -4,7 +4,9 @@ Papermill injects whatever it is given: unknown names and values of any type.
 Here every value is checked against the type written in the notebook's
 ``parameters`` cell (``dry_run: bool = True``) before a kernel starts. Values
 typed on a command line (strings) are parsed into that type; values from JSON
-must already have it.
+must already have it. A number's range ends its comment, ``[low..high]`` (either
+end may be left open: ``[1..]``), and is checked too; floats must be finite and
+integers without a declared range fit 64 bits.
 
 >>> spec = ParamSpec(name="keep", type="int", default=3, help="backups to keep")
 >>> validate({"keep": spec}, {"keep": "5"}, from_strings=True)
@@ -14,6 +16,8 @@ Traceback (most recent call last):
 ...
 nexus_ops.errors.ParameterError: unknown parameter 'kep'; did you mean 'keep'?
   hint: the parameters are: keep (int)
+>>> declared_range("int", "backups to keep [1..100]")
+(1, 100)
 """
 
 from __future__ import annotations
@@ -21,17 +25,20 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from nexus_ops.errors import ParameterError
-from nexus_ops.runbooks.models import ParamSpec
+from nexus_ops.runbooks.models import ParamSpec, number
 
 SCALARS = ("bool", "int", "float", "str")
 _LIST = re.compile(r"^(?:list|List)\[(bool|int|float|str)\]$")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+_RANGE = re.compile(r"\[([^\[\]]*?)\.\.([^\[\]]*)\]\s*$")
+INT64 = (-(2**63), 2**63 - 1)  # what an integer without a declared range must fit
 
 
 def supported(type_name: str) -> bool:
@@ -58,13 +65,67 @@ def validate(
             problems.append(_unknown(name, specs))
             continue
         try:
-            values[name] = parse(spec.type, raw) if from_strings else check(spec.type, raw)
+            value = parse(spec.type, raw) if from_strings else check(spec.type, raw)
+            values[name] = within(spec, value)
         except ValueError as exc:
-            problems.append(f"parameter {name!r} expects {spec.type}, got {raw!r}: {exc}")
+            problems.append(f"parameter {name!r} expects {spec.kind}, got {raw!r}: {exc}")
     if problems:
-        listing = ", ".join(f"{s.name} ({s.type})" for s in specs.values()) or "none"
+        listing = ", ".join(f"{s.name} ({s.kind})" for s in specs.values()) or "none"
         raise ParameterError("; ".join(problems), hint=f"the parameters are: {listing}")
     return values
+
+
+def declared_range(type_name: str, help_text: str) -> tuple[int | float | None, int | float | None]:
+    """The ``[low..high]`` that ends a number's comment (ValueError if it is not numbers
+    of the parameter's type); ``(None, None)`` when there is none."""
+    match = _RANGE.search(help_text)
+    if match is None:
+        return None, None
+    item = _item_type(type_name)
+    if item not in ("int", "float"):
+        raise ValueError(f"a range fits numbers, not {type_name}")
+    low, high = (_range_end(item, end.strip()) for end in match.groups())
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"the range [{low}..{high}] is empty")
+    return low, high
+
+
+def _range_end(type_name: str, text: str) -> int | float | None:
+    if not text:
+        return None
+    try:
+        end: int | float = parse(type_name, text)
+    except ValueError:
+        raise ValueError(f"the end {text!r} of its range is not an {type_name}") from None
+    if isinstance(end, float) and not math.isfinite(end):
+        raise ValueError(f"the end {text!r} of its range is not finite (leave it open: [1..])")
+    return end
+
+
+def within(spec: ParamSpec, value: Any) -> Any:
+    """``value`` if it (or, for a list, each item) is a finite number in the range."""
+    for item in value if isinstance(value, list) else [value]:
+        _check_number(spec, item)
+    return value
+
+
+def _check_number(spec: ParamSpec, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("not a finite number")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    low, high = spec.minimum, spec.maximum
+    if isinstance(value, int) and low is None and high is None:
+        low, high = INT64
+    if low is not None and value < low:
+        raise ValueError(f"below {number(low)}")
+    if high is not None and value > high:
+        raise ValueError(f"above {number(high)}")
+
+
+def _item_type(type_name: str) -> str:
+    match = _LIST.match(type_name)
+    return match.group(1) if match else type_name
 
 
 def _unknown(name: str, specs: Mapping[str, ParamSpec]) -> str:

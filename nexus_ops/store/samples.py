@@ -164,8 +164,10 @@ class SampleStore:
         path: Path,
         retention: Retention | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        set_aside_damaged: bool = False,
     ) -> None:
-        self.db = Database(path)
+        self.db = Database(path, set_aside_damaged=set_aside_damaged)
         self.retention = retention or Retention()
         self.tiers = self.retention.tiers()
         self.dropped = 0
