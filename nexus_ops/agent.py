@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -38,7 +39,14 @@ from starlette.routing import compile_path
 from nexus_ops import __version__, logs
 from nexus_ops.alerts import AlertService, AlertsView, load_config
 from nexus_ops.backup import BackupService, CallbackControl
-from nexus_ops.backup.models import BackupInfo, Manifest, PruneReport, RestoreReport, VerifyReport
+from nexus_ops.backup.models import (
+    BACKUP_ID_PATTERN,
+    BackupInfo,
+    Manifest,
+    PruneReport,
+    RestoreReport,
+    VerifyReport,
+)
 from nexus_ops.config import Settings, settings_table
 from nexus_ops.errors import (
     BinaryNotFound,
@@ -425,6 +433,9 @@ def public_router() -> APIRouter:
 
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
+BackupId = Annotated[
+    str, PathParam(description="A backup's id.", pattern=f"^{BACKUP_ID_PATTERN.pattern}$")
+]
 UnixTime = Annotated[float | None, Query(description="Unix time, inclusive.", allow_inf_nan=False)]
 
 
@@ -612,17 +623,17 @@ def recovery_router() -> APIRouter:
         return backups(ctx).prune(dry_run=dry_run, trigger="api")
 
     @router.get(f"{API}/backups/{{backup_id}}", tags=["backups"])
-    def get_backup(ctx: Ctx, backup_id: str) -> Manifest:
+    def get_backup(ctx: Ctx, backup_id: BackupId) -> Manifest:
         """A backup's manifest: every file with its size and sha256."""
         return backups(ctx).get(backup_id)
 
     @router.post(f"{API}/backups/{{backup_id}}/verify", tags=["backups"])
-    def verify_backup(ctx: Ctx, backup_id: str) -> VerifyReport:
+    def verify_backup(ctx: Ctx, backup_id: BackupId) -> VerifyReport:
         """Checksums of the archive and every member, and integrity_check of each database."""
         return backups(ctx).verify(backup_id, trigger="api")
 
     @router.post(f"{API}/backups/{{backup_id}}/restore", tags=["backups"])
-    def restore_backup(ctx: Ctx, backup_id: str, body: RestoreRequest) -> RestoreReport:
+    def restore_backup(ctx: Ctx, backup_id: BackupId, body: RestoreRequest) -> RestoreReport:
         """Restore into a folder, or over the live folders (the server is stopped, the
         replaced data kept in a pre-restore backup; rolled back if anything fails)."""
         service = backups(ctx)

@@ -65,7 +65,7 @@ def test_runbook_list_show_and_refused_parameters(env: dict[str, str]) -> None:
     assert typo.returncode == 1
     assert "unknown parameter 'dryrun'; did you mean 'dry_run'?" in typo.stderr
     wrong = nexus_cli(env, "runbook", "run", "backup", "-p", "max_age_hours", "a day")
-    assert "parameter 'max_age_hours' expects float, got 'a day'" in wrong.stderr
+    assert "parameter 'max_age_hours' expects float in [1..8760], got 'a day'" in wrong.stderr
     twice = nexus_cli(env, "runbook", "run", "backup", "-p", "dry_run", "1", "-p", "dry_run", "0")
     assert "given more than once: dry_run" in twice.stderr
     assert "Traceback" not in typo.stderr + wrong.stderr + twice.stderr

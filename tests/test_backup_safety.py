@@ -177,6 +177,6 @@ def test_the_api_refuses_a_crafted_backup_and_writes_nothing_outside(
     assert not target.exists()
     assert untouched(outside)
     for call in (agent.client.backup, agent.client.verify_backup, agent.client.restore_backup):
-        with pytest.raises(AgentError, match=r"'x\.tar' is not a backup id") as refused:
+        with pytest.raises(AgentError, match=r"backup_id='x\.tar': String should match") as refused:
             call("x.tar")
-        assert refused.value.status == 400
+        assert refused.value.status == 422
