@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -599,12 +600,48 @@ def check_bind(
 
 
 async def evaluate_alerts(ctx: AgentContext) -> None:
-    """The alert evaluator, on the sampler's readings and the supervisor's requests."""
-    assert ctx.alerts is not None
+    """The alert evaluator, on the sampler's readings and the supervisor's requests.
+
+    It runs on an event loop of its own in a thread of its own: however many rules
+    fire and however slow the webhooks are, its evaluations and deliveries never
+    wait in line before the supervisor's probes or the API's answers.
+    """
+    alerts = ctx.alerts
+    assert alerts is not None
     metrics = ctx.metrics
-    await ctx.alerts.run(
-        lambda: metrics.sampler.latest if metrics else None, ctx.supervisor.request_observers
+    await in_own_loop(
+        lambda: alerts.run(
+            lambda: metrics.sampler.latest if metrics else None, ctx.supervisor.request_observers
+        ),
+        "nexus-alerts",
     )
+
+
+async def in_own_loop(make: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+    """Run ``make()`` on a new event loop in a new thread until it ends, or until this
+    coroutine is cancelled: then it is cancelled too, and waited for."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(make())
+
+    def body() -> None:
+        try:
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("%s stopped", name)
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    worker = threading.Thread(target=body, name=name, daemon=True)
+    worker.start()
+    try:
+        await asyncio.to_thread(worker.join)
+    finally:
+        if worker.is_alive():
+            loop.call_soon_threadsafe(task.cancel)
+            await asyncio.shield(asyncio.to_thread(worker.join))
 
 
 # What `nexus-ops agent` runs beside the supervisor and the sampler.

@@ -238,6 +238,20 @@ class Settings(BaseSettings):
     alert_webhook_retries: int = Field(
         3, ge=0, le=10, description="Retries of a failed webhook delivery (backoff doubles)."
     )
+    alert_group_by: str = Field(
+        "severity",
+        description="Comma-separated labels whose alerts share a notification "
+        "(e.g. severity,team; empty: one group).",
+    )
+    alert_group_wait: float = Field(
+        2.0, ge=0, le=3600, description="Seconds a new group of alerts waits before it is sent."
+    )
+    alert_group_interval: float = Field(
+        30.0,
+        ge=0,
+        le=86400,
+        description="Least seconds between two notifications of one group to one webhook.",
+    )
 
     @field_validator("alert_webhook_urls", mode="after")
     @classmethod
@@ -246,6 +260,14 @@ class Settings(BaseSettings):
         if any(not url.startswith(("http://", "https://")) for url in urls):
             raise ValueError("is not a comma-separated list of http:// or https:// URLs")
         return ",".join(urls)
+
+    @field_validator("alert_group_by", mode="after")
+    @classmethod
+    def _group_by(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if any(not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) for name in names):
+            raise ValueError("is not a comma-separated list of label names (e.g. severity,team)")
+        return ",".join(names)
 
     @field_validator("allowed_hosts", mode="after")
     @classmethod
