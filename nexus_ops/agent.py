@@ -311,7 +311,7 @@ def public_router() -> APIRouter:
     async def ready(ctx: Ctx) -> Response:
         """The managed server is running and its liveness probe passes (no token needed)."""
         sup = ctx.supervisor
-        body = Readiness(ready=sup.ready, state=sup.state, detail=sup.status().last_error or "")
+        body = Readiness(ready=sup.ready, state=sup.state, detail=sup.readiness_detail)
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if sup.ready else 503)
 
     return router

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import DotEnvSettingsSource
 
@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     probe_timeout: float = Field(1.0, gt=0, description="Seconds a liveness probe may take.")
     probe_failures: int = Field(
         3, ge=1, description="Consecutive failed probes after which the server is hung."
+    )
+    ready_timeout: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds without an answer to a probe after which /ready says not ready "
+        "(at most NEXUS_PROBE_TIMEOUT).",
     )
     start_timeout: float = Field(
         30.0, gt=0, description="Seconds a new server has to answer its first probe."
@@ -260,6 +266,17 @@ class Settings(BaseSettings):
         if any(not url.startswith(("http://", "https://")) for url in urls):
             raise ValueError("is not a comma-separated list of http:// or https:// URLs")
         return ",".join(urls)
+
+    @field_validator("ready_timeout", mode="after")
+    @classmethod
+    def _ready_timeout(cls, value: float, info: ValidationInfo) -> float:
+        probe_timeout = info.data.get("probe_timeout")
+        if probe_timeout is not None and value > probe_timeout:
+            raise ValueError(
+                f"is more than NEXUS_PROBE_TIMEOUT ({probe_timeout:g} s): a probe that has "
+                "failed cannot still be waited for; lower it or raise NEXUS_PROBE_TIMEOUT"
+            )
+        return value
 
     @field_validator("alert_group_by", mode="after")
     @classmethod
