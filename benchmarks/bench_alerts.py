@@ -36,6 +36,7 @@ import psutil
 from bench_supervisor import ROOT, agent_cost, environment, poll
 
 from nexus_ops.alerts import AlertRule, AlertsConfig, AlertService, Notifier, Webhook
+from nexus_ops.alerts.notify import Grouping
 from nexus_ops.alerts.rules import default_rules
 from nexus_ops.client import AgentClient
 from nexus_ops.config import load_settings
@@ -109,13 +110,17 @@ def notify_cost(count: int) -> float:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    rule = AlertRule(name="Bench", metric="opencode_server_status", op="<", value=1)
+    rules = [
+        AlertRule(name=f"Bench{i}", metric="opencode_server_status", op="<", value=1)
+        for i in range(count)
+    ]
     journal = Journal(Database(Path(tempfile.mkdtemp()) / "nexus.db"))
 
     async def run() -> float:
-        notifier = Notifier([Webhook(url)], journal)
+        # One group per alert: ``count`` notifications, sent one after another.
+        notifier = Notifier([Webhook(url)], journal, grouping=Grouping(by=("alertname",)))
         started = time.perf_counter()
-        for _ in range(count):
+        for rule in rules:
             notifier.send(rule, "firing", 0.0, None)
         await notifier.drain(timeout=60)
         return (time.perf_counter() - started) / count
