@@ -18,6 +18,7 @@ import math
 import os
 import re
 import reprlib
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -426,7 +427,7 @@ def public_router() -> APIRouter:
     async def ready(ctx: Ctx) -> Response:
         """The managed server is running and its liveness probe passes (no token needed)."""
         sup = ctx.supervisor
-        body = Readiness(ready=sup.ready, state=sup.state, detail=sup.status().last_error or "")
+        body = Readiness(ready=sup.ready, state=sup.state, detail=sup.readiness_detail)
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if sup.ready else 503)
 
     return router
@@ -762,12 +763,48 @@ def report_store_problem(ctx: AgentContext, store: Database, problem: str) -> No
 
 
 async def evaluate_alerts(ctx: AgentContext) -> None:
-    """The alert evaluator, on the sampler's readings and the supervisor's requests."""
-    assert ctx.alerts is not None
+    """The alert evaluator, on the sampler's readings and the supervisor's requests.
+
+    It runs on an event loop of its own in a thread of its own: however many rules
+    fire and however slow the webhooks are, its evaluations and deliveries never
+    wait in line before the supervisor's probes or the API's answers.
+    """
+    alerts = ctx.alerts
+    assert alerts is not None
     metrics = ctx.metrics
-    await ctx.alerts.run(
-        lambda: metrics.sampler.latest if metrics else None, ctx.supervisor.request_observers
+    await in_own_loop(
+        lambda: alerts.run(
+            lambda: metrics.sampler.latest if metrics else None, ctx.supervisor.request_observers
+        ),
+        "nexus-alerts",
     )
+
+
+async def in_own_loop(make: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+    """Run ``make()`` on a new event loop in a new thread until it ends, or until this
+    coroutine is cancelled: then it is cancelled too, and waited for."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(make())
+
+    def body() -> None:
+        try:
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("%s stopped", name)
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    worker = threading.Thread(target=body, name=name, daemon=True)
+    worker.start()
+    try:
+        await asyncio.to_thread(worker.join)
+    finally:
+        if worker.is_alive():
+            loop.call_soon_threadsafe(task.cancel)
+            await asyncio.shield(asyncio.to_thread(worker.join))
 
 
 # What `nexus-ops agent` runs beside the supervisor and the sampler.

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import DotEnvSettingsSource
 
@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     probe_timeout: float = Field(1.0, gt=0, description="Seconds a liveness probe may take.")
     probe_failures: int = Field(
         3, ge=1, description="Consecutive failed probes after which the server is hung."
+    )
+    ready_timeout: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds without an answer to a probe after which /ready says not ready "
+        "(at most NEXUS_PROBE_TIMEOUT).",
     )
     start_timeout: float = Field(
         30.0, gt=0, description="Seconds a new server has to answer its first probe."
@@ -255,6 +261,20 @@ class Settings(BaseSettings):
     alert_webhook_retries: int = Field(
         3, ge=0, le=10, description="Retries of a failed webhook delivery (backoff doubles)."
     )
+    alert_group_by: str = Field(
+        "severity",
+        description="Comma-separated labels whose alerts share a notification "
+        "(e.g. severity,team; empty: one group).",
+    )
+    alert_group_wait: float = Field(
+        2.0, ge=0, le=3600, description="Seconds a new group of alerts waits before it is sent."
+    )
+    alert_group_interval: float = Field(
+        30.0,
+        ge=0,
+        le=86400,
+        description="Least seconds between two notifications of one group to one webhook.",
+    )
 
     @field_validator("alert_webhook_urls", mode="after")
     @classmethod
@@ -263,6 +283,25 @@ class Settings(BaseSettings):
         if any(not url.startswith(("http://", "https://")) for url in urls):
             raise ValueError("is not a comma-separated list of http:// or https:// URLs")
         return ",".join(urls)
+
+    @field_validator("ready_timeout", mode="after")
+    @classmethod
+    def _ready_timeout(cls, value: float, info: ValidationInfo) -> float:
+        probe_timeout = info.data.get("probe_timeout")
+        if probe_timeout is not None and value > probe_timeout:
+            raise ValueError(
+                f"is more than NEXUS_PROBE_TIMEOUT ({probe_timeout:g} s): a probe that has "
+                "failed cannot still be waited for; lower it or raise NEXUS_PROBE_TIMEOUT"
+            )
+        return value
+
+    @field_validator("alert_group_by", mode="after")
+    @classmethod
+    def _group_by(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if any(not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) for name in names):
+            raise ValueError("is not a comma-separated list of label names (e.g. severity,team)")
+        return ",".join(names)
 
     @field_validator("allowed_hosts", mode="after")
     @classmethod

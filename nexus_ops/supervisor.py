@@ -111,6 +111,7 @@ class Supervisor:
         self._record: ProcessRecord | None = None
         self._version: str | None = None
         self._healthy = False
+        self._unready_detail = ""
         self._probe_failures = 0
         self._running_since: float | None = None
         self._over_memory_since: float | None = None
@@ -147,6 +148,15 @@ class Supervisor:
     @property
     def ready(self) -> bool:
         return self._state is ServerState.RUNNING and self._healthy
+
+    @property
+    def readiness_detail(self) -> str:
+        """Why the server is not ready: its latest failed or late probe, or error."""
+        if self.ready:
+            return ""
+        if self._state is ServerState.RUNNING and self._unready_detail:
+            return self._unready_detail
+        return self._last_error or ""
 
     def status(self) -> ServerStatus:
         record = self._record
@@ -305,7 +315,7 @@ class Supervisor:
         self._record = record
         self._spawned = None
         self._state = ServerState.RUNNING
-        self._healthy = False
+        self._healthy, self._unready_detail = False, "adopted; waiting for its first probe"
         self._running_since = self._now()
         self._watch(record)
         self.journal.record(EventKind.ADOPT, pid=record.pid, message="adopted a running server")
@@ -330,17 +340,32 @@ class Supervisor:
             self._consecutive = 0
 
     async def _probe(self, record: ProcessRecord) -> None:
+        """One liveness probe. Readiness drops as soon as the server is late to answer
+        (``ready_timeout``); the restart waits for ``probe_failures`` failed probes."""
+        settings = self.settings
+        probe = asyncio.ensure_future(self._timed_health())
         try:
-            health = await self._timed_health()
+            done, _ = await asyncio.wait({probe}, timeout=settings.ready_timeout)
+            if not done:
+                self._not_ready(f"no answer to the probe within {settings.ready_timeout:g} s")
+            health = await probe
         except OpenCodeUnavailable as exc:
-            self._healthy = False
             self._probe_failures += 1
-            if self._probe_failures >= self.settings.probe_failures:
+            self._not_ready(
+                f"{exc} ({self._probe_failures} of {settings.probe_failures} failed probes "
+                "before a restart)"
+            )
+            if self._probe_failures >= settings.probe_failures:
                 await self._restart_unhealthy(record, RestartReason.HANG, str(exc))
             return
+        finally:
+            probe.cancel()
         self._probe_failures = 0
-        self._healthy = True
+        self._healthy, self._unready_detail = True, ""
         self._version = health.version
+
+    def _not_ready(self, detail: str) -> None:
+        self._healthy, self._unready_detail = False, detail
 
     async def _timed_health(self, observe: bool = True) -> Health:
         # httpx applies probe_timeout to connect and to every read: a hung (or
@@ -406,6 +431,7 @@ class Supervisor:
         save_record(self.layout.server_pidfile, spawned.record)
         self._spawned, self._record = spawned, spawned.record
         self._state, self._healthy, self._probe_failures = ServerState.STARTING, False, 0
+        self._unready_detail = ""
         self._last_error = None
         self._ready_event.clear()
         self.counters.starts += 1
@@ -459,7 +485,7 @@ class Supervisor:
             if not self._is_starting(record):
                 return
             self._version = health.version
-            self._state, self._healthy = ServerState.RUNNING, True
+            self._state, self._healthy, self._unready_detail = ServerState.RUNNING, True, ""
             self._running_since = self._now()
             self._ready_event.set()
             pid = self._record.pid if self._record else None

@@ -27,8 +27,10 @@ class Receiver:
     statuses: list[int] = field(default_factory=list)
     final: int = 200
     delay: float = 0.0
+    hang: bool = False
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    closing: threading.Event = field(default_factory=threading.Event)
 
     def next_status(self) -> int:
         with self.lock:
@@ -38,18 +40,27 @@ class Receiver:
         """(alertname, status) of every notification received (answered or not)."""
         with self.lock:
             found = [
-                (r.body["alerts"][0]["labels"]["alertname"], r.body["status"])
+                (alert["labels"]["alertname"], alert["status"])
                 for r in self.received
+                for alert in r.body["alerts"]
             ]
         return [f for f in found if status is None or f[1] == status]
 
 
 @contextmanager
 def receiver(
-    statuses: list[int] | None = None, final: int = 200, delay: float = 0.0, userinfo: str = ""
+    statuses: list[int] | None = None,
+    final: int = 200,
+    delay: float = 0.0,
+    userinfo: str = "",
+    hang: bool = False,
 ) -> Iterator[Receiver]:
-    """Serve a receiver on a free loopback port until the block ends."""
-    state = Receiver(statuses=list(statuses or []), final=final, delay=delay)
+    """Serve a receiver on a free loopback port until the block ends.
+
+    ``delay`` seconds pass before each answer; with ``hang`` no answer ever comes
+    (the request is read and recorded, then held open until the block ends).
+    """
+    state = Receiver(statuses=list(statuses or []), final=final, delay=delay, hang=hang)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -57,6 +68,9 @@ def receiver(
             body = json.loads(self.rfile.read(length) or b"{}")
             with state.lock:
                 state.received.append(Received(self.path, dict(self.headers), body))
+            if state.hang:
+                state.closing.wait()
+                return
             if state.delay:
                 time.sleep(state.delay)
             code = state.next_status()
@@ -77,5 +91,6 @@ def receiver(
     try:
         yield state
     finally:
+        state.closing.set()
         server.shutdown()
         server.server_close()

@@ -12,7 +12,7 @@ from alert_receiver import receiver
 from conftest import free_port, wait_for
 
 from nexus_ops.alerts import AlertRule, Notifier, Webhook
-from nexus_ops.alerts.notify import DELIVERY_FAILED
+from nexus_ops.alerts.notify import DELIVERY_FAILED, Grouping
 from nexus_ops.store import Database, Journal
 
 RULE = AlertRule(
@@ -123,7 +123,7 @@ def test_a_slow_receiver_times_out_and_is_recorded(journal: Journal) -> None:
         # thread may take a moment more to take it in.
         wait_for(lambda: len(hook.received) >= 2, 10, what="the second attempt received")
     assert len(hook.received) == 2
-    assert "ReadTimeout" in str(failures(journal)[0]["error"])
+    assert failures(journal)[0]["error"] == "Timeout: no answer within 0.2 s"
 
 
 def test_a_delivery_cut_short_by_the_agent_stopping_is_recorded(journal: Journal) -> None:
@@ -142,6 +142,8 @@ def test_every_receiver_gets_every_notification(journal: Journal) -> None:
 
         async def both() -> None:
             notifier.send(RULE, "firing", 0.0, None)
+            while not first.received:
+                await asyncio.sleep(0.05)
             notifier.send(RULE, "resolved", 1.0, None)
             await notifier.drain()
 
@@ -150,3 +152,110 @@ def test_every_receiver_gets_every_notification(journal: Journal) -> None:
     resolved = next(r for r in first.received if r.body["status"] == "resolved")
     assert not resolved.body["alerts"][0]["endsAt"].startswith("0001-")
     assert len(broken.received) == 4 and len(failures(journal)) == 2
+
+
+def rule(name: str, severity: str = "warning") -> AlertRule:
+    return AlertRule(name=name, metric="m", op=">", value=1, severity=severity)  # type: ignore[arg-type]
+
+
+def test_alerts_of_a_group_share_one_notification(journal: Journal) -> None:
+    """One POST per group (here: per severity), not one per alert."""
+    with receiver() as hook:
+        grouping = Grouping(by=("severity",), wait=0.5)
+        notifier = Notifier([Webhook(hook.url)], journal, grouping=grouping)
+
+        async def storm() -> None:
+            for i in range(40):
+                notifier.send(rule(f"Warn{i}"), "firing", float(i), None)
+                await asyncio.sleep(0)  # each change in its own turn of the loop
+            notifier.send(rule("Crit", "critical"), "firing", 1.0, None)
+            while len(hook.received) < 2:
+                await asyncio.sleep(0.05)
+            await notifier.drain()
+
+        asyncio.run(storm())
+    by_key = {r.body["groupKey"]: r.body for r in hook.received}
+    assert len(hook.received) == 2, [r.body["groupKey"] for r in hook.received]
+    warn = by_key['{}:{severity="warning"}']
+    assert len(warn["alerts"]) == 40 and warn["groupLabels"] == {"severity": "warning"}
+    assert warn["commonLabels"]["severity"] == "warning"
+    assert "alertname" not in warn["commonLabels"]
+    assert [a["labels"]["alertname"] for a in by_key['{}:{severity="critical"}']["alerts"]] == [
+        "Crit"
+    ]
+    [status] = notifier.statuses()
+    assert status.delivered == 2
+    assert all(record.delivered == [status.receiver] for record in notifier.recent)
+
+
+def test_changes_within_the_group_interval_wait_and_merge(journal: Journal) -> None:
+    """After a group's notification, its next changes wait for the interval and go as one,
+    each alert in its latest state."""
+    with receiver() as hook:
+        notifier = Notifier(
+            [Webhook(hook.url)], journal, grouping=Grouping(by=(), wait=0.0, interval=3600)
+        )
+
+        async def run() -> None:
+            notifier.send(rule("A"), "firing", 1.0, None)
+            while not hook.received:
+                await asyncio.sleep(0.05)
+            notifier.send(rule("A"), "resolved", 0.0, None)
+            notifier.send(rule("B"), "firing", 2.0, None)
+            notifier.send(rule("B"), "resolved", 0.0, None)
+            notifier.send(rule("C"), "firing", 3.0, None)
+            await asyncio.sleep(0.5)
+            assert len(hook.received) == 1  # the interval holds the group back
+            await notifier.drain()  # the agent's stop sends what waits
+
+        asyncio.run(run())
+    assert len(hook.received) == 2
+    second = hook.received[1].body
+    assert second["status"] == "firing"
+    assert {(a["labels"]["alertname"], a["status"]) for a in second["alerts"]} == {
+        ("A", "resolved"),
+        ("B", "resolved"),
+        ("C", "firing"),
+    }
+
+
+def test_a_hanging_receiver_holds_back_only_itself(journal: Journal) -> None:
+    """Its own deadline ends each try; the other receiver gets everything meanwhile."""
+    with receiver(hang=True) as hang, receiver() as good:
+        hooks = [Webhook(hang.url, timeout=0.3), Webhook(good.url)]
+        notifier = Notifier(hooks, journal, retries=1, backoff=0.01, timeout=30.0)
+
+        async def run() -> None:
+            for i in range(5):
+                notifier.send(
+                    rule(f"R{i}", ["warning", "critical", "info"][i % 3]), "firing", 1, None
+                )
+            while len(good.received) < 3:
+                await asyncio.sleep(0.05)
+            await notifier.drain(timeout=10)
+
+        asyncio.run(run())
+    assert len(good.received) == 3  # one per severity
+    found = failures(journal)
+    assert {f["error"] for f in found} == {"Timeout: no answer within 0.3 s"}
+    assert len(found) == 3 and all(f["attempts"] == 2 for f in found)
+    assert sorted(r for f in found for r in f["rules"]) == [f"R{i}" for i in range(5)]  # type: ignore[attr-defined]
+    hang_status = notifier.statuses()[0]
+    assert hang_status.failed == 3 and hang_status.delivered == 0
+
+
+def test_groups_waiting_when_the_agent_stops_are_recorded(journal: Journal) -> None:
+    with receiver(hang=True) as hang:
+        notifier = Notifier([Webhook(hang.url)], journal, retries=0, timeout=30.0)
+
+        async def run() -> None:
+            notifier.send(rule("First", "critical"), "firing", 1.0, None)
+            while not hang.received:
+                await asyncio.sleep(0.05)
+            notifier.send(rule("Second"), "firing", 1.0, None)
+            await notifier.drain(timeout=0.5)
+
+        asyncio.run(run())
+    errors = {f["rule"]: f["error"] for f in failures(journal)}
+    assert "agent stopped before the delivery succeeded" in str(errors["First"])
+    assert errors["Second"] == "the agent stopped before it was sent"

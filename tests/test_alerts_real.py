@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from alert_receiver import Receiver, receiver
 from conftest import RunningAgent, free_port, start_agent, wait_for
@@ -80,6 +81,8 @@ def alerting_agent(
         NEXUS_ALERT_INTERVAL="0.5",
         NEXUS_ALERT_WEBHOOK_RETRIES="2",
         NEXUS_ALERT_WEBHOOK_TIMEOUT="2",
+        NEXUS_ALERT_GROUP_WAIT="0",
+        NEXUS_ALERT_GROUP_INTERVAL="0.5",
     )
     running = start_agent(nexus_env)
     yield running
@@ -228,3 +231,80 @@ def test_start_and_restart_raise_no_server_down(nexus_env: dict[str, str]) -> No
     finally:
         agent.client.close()
         agent.stop()
+
+
+STORM_RULES = 300
+
+
+def storm_file(path: Path, hang: str, slow: str) -> None:
+    """300 rules that all fire at once; every other one keeps flipping with the probes'
+    latency; two receivers."""
+    lines = ["defaults: false", "rules:"]
+    for i in range(STORM_RULES):
+        if i % 2:
+            cond = "metric: opencode_request_duration_seconds, window: 2s, "
+            cond += f"value: {0.0005 + i * 0.00002:.5f}"
+        else:
+            cond = "metric: opencode_process_threads, value: 0"
+        lines.append(f"  - {{name: Storm{i:03d}, op: '>', {cond}}}")
+    lines += ["webhooks:", f"  - {{url: {hang}, timeout: 1s}}", f"  - url: {slow}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_an_alert_storm_starves_neither_the_api_nor_the_supervisor(
+    nexus_env: dict[str, str], tmp_path: Path
+) -> None:
+    """300 firing rules, one receiver that hangs and one that is slow: /health answers at
+    once all along, the healthy server is never declared hung, and the receivers get
+    one notification per group, not one per alert."""
+    with receiver(hang=True) as hang, receiver(delay=1.0) as slow:
+        rules = tmp_path / "alerts.yml"
+        storm_file(rules, hang.url, slow.url)
+        nexus_env.update(
+            NEXUS_ALERTS_FILE=str(rules),
+            NEXUS_METRICS_INTERVAL="1",
+            NEXUS_ALERT_INTERVAL="0.5",
+            NEXUS_ALERT_WEBHOOK_RETRIES="1",
+            NEXUS_ALERT_GROUP_WAIT="1",
+            NEXUS_ALERT_GROUP_INTERVAL="2",
+        )
+        agent = start_agent(nexus_env)
+        try:
+            started = agent.client.start()
+            assert started.ok
+            pid = started.status.pid
+            url = f"http://127.0.0.1:{agent.settings.agent_port}/health"
+            answered, missed = 0, []
+            with httpx.Client(timeout=5.0) as http:  # before: no answer within 30 s
+
+                def storm_went_on() -> bool:
+                    nonlocal answered
+                    try:
+                        answered += http.get(url).status_code == 200
+                    except httpx.HTTPError as exc:
+                        missed.append(repr(exc))
+                    firing = sum(r.state == "firing" for r in agent.client.alerts().rules)
+                    return (
+                        firing >= STORM_RULES / 2
+                        and len(slow.received) >= 2
+                        and (len(hang.received) >= 2)
+                    )
+
+                wait_for(storm_went_on, 90, what="a storm delivered to both receivers")
+            assert missed == [] and answered >= 5
+            # No false hang: the healthy server was never restarted.
+            assert agent.client.events(kinds=["hung", "restart", "exit"]) == []
+            status = agent.client.status()
+            assert status.healthy and status.pid == pid
+            # Grouped: the first notification carries every rule that fired at once.
+            first = slow.received[0].body
+            assert first["groupKey"] == '{}:{severity="warning"}'
+            assert len(first["alerts"]) >= STORM_RULES / 2
+            assert len(slow.received) < STORM_RULES / 10
+            failed = agent.client.events(kinds=[DELIVERY_FAILED], limit=1000)
+            assert failed and all(
+                f.details["error"] == "Timeout: no answer within 1 s" for f in failed
+            )
+        finally:
+            agent.client.close()
+            agent.stop()

@@ -113,6 +113,25 @@ def test_defaults_can_be_turned_off_and_webhooks_come_from_the_settings(tmp_path
         settings_with(tmp_path, NEXUS_ALERT_WEBHOOK_URLS="ftp://x")
 
 
+def test_webhook_timeouts_and_grouping_are_checked(tmp_path: Path) -> None:
+    text = "webhooks:\n  - {url: https://a.example/1, timeout: 2s}\n  - url: https://b.example/2\n"
+    config = load_config(settings_with(tmp_path, text))  # type: ignore[arg-type]
+    assert [w.timeout for w in config.webhooks] == [2.0, None]
+    for bad in ("0s", "5m"):
+        with pytest.raises(ConfigError, match=r"webhooks\[0\].*timeout must be more than 0"):
+            load_config(
+                settings_with(tmp_path, f"webhooks:\n  - {{url: https://a.x, timeout: {bad}}}\n")
+            )  # type: ignore[arg-type]
+    service = AlertService.from_settings(
+        settings_with(tmp_path, NEXUS_ALERT_GROUP_BY=" severity , team "),  # type: ignore[arg-type]
+        Journal(Database(tmp_path / "g.db")),
+    )
+    assert service.notifier.grouping.by == ("severity", "team")
+    assert service.notifier.grouping.key({"severity": "info"}) == '{}:{severity="info",team=""}'
+    with pytest.raises(ConfigError, match="NEXUS_ALERT_GROUP_BY"):
+        settings_with(tmp_path, NEXUS_ALERT_GROUP_BY="team-name")
+
+
 # ---- the state machine -------------------------------------------------------------------
 
 

@@ -62,6 +62,14 @@ def test_every_bad_variable_is_listed_at_once(tmp_path: Path) -> None:
     assert "did you mean NEXUS_PROBE_INTERVAL?" in text
 
 
+def test_readiness_cannot_wait_longer_than_a_probe(tmp_path: Path) -> None:
+    assert load_settings({"NEXUS_READY_TIMEOUT": "1"}, directory=tmp_path).ready_timeout == 1
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"NEXUS_READY_TIMEOUT": "2"}, directory=tmp_path)
+    text = str(caught.value)
+    assert "NEXUS_READY_TIMEOUT='2'" in text and "more than NEXUS_PROBE_TIMEOUT (1 s)" in text
+
+
 def test_config_check_exits_non_zero_with_a_clear_message(tmp_path: Path) -> None:
     env = private_env(tmp_path, {"NEXUS_PROBE_TIMEOUT": "abc"})
     done = nexus_cli(env, "config", "check")

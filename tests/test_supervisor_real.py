@@ -99,6 +99,34 @@ def test_sigstop_is_declared_hung_and_restarted(agent: RunningAgent) -> None:
     assert not psutil.pid_exists(pid), "the stopped server must not be left behind"
 
 
+def test_readiness_drops_at_the_first_late_probe_liveness_waits(
+    nexus_env: dict[str, str],
+) -> None:
+    """SIGSTOP: /ready says 503 (naming the late probe) before any probe has failed, and
+    the server is restarted only after NEXUS_PROBE_FAILURES failed probes, so a pause
+    shorter than that costs readiness, not the server."""
+    nexus_env.update(NEXUS_PROBE_TIMEOUT="3", NEXUS_PROBE_FAILURES="3")
+    running = start_agent(nexus_env)
+    try:
+        pid = started_server(running)
+        os.kill(pid, signal.SIGSTOP)
+        seen = wait_for(
+            lambda: (r := running.client.ready()) and not r.ready and r,
+            20,
+            what="/ready to drop after SIGSTOP",
+        )
+        assert seen.detail == "no answer to the probe within 0.5 s"  # type: ignore[attr-defined]
+        assert seen.state is ServerState.RUNNING  # type: ignore[attr-defined]
+        assert not [e for e in running.client.events(limit=1000) if e.kind == "hung"]
+        os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: running.client.ready().ready, 20, what="ready again after SIGCONT")
+        assert running.client.status().pid == pid
+        assert not {"hung", "restart", "exit"} & set(kinds(running))
+    finally:
+        running.client.close()
+        running.stop()
+
+
 def test_crash_loop_backs_off_then_goes_fatal(nexus_env: dict[str, str], tmp_path: Path) -> None:
     crasher = tmp_path / "crasher.sh"
     crasher.write_text("#!/bin/sh\necho 'boom: cannot start' >&2\nexit 3\n")

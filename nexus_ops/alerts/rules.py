@@ -190,6 +190,17 @@ class WebhookConfig(Frozen):
     url: str = Field(pattern=r"^https?://", description="http(s) URL; credentials allowed.")
     token: str | None = Field(None, description="Bearer token sent with each notification.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    timeout: Seconds | None = Field(
+        None,
+        description="Seconds one delivery to this webhook may take, all of it "
+        "(default NEXUS_ALERT_WEBHOOK_TIMEOUT).",
+    )
+
+    @model_validator(mode="after")
+    def _timeout(self) -> WebhookConfig:
+        if self.timeout is not None and not 0 < self.timeout <= 120:
+            raise ValueError("timeout must be more than 0 and at most 120 seconds (e.g. 5s)")
+        return self
 
 
 class AlertsConfig(Frozen):

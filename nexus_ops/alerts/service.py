@@ -18,13 +18,20 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from pydantic import Field, ValidationError
 
 from nexus_ops.alerts.engine import AlertStateName, AlertTrack, TrackState, Transition
-from nexus_ops.alerts.notify import NotificationRecord, Notifier, ReceiverStatus, Webhook
+from nexus_ops.alerts.notify import (
+    Grouping,
+    NotificationRecord,
+    Notifier,
+    ReceiverStatus,
+    Webhook,
+)
 from nexus_ops.alerts.rules import AlertRule, AlertsConfig, format_duration, load_config
 from nexus_ops.alerts.window import SeriesWindow
 from nexus_ops.config import Settings
@@ -103,6 +110,7 @@ class AlertService:
         timeout: float = 5.0,
         retries: int = 3,
         backoff: float = 0.5,
+        grouping: Grouping | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rules = list(config.rules)
@@ -114,9 +122,17 @@ class AlertService:
         self.window = SeriesWindow(keep=longest + stale, stale_after=stale)
         hooks = [Webhook.from_config(w) for w in config.webhooks]
         self.notifier = Notifier(
-            hooks, journal, timeout=timeout, retries=retries, backoff=backoff, clock=clock
+            hooks,
+            journal,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            grouping=grouping,
+            clock=clock,
         )
         self._clock = clock
+        # Observations arrive from the supervisor's thread; the evaluator takes them in.
+        self._inbox: deque[tuple[str, float, bool, float]] = deque(maxlen=10_000)
         self.tracks = self._restore()
 
     @classmethod
@@ -128,14 +144,27 @@ class AlertService:
             sample_interval=settings.metrics_interval,
             timeout=settings.alert_webhook_timeout,
             retries=settings.alert_webhook_retries,
+            grouping=Grouping(
+                by=tuple(name for name in settings.alert_group_by.split(",") if name),
+                wait=settings.alert_group_wait,
+                interval=settings.alert_group_interval,
+            ),
         )
 
     # -- inputs ------------------------------------------------------------------
 
     def observe_request(self, path: str, seconds: float, ok: bool) -> None:
-        """A request of the agent to the server (a supervisor's request observer)."""
-        labels = {"path": path, "outcome": "ok" if ok else "error"}
-        self.window.observe(REQUEST_METRIC, labels, self._clock(), seconds)
+        """A request of the agent to the server (a supervisor's request observer).
+
+        Safe from any thread: it is only queued, for the next evaluation to take in.
+        """
+        self._inbox.append((path, seconds, ok, self._clock()))
+
+    def _take_observations(self) -> None:
+        while self._inbox:
+            path, seconds, ok, when = self._inbox.popleft()
+            labels = {"path": path, "outcome": "ok" if ok else "error"}
+            self.window.observe(REQUEST_METRIC, labels, when, seconds)
 
     def feed(self, reading: ReadingLike | None) -> None:
         """Take the sampler's latest reading unless it was taken already."""
@@ -147,6 +176,7 @@ class AlertService:
     def evaluate(self, now: float | None = None) -> list[Transition]:
         """Evaluate every rule once; journal and notify the changes."""
         now = self._clock() if now is None else now
+        self._take_observations()
         changes = []
         for rule in self.rules:
             value, condition = self.condition(rule, now)
