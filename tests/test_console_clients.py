@@ -110,6 +110,7 @@ def test_nexus_ops_opencode_attach_opens_the_tui_without_the_password_in_sight(
 ) -> None:
     """Under a pty, the real TUI reaches its prompt; the password is in no argv nor output."""
     password = password_of(served)
+    sessions(served)  # the server's API answers before the TUI asks it anything
     main, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = {**served.env, "TERM": "xterm-256color"}
@@ -125,7 +126,8 @@ def test_nexus_ops_opencode_attach_opens_the_tui_without_the_password_in_sight(
     proc = psutil.Process(popen.pid)
     try:
         screen = read_screen(main, proc, "Ask anything", timeout=60)
-        assert "Ask anything" in screen, screen[-2000:]
+        journal = [(e.kind, e.message) for e in served.client.events(limit=20)]
+        assert "Ask anything" in screen, (screen[-2000:], journal)
         assert "401" not in screen and password not in screen
         argv = " ".join(proc.cmdline())
         assert "attach" in argv and served.settings.opencode_base_url in argv
