@@ -7,14 +7,14 @@ resident memory of the agent and of the server's process tree every
 figures the Kubernetes memory limit and ``NEXUS_MEMORY_LIMIT_MB`` are sized from
 (deploy/k8s/).
 
-Usage: NEXUS_OPENCODE_BIN=<binary> python benchmarks/bench_memory.py [--sessions 10] [--minutes 4] [--every 10]
+The OpenCode binary is found like bench_backup.py finds it.
+
+Usage: python benchmarks/bench_memory.py [--sessions 10] [--minutes 4] [--every 10]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from bench_backup import opencode_binary, private_env  # a sibling script: benchmarks/
 
 from nexus_ops.client import AgentClient
 from nexus_ops.config import load_settings
@@ -33,32 +34,12 @@ from nexus_ops.process import identify, tree_usage
 MIB = 1024 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def private_env(root: Path) -> dict[str, str]:
-    # The machine's environment minus NEXUS_* (but the binary to run, if named).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
-    if "NEXUS_OPENCODE_BIN" in os.environ:
-        env["NEXUS_OPENCODE_BIN"] = os.environ["NEXUS_OPENCODE_BIN"]
-    for name in ("home", "data", "config", "cache", "state", "nexus"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    env.update(
-        HOME=str(root / "home"),
-        XDG_DATA_HOME=str(root / "data"),
-        XDG_CONFIG_HOME=str(root / "config"),
-        XDG_CACHE_HOME=str(root / "cache"),
-        XDG_STATE_HOME=str(root / "state"),
-        NEXUS_HOME=str(root / "nexus"),
-        NEXUS_OPENCODE_PORT=str(free_port()),
-        NEXUS_AGENT_PORT=str(free_port()),
-        # Measure the server as it grows: no memory-limit restart in the middle.
-        NEXUS_MEMORY_LIMIT_MB="0",
-    )
-    return env
+def memory_env(root: Path) -> dict[str, str]:
+    binary = opencode_binary()
+    if binary is None:
+        raise SystemExit("no OpenCode binary: run `make opencode` or set NEXUS_OPENCODE_BIN")
+    # Measure the server as it grows: no memory-limit restart in the middle.
+    return {**private_env(root, binary), "NEXUS_MEMORY_LIMIT_MB": "0"}
 
 
 def connect(env: dict[str, str], proc: subprocess.Popen[bytes]) -> AgentClient:
@@ -78,7 +59,7 @@ def connect(env: dict[str, str], proc: subprocess.Popen[bytes]) -> AgentClient:
 
 
 def measure(args: argparse.Namespace, work: Path) -> None:
-    env = private_env(work)
+    env = memory_env(work)
     agent = subprocess.Popen(
         [sys.executable, "-m", "nexus_ops", "agent", "run"],
         env=env,
