@@ -69,6 +69,15 @@ _KEY_FATAL = "fatal"
 _KEY_RESTARTS = "restarts"
 
 
+def stored_desired(journal: Journal) -> Desired:
+    """The desired state kept in the journal's store (stopped unless set to running)."""
+    return "running" if journal.get(_KEY_DESIRED) == "running" else "stopped"
+
+
+def store_desired(journal: Journal, desired: Desired) -> None:
+    journal.put(_KEY_DESIRED, desired)
+
+
 def backoff_delay(attempt: int, *, initial: float, cap: float, jitter: float) -> float:
     """Delay before automatic restart number ``attempt`` (1-based).
 
@@ -128,7 +137,7 @@ class Supervisor:
 
     @property
     def desired(self) -> Desired:
-        return "running" if self.journal.get(_KEY_DESIRED) == "running" else "stopped"
+        return stored_desired(self.journal)
 
     @property
     def state(self) -> ServerState:
@@ -226,7 +235,7 @@ class Supervisor:
         return ActionResult(ok=ok, message=message, status=self.status(), survivors=survivors or [])
 
     def _set_desired(self, desired: Desired) -> None:
-        self.journal.put(_KEY_DESIRED, desired)
+        store_desired(self.journal, desired)
 
     # ---- the loop ----------------------------------------------------------------
 
