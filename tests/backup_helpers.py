@@ -62,6 +62,15 @@ def tree_digest(folder: Path, skip: tuple[str, ...] = ("node_modules",)) -> dict
     return found
 
 
+def open_tar(archive: Path) -> tarfile.TarFile:
+    """A backup archive (tar.zst) opened for random access, as a test inspects it."""
+    import zstandard
+
+    with archive.open("rb") as raw:
+        data = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True).read()
+    return tarfile.open(fileobj=io.BytesIO(data))
+
+
 def evil_archive(path: Path) -> list[str]:
     """A tar.gz with every kind of unsafe member; returns their names."""
     names = []

@@ -103,6 +103,7 @@ def _create_locked(
         name=repo.archive_path(backup_id).name,
         size=writer.archive.size,
         sha256=writer.archive.sha256,
+        format="tar.zst",
     )
     final = manifest.model_copy(
         update={"archive": info, "duration_seconds": round(time.time() - started, 3)}
