@@ -95,7 +95,8 @@ def build_tree(root: Path, megabytes: int) -> OpenCodeLocations:
     conn.execute("CREATE TABLE session (id TEXT PRIMARY KEY, data TEXT)")
     conn.execute("CREATE TABLE part (id TEXT PRIMARY KEY, session TEXT, data TEXT)")
     db_bytes, i = int(megabytes * 0.7) << 20, 0
-    while i * 2300 < db_bytes:
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    while i % 2000 or conn.execute("PRAGMA page_count").fetchone()[0] * page_size < db_bytes:
         text = " ".join(rnd.choice(WORDS) for _ in range(300))
         code = "".join(rnd.choices(string.ascii_letters + string.digits, k=300))
         conn.execute(

@@ -32,7 +32,7 @@ import zstandard
 from nexus_ops.backup.models import FileEntry
 from nexus_ops.errors import BackupError
 
-COMPRESS_LEVEL = 3  # zstd's default: smaller than gzip -6, several times faster
+COMPRESS_LEVEL = 1  # like `zstd -1`: about gzip -6's size at many times its speed
 CHUNK = 1 << 20
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
