@@ -87,13 +87,13 @@ def test_a_folder_that_did_not_exist_is_removed_again_by_a_roll_back(tmp_path: P
 
 @pytest.fixture
 def loaded(nexus_env: dict[str, str], opencode_config: Path) -> Iterator[RunningAgent]:
-    """An agent whose healthy server holds sessions and an 8 MB incompressible snapshot."""
+    """An agent whose healthy server holds sessions and a 32 MB incompressible snapshot."""
     install_config(opencode_config, nexus_env)
     running = start_agent(nexus_env)
     assert running.client.start().ok
     snapshot = Path(nexus_env["XDG_DATA_HOME"]) / "opencode" / "snapshot"
     snapshot.mkdir(parents=True, exist_ok=True)
-    (snapshot / "pack.bin").write_bytes(os.urandom(8 << 20))  # makes each step last a while
+    (snapshot / "pack.bin").write_bytes(os.urandom(32 << 20))  # makes each step last a while
     yield running
     running.client.close()
 
