@@ -160,6 +160,9 @@ def create_app(
         for store in stores(ctx):
             for problem in store.problems:
                 report_store_problem(ctx, store, problem)
+        # Before the supervisor applies the desired state: a restore killed half-way
+        # is rolled back or finished, and the desired state it changed is put back.
+        await asyncio.to_thread(ctx.backups.settle_interrupted_restore)
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(job(ctx)) for job in jobs or []]
         tasks.append(asyncio.create_task(ctx.metrics.run()))
         tasks.append(asyncio.create_task(ctx.backups.run_schedule()))

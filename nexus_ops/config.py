@@ -215,7 +215,7 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Keep every backup made within N days of the newest one."
     )
     backup_max_expansion_ratio: float = Field(
-        200.0,
+        1000.0,
         ge=1,
         description="Refuse to restore a backup whose files add up to more than N times "
         "its archive (over 64 MiB).",

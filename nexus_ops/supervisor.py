@@ -74,6 +74,15 @@ _KEY_RESTARTS = "restarts"
 _SERVER_UMASK = 0o077
 
 
+def stored_desired(journal: Journal) -> Desired:
+    """The desired state kept in the journal's store (stopped unless set to running)."""
+    return "running" if journal.get(_KEY_DESIRED) == "running" else "stopped"
+
+
+def store_desired(journal: Journal, desired: Desired) -> None:
+    journal.put(_KEY_DESIRED, desired)
+
+
 def backoff_delay(attempt: int, *, initial: float, cap: float, jitter: float) -> float:
     """Delay before automatic restart number ``attempt`` (1-based).
 
@@ -134,7 +143,7 @@ class Supervisor:
 
     @property
     def desired(self) -> Desired:
-        return "running" if self.journal.get(_KEY_DESIRED) == "running" else "stopped"
+        return stored_desired(self.journal)
 
     @property
     def state(self) -> ServerState:
@@ -241,7 +250,7 @@ class Supervisor:
         return ActionResult(ok=ok, message=message, status=self.status(), survivors=survivors or [])
 
     def _set_desired(self, desired: Desired) -> None:
-        self.journal.put(_KEY_DESIRED, desired)
+        store_desired(self.journal, desired)
 
     # ---- the loop ----------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import zstandard
 
 from nexus_ops.backup.archive import sha256_file
 from nexus_ops.backup.models import ArchiveInfo, FileEntry, Manifest
@@ -65,6 +66,13 @@ def tree_digest(folder: Path, skip: tuple[str, ...] = ("node_modules",)) -> dict
     return found
 
 
+def open_tar(archive: Path) -> tarfile.TarFile:
+    """A backup archive (tar.zst) opened for random access, as a test inspects it."""
+    with archive.open("rb") as raw:
+        data = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True).read()
+    return tarfile.open(fileobj=io.BytesIO(data))
+
+
 def evil_archive(path: Path) -> list[str]:
     """A tar.gz with every kind of unsafe member; returns their names."""
     names = []
@@ -113,9 +121,11 @@ def write_backup(repo: BackupRepository, backup_id: str, members: list[Member]) 
     members themselves can refuse it."""
     repo.folder.mkdir(parents=True, exist_ok=True)
     archive = repo.archive_path(backup_id)
-    with tarfile.open(archive, "w:gz") as tar:
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as tar:
         for info, data in members:
             tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    archive.write_bytes(zstandard.ZstdCompressor().compress(plain.getvalue()))  # as create does
     kinds = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink"}
     files = [
         FileEntry(

@@ -1,6 +1,6 @@
 """Backups of OpenCode's config and data: consistent, verifiable, and restores that roll back.
 
-A backup is one ``tar.gz`` archive plus its manifest (every file with its size
+A backup is one ``tar.zst`` archive plus its manifest (every file with its size
 and sha256, OpenCode's version, the host and the time), written last; the live
 SQLite database is copied with SQLite's online backup API. Modules:
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import shutil
 import socket
@@ -74,8 +75,7 @@ def _create_locked(
     scratch = repo.scratch_dir(backup_id)
     writer = _Writer(ArchiveWriter(partial), scratch, raw_fallback, progress)
     try:
-        for source in sources.entries():
-            writer.add(source)
+        writer.add_all(list(sources.entries()))
         for arcname, data in sorted(sources.extras.items()):
             writer.files.append(writer.archive.add_bytes(arcname, data))
         manifest = Manifest(
@@ -103,6 +103,7 @@ def _create_locked(
         name=repo.archive_path(backup_id).name,
         size=writer.archive.size,
         sha256=writer.archive.sha256,
+        format="tar.zst",
     )
     final = manifest.model_copy(
         update={"archive": info, "duration_seconds": round(time.time() - started, 3)}
@@ -124,14 +125,28 @@ class _Writer:
         self.files: list[FileEntry] = []
         self.databases: list[DatabaseEntry] = []
 
+    def add_all(self, entries: list[SourceFile]) -> None:
+        """Every entry; the databases last, copied on a thread meanwhile (SQLite's
+        backup step runs outside the GIL), so the copy overlaps with the other files."""
+        databases = [source for source in entries if source.is_database]
+        with concurrent.futures.ThreadPoolExecutor(1, "backup-db-copy") as pool:
+            copies = []
+            for n, source in enumerate(databases):
+                if self.progress:
+                    self.progress(f"copying database {source.path}")
+                copies.append(pool.submit(online_copy, source.path, self._copy_path(n, source)))
+            for source in entries:
+                if not source.is_database:
+                    self.add(source)
+            for n, (source, copy) in enumerate(zip(databases, copies, strict=True)):
+                self._add_database(source, copy, self._copy_path(n, source))
+
     def add(self, source: SourceFile) -> None:
         if source.kind == "dir":
             self.files.append(self.archive.add_dir(source.arcname, source.mode, source.mtime))
         elif source.kind == "symlink":
             target = str(source.path.readlink())
             self.files.append(self.archive.add_symlink(source.arcname, target, source.mtime))
-        elif source.is_database:
-            self._add_database(source)
         else:
             self.files.append(
                 self.archive.add_file(
@@ -139,12 +154,14 @@ class _Writer:
                 )
             )
 
-    def _add_database(self, source: SourceFile) -> None:
-        if self.progress:
-            self.progress(f"copying database {source.path}")
-        copy = self.scratch / f"{len(self.databases)}-{source.path.name}"
+    def _copy_path(self, n: int, source: SourceFile) -> Path:
+        return self.scratch / f"{n}-{source.path.name}"
+
+    def _add_database(
+        self, source: SourceFile, pending: concurrent.futures.Future[None], copy: Path
+    ) -> None:
         try:
-            online_copy(source.path, copy)
+            pending.result()
         except BackupError as exc:
             if not self.raw_fallback:
                 raise

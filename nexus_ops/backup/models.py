@@ -77,6 +77,8 @@ class ArchiveInfo(Frozen):
     name: str
     size: int
     sha256: str
+    # How the tar is compressed; manifests of older versions (gzip) have no such field.
+    format: Literal["tar.zst", "tar.gz"] = "tar.gz"
 
 
 class Manifest(Frozen):

@@ -1,7 +1,8 @@
 """The backups folder: names, listing, reading and deleting backups.
 
-A backup is two files: ``<id>.tar.gz`` and ``<id>.json`` (its manifest). The
-archive is written as ``.<id>.tar.gz.part``, synced and renamed; the manifest is
+A backup is two files: ``<id>.tar.zst`` and ``<id>.json`` (its manifest); backups
+of older versions have ``<id>.tar.gz`` instead, still read. The archive is written
+as ``.<id>.tar.zst.part``, synced and renamed; the manifest is
 written last, atomically. Only a backup whose manifest exists is listed, so an
 interrupted backup (even by ``kill -9``) is never offered for a restore; its
 partial files are removed by the next create or prune.
@@ -29,7 +30,8 @@ from nexus_ops.errors import BackupError, BackupNotFound
 from nexus_ops.locks import FileLock, LockBusy
 from nexus_ops.paths import Layout, atomic_write, fsync_dir
 
-ARCHIVE_SUFFIX = ".tar.gz"
+ARCHIVE_SUFFIX = ".tar.zst"
+OLD_ARCHIVE_SUFFIXES = (".tar.gz",)  # written by older versions: read, verified, restored
 MANIFEST_SUFFIX = ".json"
 PARTIAL_SUFFIX = ".part"
 SCRATCH_SUFFIX = ".scratch"
@@ -38,11 +40,11 @@ SCRATCH_SUFFIX = ".scratch"
 class BackupRepository:
     """Backups kept in one folder (``Layout.backups``).
 
-    ``max_expansion_ratio`` (``NEXUS_BACKUP_MAX_EXPANSION_RATIO``, default 200) is how many
+    ``max_expansion_ratio`` (``NEXUS_BACKUP_MAX_EXPANSION_RATIO``, default 1000) is how many
     times its archive a backup's files may add up to before verify and restore refuse it.
     """
 
-    def __init__(self, folder: Path, max_expansion_ratio: float = 200.0) -> None:
+    def __init__(self, folder: Path, max_expansion_ratio: float = 1000.0) -> None:
         self.folder = folder
         self.max_expansion_ratio = max_expansion_ratio
 
@@ -58,7 +60,13 @@ class BackupRepository:
 
     # Every path of a backup is made here, from a checked id (InvalidBackupId otherwise).
     def archive_path(self, backup_id: str) -> Path:
-        return self.folder / f"{check_backup_id(backup_id)}{ARCHIVE_SUFFIX}"
+        """The archive of ``backup_id``: the one on disk, else where a new one goes."""
+        checked = check_backup_id(backup_id)
+        for suffix in OLD_ARCHIVE_SUFFIXES:
+            old = self.folder / f"{checked}{suffix}"
+            if old.is_file():
+                return old
+        return self.folder / f"{checked}{ARCHIVE_SUFFIX}"
 
     def manifest_path(self, backup_id: str) -> Path:
         return self.folder / f"{check_backup_id(backup_id)}{MANIFEST_SUFFIX}"
@@ -124,7 +132,10 @@ class BackupRepository:
     def delete(self, backup_id: str) -> int:
         """Remove a backup (manifest first, so it is never listed half-deleted); bytes freed."""
         freed = 0
-        for path in (self.manifest_path(backup_id), self.archive_path(backup_id)):
+        archives = [
+            self.folder / f"{backup_id}{s}" for s in (ARCHIVE_SUFFIX, *OLD_ARCHIVE_SUFFIXES)
+        ]
+        for path in (self.manifest_path(backup_id), *archives):
             with contextlib.suppress(FileNotFoundError):
                 freed += path.stat().st_size
                 path.unlink()
@@ -138,12 +149,13 @@ class BackupRepository:
         if not self.folder.is_dir():
             return []
         found = [*self.folder.glob(f".*{PARTIAL_SUFFIX}"), *self.folder.glob(f".*{SCRATCH_SUFFIX}")]
-        for archive in self.folder.glob(f"*{ARCHIVE_SUFFIX}"):
-            backup_id = archive.name[: -len(ARCHIVE_SUFFIX)]
-            if not BACKUP_ID_PATTERN.fullmatch(backup_id):
-                continue  # not a name nexus-ops writes: not ours to remove
-            if not self.manifest_path(backup_id).is_file():
-                found.append(archive)
+        for suffix in (ARCHIVE_SUFFIX, *OLD_ARCHIVE_SUFFIXES):
+            for archive in self.folder.glob(f"*{suffix}"):
+                backup_id = archive.name[: -len(suffix)]
+                if not BACKUP_ID_PATTERN.fullmatch(backup_id):
+                    continue  # not a name nexus-ops writes: not ours to remove
+                if not self.manifest_path(backup_id).is_file():
+                    found.append(archive)
         return sorted(found)
 
     def clean_leftovers(self) -> list[str]:

@@ -6,7 +6,9 @@ server; keep what is about to be replaced in a pre-restore backup; swap the
 folders (renames on one filesystem); check the restored databases' integrity;
 start the server and wait until it is healthy (and, optionally, until a
 caller's ``confirm`` passes). If any step after the stop fails, the previous
-folders are put back and the server started again; the report says so.
+folders are put back and the server started again; the report says so. Each step
+is first written to the restore's progress record (:mod:`.restore_state`), so that
+a restore killed half-way is settled by the next agent.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from nexus_ops.backup.control import ServerControl
@@ -23,9 +24,11 @@ from nexus_ops.backup.create import create_backup
 from nexus_ops.backup.extract import extract_parts
 from nexus_ops.backup.models import Manifest, Part, RestoreReport
 from nexus_ops.backup.repository import BackupRepository
-from nexus_ops.backup.sources import SKIPPED_DIRS, BackupSources, OpenCodeLocations
+from nexus_ops.backup.restore_state import RestoreRecord, Step, Swap, clear_record, write_record
+from nexus_ops.backup.sources import BackupSources, OpenCodeLocations
 from nexus_ops.backup.verify import verify_backup
 from nexus_ops.errors import BackupError, NexusOpsError
+from nexus_ops.models import Desired
 from nexus_ops.store.backups_copy import integrity_check
 
 LIVE_PARTS: tuple[Part, ...] = ("config", "data")
@@ -87,47 +90,6 @@ def restore_to_folder(
     )
 
 
-@dataclass
-class _Swap:
-    """One live folder being replaced: where it is, the new one, the old one set aside."""
-
-    live: Path
-    staged: Path
-    aside: Path
-    swapped: bool = False
-    carried: list[str] = field(default_factory=list)
-
-    def swap(self) -> None:
-        if self.live.exists():
-            self.live.rename(self.aside)
-        self.staged.rename(self.live)
-        self.swapped = True
-        for name in sorted(SKIPPED_DIRS):  # caches (node_modules) are kept, not restored
-            old = self.aside / name
-            if old.exists() and not (self.live / name).exists():
-                old.rename(self.live / name)
-                self.carried.append(name)
-
-    def undo(self) -> None:
-        if not self.swapped:
-            return
-        for name in self.carried:
-            (self.live / name).rename(self.aside / name)
-        failed = self.live.with_name(self.live.name + ".failed-restore")
-        shutil.rmtree(failed, ignore_errors=True)
-        self.live.rename(failed)
-        if self.aside.exists():
-            self.aside.rename(self.live)
-        shutil.rmtree(failed, ignore_errors=True)
-        self.swapped = False
-
-    def discard(self) -> None:
-        shutil.rmtree(self.staged, ignore_errors=True)
-        if not self.swapped:
-            return
-        shutil.rmtree(self.aside, ignore_errors=True)
-
-
 class LiveRestore:
     """One restore over the live folders; :meth:`run` returns its report.
 
@@ -150,6 +112,7 @@ class LiveRestore:
         confirm: Callable[[], None] | None = None,
         opencode_version: str = "unknown",
         progress: Progress | None = None,
+        desired_before: Desired = "running",
     ) -> None:
         self.repo = repo
         self.locations = locations
@@ -158,12 +121,20 @@ class LiveRestore:
         self.confirm = confirm
         self.opencode_version = opencode_version
         self.progress = progress
+        self.desired_before = desired_before
         self.steps: list[str] = []
+        self.record: RestoreRecord | None = None
 
     def _step(self, text: str) -> None:
         self.steps.append(text)
         if self.progress:
             self.progress(text)
+
+    def _enter(self, step: Step, **changes: object) -> None:
+        """Write the progress record before ``step`` begins."""
+        assert self.record is not None
+        self.record = self.record.model_copy(update={"step": step, **changes})
+        write_record(self.repo.folder, self.record)
 
     def run(self, backup_id: str, parts: Sequence[str] | None = None) -> RestoreReport:
         started = time.perf_counter()
@@ -174,26 +145,35 @@ class LiveRestore:
             self._step(f"verified {backup_id} (parts {', '.join(chosen)})")
             swaps = self._stage(manifest, chosen)
             report = self._replace(manifest, chosen, swaps)
+            clear_record(self.repo.folder)
         finally:
             lock.release()
         return report.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
 
-    def _stage(self, manifest: Manifest, parts: list[str]) -> list[_Swap]:
+    def _stage(self, manifest: Manifest, parts: list[str]) -> list[Swap]:
         swaps = []
         for part in parts:
             live = self.locations.folder(part)  # type: ignore[arg-type]
             live.parent.mkdir(parents=True, exist_ok=True)
             stem = f".{live.name}.{part}"
             swaps.append(
-                _Swap(
+                Swap(
                     live=live,
                     staged=live.with_name(f"{stem}.restore-{manifest.id}"),
                     aside=live.with_name(f"{stem}.pre-restore-{manifest.id}"),
+                    live_existed=live.exists(),
                 )
             )
         for swap in swaps:
             shutil.rmtree(swap.staged, ignore_errors=True)
             shutil.rmtree(swap.aside, ignore_errors=True)
+        self.record = RestoreRecord(
+            backup_id=manifest.id,
+            parts=parts,
+            swaps=swaps,
+            desired_before=self.desired_before,
+        )
+        write_record(self.repo.folder, self.record)
         entries = {entry.path: entry for entry in manifest.files}
         try:
             files = extract_parts(
@@ -205,20 +185,26 @@ class LiveRestore:
         except BaseException:
             for swap in swaps:
                 swap.discard()
+            clear_record(self.repo.folder)
             raise
         self._step(f"extracted {files} files beside the live folders")
         return swaps
 
-    def _replace(self, manifest: Manifest, parts: list[str], swaps: list[_Swap]) -> RestoreReport:
+    def _replace(self, manifest: Manifest, parts: list[str], swaps: list[Swap]) -> RestoreReport:
         pre_restore: str | None = None
         try:
+            self._enter("stopping")
             self.control.stop()
             self._step("stopped the server")
+            self._enter("keeping")
             pre_restore = self._keep_current(parts)
+            self._enter("swapping", pre_restore_backup=pre_restore)
             for swap in swaps:
                 swap.swap()
+            self._enter("swapped")
             self._step("swapped in the restored folders")
             self._check_databases(manifest, parts)
+            self._enter("starting")
             self.control.start()
             self.control.wait_healthy(self.health_timeout)
             self._step("the server is healthy")
@@ -271,17 +257,17 @@ class LiveRestore:
         self,
         manifest: Manifest,
         parts: list[str],
-        swaps: list[_Swap],
+        swaps: list[Swap],
         pre_restore: str | None,
         exc: Exception,
     ) -> RestoreReport:
         error = exc.message if isinstance(exc, NexusOpsError) else f"{type(exc).__name__}: {exc}"
         self._step(f"failed: {error}; putting the previous state back")
+        self._enter("rolling back")
         with contextlib.suppress(Exception):
             self.control.stop()
         for swap in reversed(swaps):
             swap.undo()
-            swap.discard()
         self._step("previous folders are back")
         try:
             self.control.start()
@@ -289,6 +275,7 @@ class LiveRestore:
             self._step("the server is running again on the previous state")
         except Exception as again:  # the previous state may have been broken already
             self._step(f"the server did not come back healthy: {again}")
+        clear_record(self.repo.folder)
         return RestoreReport(
             backup_id=manifest.id,
             target="live",
@@ -312,6 +299,7 @@ def restore_live(
     confirm: Callable[[], None] | None = None,
     opencode_version: str = "unknown",
     progress: Progress | None = None,
+    desired_before: Desired = "running",
 ) -> RestoreReport:
     """Restore ``backup_id`` over the live folders (see :class:`LiveRestore`)."""
     restore = LiveRestore(
@@ -322,5 +310,6 @@ def restore_live(
         confirm=confirm,
         opencode_version=opencode_version,
         progress=progress,
+        desired_before=desired_before,
     )
     return restore.run(backup_id, parts)

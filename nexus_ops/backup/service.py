@@ -30,6 +30,7 @@ from nexus_ops.backup.models import (
 from nexus_ops.backup.prune import prune
 from nexus_ops.backup.repository import BackupRepository
 from nexus_ops.backup.restore import restore_live, restore_to_folder
+from nexus_ops.backup.restore_state import Settled, clear_record, load_record, settle
 from nexus_ops.backup.retention import RetentionPolicy
 from nexus_ops.backup.schedule import BackupScheduler
 from nexus_ops.backup.sources import BackupSources, OpenCodeLocations
@@ -40,12 +41,14 @@ from nexus_ops.opencode import Credentials, OpenCodeClient, binary_version, loca
 from nexus_ops.paths import Layout
 from nexus_ops.store import Database, Journal
 from nexus_ops.store.backups import BackupRun, BackupRuns
+from nexus_ops.supervisor import store_desired, stored_desired
 
 T = TypeVar("T")
 
 # Journal event kinds of backup operations.
 BACKUP_OK, BACKUP_FAILED = "backup", "backup_failed"
 RESTORE_OK, RESTORE_FAILED = "restore", "restore_failed"
+RESTORE_SETTLED = "restore_interrupted"
 PRUNE = "prune"
 
 
@@ -189,8 +192,10 @@ class BackupService:
         health_timeout: float | None = None,
     ) -> RestoreReport:
         """Restore over the live folders; a failed restore is rolled back (see the report)."""
+        self.settle_interrupted_restore()
         started = time.time()
         version = self.opencode_version()
+        desired = stored_desired(self.journal) if self.journal is not None else "running"
         report = restore_live(
             self.repo,
             backup_id,
@@ -200,6 +205,7 @@ class BackupService:
             health_timeout=health_timeout or self.settings.start_timeout * 2,
             confirm=confirm,
             opencode_version=version,
+            desired_before=desired,
         )
         self.runs.record(
             "restore",
@@ -214,6 +220,52 @@ class BackupService:
         what = "restored" if report.ok else f"restore failed and was rolled back ({report.error})"
         self._journal(kind, f"{what}: {backup_id}", {"id": backup_id, "trigger": trigger})
         return report
+
+    def settle_interrupted_restore(self) -> Settled | None:
+        """Roll back or finish a live restore that was killed half-way (see
+        :mod:`~nexus_ops.backup.restore_state`); put the server's desired state back to
+        what it was before that restore, and journal what was done. None when there was
+        nothing to settle, or when the restore is still running in another process."""
+        if load_record(self.repo.folder) is None:
+            return None
+        try:
+            lock = self.repo.lock("settling an interrupted restore")
+        except BackupError:  # its process is alive and holds the lock: not interrupted
+            return None
+        try:
+            settled = self._settle_locked()
+        finally:
+            lock.release()
+        if settled is not None:
+            self._record_settled(settled)
+        return settled
+
+    def _settle_locked(self) -> Settled | None:
+        record = load_record(self.repo.folder)
+        if record is None:
+            return None
+        try:
+            manifest: Manifest | None = self.repo.get(record.backup_id)
+        except NexusOpsError:
+            manifest = None
+        settled = settle(record, manifest)
+        self.repo.clean_leftovers()  # the partial pre-restore backup, if it was being made
+        clear_record(self.repo.folder)
+        return settled
+
+    def _record_settled(self, settled: Settled) -> None:
+        if self.journal is not None:
+            store_desired(self.journal, settled.desired)
+        self.runs.record(
+            "restore",
+            trigger="recovery",
+            started=time.time(),
+            ok=settled.action == "finished",
+            backup_id=settled.backup_id,
+            error=None if settled.action == "finished" else settled.message,
+            details={"interrupted_at": settled.step, "action": settled.action},
+        )
+        self._journal(RESTORE_SETTLED, settled.message, settled.model_dump())
 
     def scheduled_run(self) -> Manifest:
         """What the agent's schedule runs: create, verify, prune."""

@@ -37,6 +37,10 @@ def online_copy(source: Path, destination: Path) -> None:
         src.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         dst = sqlite3.connect(destination)
         try:
+            # A scratch copy, archived then deleted: no journal, no fsync (the archive
+            # is what gets synced). Halves the copy's time.
+            dst.execute("PRAGMA journal_mode=OFF")
+            dst.execute("PRAGMA synchronous=OFF")
             src.backup(dst, pages=-1)
         finally:
             dst.close()
