@@ -310,10 +310,10 @@ def test_metrics_panel_fills_every_figure(ctx: PanelContext, agent: FakeAgent) -
         lines = [t for t in fig.data if t.name != "restarts and crashes"]
         assert lines and all(len(t.y) for t in lines), key
     names = {t.name for t in panel.series["request_duration"].data}
-    assert {"mean,/global/health", "max,/global/health"} <= names, "an hour: the rollups"
+    assert {"mean · health checks", "max · health checks"} <= names, "an hour: the rollups"
     panel.range.value = "15m"
     names = {t.name for t in panel.series["request_duration"].data if len(t.y)}
-    assert names == {"p50,/global/health", "p95,/global/health"}, "15 minutes: raw quantiles"
+    assert names == {"p50 · health checks", "p95 · health checks"}, "15 minutes: raw quantiles"
 
 
 def test_lines_break_where_nothing_was_sampled() -> None:
@@ -361,7 +361,7 @@ def test_long_ranges_read_rollups_and_redraw_the_lines(ctx: PanelContext, agent:
     assert sorted(c.get("agg") for c in requests) == ["max", "mean"]
     assert all(c["start"] == "7d" for c in agent.called("query_metrics"))
     names = {t.name for t in panel.series["request_duration"].data}
-    assert "p50,/global/health" not in names and "max,/global/health" in names
+    assert "p50 · health checks" not in names and "max · health checks" in names
     start, end = panel.series["cpu"].layout.xaxis.range
     assert (pd.Timestamp(end) - pd.Timestamp(start)).days == 7
 
