@@ -634,3 +634,39 @@ def test_a_change_during_a_refresh_is_shown_after_it(ctx: PanelContext, agent: F
     panel.refresh()
     assert agent.called("logs")[-1]["contains"] == "error"
     assert "listening" not in panel.view.value
+
+
+def test_alert_values_are_written_in_their_metric_unit_and_no_webhooks_says_what_to_do() -> None:
+    from nexus_ops.alerts import RuleStatus
+    from nexus_ops.alerts.rules import AlertRule
+    from nexus_ops.ui.alerts import receivers_html, rules_html
+
+    memory = AlertRule(name="Mem", metric="opencode_process_resident_memory_bytes", value=3e9)
+    latency = AlertRule(name="Slow", metric="opencode_request_duration_seconds", value=2)
+    rows = rules_html(
+        [
+            RuleStatus(rule=memory, expression=memory.describe(), state="pending", value=3.99987e8),
+            RuleStatus(rule=latency, expression=latency.describe(), state="inactive", value=0.0425),
+        ]
+    )
+    assert "381.5 MiB" in rows and "42 ms" in rows
+    assert "3.99987e+08" not in rows and "0.0425" not in rows
+    empty = receivers_html([])
+    assert "Set <code>NEXUS_ALERT_WEBHOOK_URLS</code>" in empty and "docs/alerts.md" in empty
+
+
+def test_alert_conditions_write_thresholds_for_people() -> None:
+    from nexus_ops.alerts import RuleStatus
+    from nexus_ops.alerts.rules import AlertRule
+    from nexus_ops.ui.alerts import rules_html
+
+    rule = AlertRule(name="Mem", metric="opencode_process_resident_memory_bytes", value=3221225472)
+    html = rules_html([RuleStatus(rule=rule, expression=rule.describe(), state="inactive")])
+    assert (
+        "&gt; 3.0 GiB" in html
+        and "title='opencode_process_resident_memory_bytes &gt; 3221225472'" in html
+    )
+    starts = AlertRule(name="Loop", kind="restart_rate", value=3, window=900)
+    assert "more than 3 starts" in rules_html(
+        [RuleStatus(rule=starts, expression="", state="inactive")]
+    )

@@ -94,7 +94,8 @@ def format_value(value: float, unit: str, decimals: int = 0) -> str:
         return _duration(value)
     if unit == "seconds":
         return f"{value * 1000:,.0f} ms" if abs(value) < 1 else f"{value:,.{max(decimals, 1)}f} s"
-    text = f"{value:,.{decimals}f}"
+    whole = unit == "count" and float(value).is_integer()
+    text = f"{value:,.{0 if whole else decimals}f}"
     if unit == "%":
         return text + "%"
     return f"{text} {unit}".strip() if unit not in ("", "count") else text
