@@ -670,3 +670,19 @@ def test_alert_conditions_write_thresholds_for_people() -> None:
     assert "more than 3 starts" in rules_html(
         [RuleStatus(rule=starts, expression="", state="inactive")]
     )
+
+
+def test_the_range_starts_at_the_first_sample_when_the_data_is_younger() -> None:
+    from nexus_ops.ui.metrics import MetricsData, window_of
+
+    now = 1_800_000_000.0
+    young = tidy_frame("opencode_server_status", "", np.array([now - 120, now]), np.ones(2))
+    start, end = (pd.Timestamp(t) for t in window_of(MetricsData("1h", {"m": young}), now))
+    assert (end - start).total_seconds() == pytest.approx(120)
+    old = tidy_frame("opencode_server_status", "", np.array([now - 7200, now]), np.ones(2))
+    start, end = (pd.Timestamp(t) for t in window_of(MetricsData("1h", {"m": old}), now))
+    assert (end - start).total_seconds() == pytest.approx(3600)
+    picked = window_of(MetricsData("1h", {"m": young}), now, fit=False)
+    assert (pd.Timestamp(picked[1]) - pd.Timestamp(picked[0])).total_seconds() == pytest.approx(
+        3600
+    )
