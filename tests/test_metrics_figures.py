@@ -106,7 +106,8 @@ def test_request_quantiles_per_window_and_path() -> None:
 def test_format_value() -> None:
     assert F.format_value(512, "bytes") == "512 B"
     assert F.format_value(float("nan"), "bytes") == "-"
-    assert F.format_value(0.25, "seconds", 2) == "0.25 seconds"
+    assert F.format_value(0.25, "seconds", 2) == "250 ms"
+    assert F.format_value(3221225472, "bytes", 1) == "3.0 GiB"
     assert F.threshold_color(5, ((-np.inf, "a"), (3, "b"), (10, "c"))) == "b"
 
 
@@ -119,3 +120,28 @@ def test_panels_name_their_lines_for_people() -> None:
     )
     fig = F.update_timeseries(F.timeseries_figure(F.PANELS["memory"], tz="UTC"), frame)
     assert {t.name for t in fig.data} == {"server", "agent", "restarts and crashes"}
+
+
+def test_legends_read_like_words_not_label_text() -> None:
+    times = TIMES[:3]
+    frame = concat_frames(
+        [
+            tidy_frame("opencode_request_duration_seconds", f"q={q},path={p}", times, np.ones(3))
+            for q, p in (("max", "/global/health"), ("p95", "/session/status"))
+        ]
+    )
+    fig = F.update_timeseries(F.timeseries_figure(F.PANELS["request_duration"], tz="UTC"), frame)
+    names = {t.name for t in fig.data} - {"restarts and crashes"}
+    assert names == {"max · health checks", "p95 · session status"}
+
+
+def test_memory_axis_is_in_iec_units_and_counts_tick_whole() -> None:
+    frame = tidy_frame("opencode_process_resident_memory_bytes", "", TIMES, np.full(100, 5.0e8))
+    fig = F.update_timeseries(F.timeseries_figure(F.PANELS["memory"], tz="UTC"), frame)
+    assert fig.layout.yaxis.title.text == "MiB"
+    line = next(t for t in fig.data if t.name == "server")
+    assert line.y[0] == pytest.approx(5.0e8 / 2**20)
+    assert line.hovertemplate == "%{y:.1f} MiB"
+    few = tidy_frame("opencode_sessions", "status=idle", TIMES, np.full(100, 1.0))
+    counts = F.update_timeseries(F.timeseries_figure(F.PANELS["sessions"], tz="UTC"), few)
+    assert counts.layout.yaxis.dtick == 1 and counts.layout.yaxis.tickformat == ",d"

@@ -310,10 +310,10 @@ def test_metrics_panel_fills_every_figure(ctx: PanelContext, agent: FakeAgent) -
         lines = [t for t in fig.data if t.name != "restarts and crashes"]
         assert lines and all(len(t.y) for t in lines), key
     names = {t.name for t in panel.series["request_duration"].data}
-    assert {"mean,/global/health", "max,/global/health"} <= names, "an hour: the rollups"
+    assert {"mean · health checks", "max · health checks"} <= names, "an hour: the rollups"
     panel.range.value = "15m"
     names = {t.name for t in panel.series["request_duration"].data if len(t.y)}
-    assert names == {"p50,/global/health", "p95,/global/health"}, "15 minutes: raw quantiles"
+    assert names == {"p50 · health checks", "p95 · health checks"}, "15 minutes: raw quantiles"
 
 
 def test_lines_break_where_nothing_was_sampled() -> None:
@@ -361,7 +361,7 @@ def test_long_ranges_read_rollups_and_redraw_the_lines(ctx: PanelContext, agent:
     assert sorted(c.get("agg") for c in requests) == ["max", "mean"]
     assert all(c["start"] == "7d" for c in agent.called("query_metrics"))
     names = {t.name for t in panel.series["request_duration"].data}
-    assert "p50,/global/health" not in names and "max,/global/health" in names
+    assert "p50 · health checks" not in names and "max · health checks" in names
     start, end = panel.series["cpu"].layout.xaxis.range
     assert (pd.Timestamp(end) - pd.Timestamp(start)).days == 7
 
@@ -634,3 +634,55 @@ def test_a_change_during_a_refresh_is_shown_after_it(ctx: PanelContext, agent: F
     panel.refresh()
     assert agent.called("logs")[-1]["contains"] == "error"
     assert "listening" not in panel.view.value
+
+
+def test_alert_values_are_written_in_their_metric_unit_and_no_webhooks_says_what_to_do() -> None:
+    from nexus_ops.alerts import RuleStatus
+    from nexus_ops.alerts.rules import AlertRule
+    from nexus_ops.ui.alerts import receivers_html, rules_html
+
+    memory = AlertRule(name="Mem", metric="opencode_process_resident_memory_bytes", value=3e9)
+    latency = AlertRule(name="Slow", metric="opencode_request_duration_seconds", value=2)
+    rows = rules_html(
+        [
+            RuleStatus(rule=memory, expression=memory.describe(), state="pending", value=3.99987e8),
+            RuleStatus(rule=latency, expression=latency.describe(), state="inactive", value=0.0425),
+        ]
+    )
+    assert "381.5 MiB" in rows and "42 ms" in rows
+    assert "3.99987e+08" not in rows and "0.0425" not in rows
+    empty = receivers_html([])
+    assert "Set <code>NEXUS_ALERT_WEBHOOK_URLS</code>" in empty and "docs/alerts.md" in empty
+
+
+def test_alert_conditions_write_thresholds_for_people() -> None:
+    from nexus_ops.alerts import RuleStatus
+    from nexus_ops.alerts.rules import AlertRule
+    from nexus_ops.ui.alerts import rules_html
+
+    rule = AlertRule(name="Mem", metric="opencode_process_resident_memory_bytes", value=3221225472)
+    html = rules_html([RuleStatus(rule=rule, expression=rule.describe(), state="inactive")])
+    assert (
+        "&gt; 3.0 GiB" in html
+        and "title='opencode_process_resident_memory_bytes &gt; 3221225472'" in html
+    )
+    starts = AlertRule(name="Loop", kind="restart_rate", value=3, window=900)
+    assert "more than 3 starts" in rules_html(
+        [RuleStatus(rule=starts, expression="", state="inactive")]
+    )
+
+
+def test_the_range_starts_at_the_first_sample_when_the_data_is_younger() -> None:
+    from nexus_ops.ui.metrics import MetricsData, window_of
+
+    now = 1_800_000_000.0
+    young = tidy_frame("opencode_server_status", "", np.array([now - 120, now]), np.ones(2))
+    start, end = (pd.Timestamp(t) for t in window_of(MetricsData("1h", {"m": young}), now))
+    assert (end - start).total_seconds() == pytest.approx(120)
+    old = tidy_frame("opencode_server_status", "", np.array([now - 7200, now]), np.ones(2))
+    start, end = (pd.Timestamp(t) for t in window_of(MetricsData("1h", {"m": old}), now))
+    assert (end - start).total_seconds() == pytest.approx(3600)
+    picked = window_of(MetricsData("1h", {"m": young}), now, fit=False)
+    assert (pd.Timestamp(picked[1]) - pd.Timestamp(picked[0])).total_seconds() == pytest.approx(
+        3600
+    )

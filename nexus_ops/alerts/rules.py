@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -161,18 +161,19 @@ class AlertRule(Frozen):
                 raise ValueError(f"label {label!r} is not a label name (letters, digits, _)")
         return self
 
-    def describe(self) -> str:
-        """The rule in one line, e.g. ``opencode_server_status < 1 for 30s``."""
+    def describe(self, number: Callable[[float], str] = format_number) -> str:
+        """The rule in one line, e.g. ``opencode_server_status < 1 for 30s``; ``number``
+        writes the threshold (PromQL's exact form by default)."""
         selector = self.metric + _matchers(self.match)
         if self.kind == "absent":
             text = f"absent({selector}) over {format_duration(self.window)}"
         elif self.kind == "restart_rate":
-            text = f"more than {format_number(self.value)} starts in {format_duration(self.window)}"
+            text = f"more than {number(self.value)} starts in {format_duration(self.window)}"
         elif self.aggregate == "last":
-            text = f"{selector} {self.op} {format_number(self.value)}"
+            text = f"{selector} {self.op} {number(self.value)}"
         else:
             span = f"[{format_duration(self.window)}]"
-            text = f"{self.aggregate}({selector}{span}) {self.op} {format_number(self.value)}"
+            text = f"{self.aggregate}({selector}{span}) {self.op} {number(self.value)}"
         if self.only_while:
             text += f" while {self.only_while} == 1"
         return text + (f" for {format_duration(self.for_seconds)}" if self.for_seconds else "")

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from nexus_ops.metrics.catalogue import format_value, iec_power, iec_unit, series_name
 from nexus_ops.models import Event
 
 GREEN, ORANGE, RED, GREY, BLUE = "#2e7d32", "#ef6c00", "#c62828", "#616161", "#1565c0"
@@ -56,7 +57,6 @@ class PanelSpec:
     title: str
     metrics: tuple[str, ...]
     unit: str = ""
-    names: Mapping[str, str] = field(default_factory=dict)  # metric -> legend name
 
 
 STATS: dict[str, StatSpec] = {
@@ -91,16 +91,11 @@ PANELS: dict[str, PanelSpec] = {
         "CPU",
         ("opencode_process_cpu_percent", "nexus_agent_cpu_percent"),
         "%",
-        {"opencode_process_cpu_percent": "server", "nexus_agent_cpu_percent": "agent"},
     ),
     "memory": PanelSpec(
         "Resident memory",
         ("opencode_process_resident_memory_bytes", "nexus_agent_resident_memory_bytes"),
         "bytes",
-        {
-            "opencode_process_resident_memory_bytes": "server",
-            "nexus_agent_resident_memory_bytes": "agent",
-        },
     ),
     "connections": PanelSpec("TCP connections by state", ("opencode_connections",), "count"),
     "request_duration": PanelSpec(
@@ -152,33 +147,6 @@ def local_times(times: pd.Series | pd.DatetimeIndex, tz: str) -> np.ndarray:
     if index.tz is None:
         index = index.tz_localize("UTC")
     return index.tz_convert(tz).tz_localize(None).to_numpy().astype("datetime64[ms]")
-
-
-def format_value(value: float, unit: str, decimals: int = 0) -> str:
-    """``1.5e9, 'bytes'`` -> ``'1.4 GiB'``; ``3725, 'duration'`` -> ``'1h 2m'``."""
-    if not np.isfinite(value):
-        return "-"
-    if unit == "bytes":
-        for suffix in ("B", "KiB", "MiB", "GiB", "TiB"):
-            if abs(value) < 1024 or suffix == "TiB":
-                return f"{value:.{decimals if suffix != 'B' else 0}f} {suffix}"
-            value /= 1024
-    if unit == "duration":
-        return _duration(value)
-    text = f"{value:,.{decimals}f}"
-    return f"{text} {unit}".strip() if unit not in ("", "count") else text
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
 def threshold_color(value: float, thresholds: Sequence[tuple[float, str]]) -> str:
@@ -263,9 +231,7 @@ def timeseries_figure(spec: PanelSpec, tz: str | None = None, height: int = 300)
         hovertemplate="%{text}<extra></extra>",
         text=[],
     )
-    yaxis: dict[str, object] = {"title": {"text": spec.unit}, "rangemode": "tozero"}
-    if spec.unit == "bytes":
-        yaxis.update(tickformat="~s", ticksuffix="B")
+    yaxis: dict[str, object] = {"rangemode": "tozero", **axis_of(spec.unit, 0.0).layout}
     fig.update_layout(
         title={"text": spec.title},
         height=height,
@@ -275,7 +241,7 @@ def timeseries_figure(spec: PanelSpec, tz: str | None = None, height: int = 300)
         xaxis={"title": {"text": f"time ({zone})"}, "type": "date"},
         yaxis=yaxis,
         yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
-        meta={"tz": zone, "names": dict(spec.names)},
+        meta={"tz": zone, "unit": spec.unit},
     )
     return fig
 
@@ -289,41 +255,74 @@ def update_timeseries(
     """One line per series of ``frame`` (named metric and labels), plus event markers."""
     meta = fig.layout.meta or {}
     zone = tz or meta.get("tz") or user_timezone()
-    series = _series_of(frame, zone, meta.get("names") or {})
+    axis = axis_of(str(meta.get("unit") or ""), _top(frame))
+    series = _series_of(frame, zone, axis.factor)
+    hover = f"%{{y:{axis.hover}}} {axis.label}".rstrip()
     with fig.batch_update():
+        fig.layout.yaxis.update(axis.layout)
         existing = {trace.name: trace for trace in fig.data if trace.name != _EVENT_TRACE}
         for index, (name, (x, y)) in enumerate(series.items()):
             trace = existing.pop(name, None)
             if trace is None:
                 color = _LABEL_COLORS[index % len(_LABEL_COLORS)]
                 fig.add_scatter(x=x, y=y, mode="lines", name=name, line={"color": color})
+                trace = fig.data[-1]
             else:
                 trace.x, trace.y = x, y
+            trace.hovertemplate = hover
         for trace in existing.values():  # a series gone from the frame: empty its line
             trace.x, trace.y = [], []
         _update_events(fig, events, zone)
     return fig
 
 
+@dataclass(frozen=True)
+class Axis:
+    """A y axis for a unit: what its values are divided by, its unit's label, its layout."""
+
+    factor: float
+    label: str
+    hover: str
+    layout: dict[str, object]
+
+
+def axis_of(unit: str, top: float) -> Axis:
+    """The y axis of values in ``unit`` up to ``top``: bytes in the IEC unit of ``top``
+    (MiB, GiB), seconds as ms below one, counts in whole steps."""
+    if unit == "bytes":
+        power = iec_power(top)
+        return _scaled(1024.0**power, iec_unit(power), ".1f")
+    if unit == "seconds":
+        return _scaled(1e-3, "ms", ",.0f") if top < 1 else _scaled(1.0, "s", ",.2f")
+    if unit == "count":
+        # Plotly ticks a small range at 0.2, 0.4...: a count steps by 1 (auto above 5).
+        steps = {"dtick": 1, "tick0": 0} if top < 5 else {"dtick": None, "tick0": None}
+        return Axis(1.0, "", ",d", {"title": {"text": "count"}, "tickformat": ",d", **steps})
+    return _scaled(1.0, unit, ",.1f")
+
+
+def _scaled(factor: float, label: str, hover: str) -> Axis:
+    layout: dict[str, object] = {"title": {"text": label}, "tickformat": "~r"}
+    return Axis(factor, label, hover, layout)
+
+
+def _top(frame: pd.DataFrame) -> float:
+    values = frame["value"].to_numpy(dtype=float) if len(frame) else np.empty(0)
+    finite = values[np.isfinite(values)]
+    return float(np.abs(finite).max()) if len(finite) else 0.0
+
+
 def _series_of(
-    frame: pd.DataFrame, tz: str, names: Mapping[str, str]
+    frame: pd.DataFrame, tz: str, factor: float
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if frame.empty:
         return {}
     out = {}
     many_metrics = frame["metric"].nunique() > 1
     for (metric, labels), rows in frame.groupby(["metric", "labels"], sort=True):
-        name = _trace_name(str(metric), str(labels), many_metrics, names)
-        out[name] = (local_times(rows["time"], tz), rows["value"].to_numpy())
+        name = series_name(str(metric), str(labels), many_metrics)
+        out[name] = (local_times(rows["time"], tz), rows["value"].to_numpy() / factor)
     return out
-
-
-def _trace_name(metric: str, labels: str, many_metrics: bool, names: Mapping[str, str]) -> str:
-    short = names.get(metric) or metric.removeprefix("opencode_").removeprefix("nexus_")
-    if not labels:
-        return short
-    shown = ",".join(part.split("=", 1)[-1] for part in labels.split(","))
-    return f"{short} {shown}" if many_metrics else shown
 
 
 def _update_events(fig: go.Figure, events: Sequence[Event], tz: str) -> None:

@@ -16,6 +16,7 @@ import ipywidgets as widgets
 
 from nexus_ops.alerts import AlertsView, ReceiverStatus, RuleStatus
 from nexus_ops.alerts.notify import NotificationRecord
+from nexus_ops.metrics.catalogue import format_metric
 from nexus_ops.ui.base import Panel, table_html
 from nexus_ops.ui.style import esc
 
@@ -40,9 +41,9 @@ def rules_html(rules: list[RuleStatus]) -> str:
             f"<b>{esc(r.rule.name)}</b>",
             esc(r.state + (" (flapping)" if r.flapping else "")),
             _when(r.since),
-            esc(None if r.value is None else f"{r.value:.6g}"),
+            esc(None if r.value is None else format_metric(r.rule.metric, r.value)),
             esc(r.rule.severity),
-            f"<code>{esc(r.expression)}</code>",
+            f"<code title='{esc(r.expression)}'>{esc(_condition(r))}</code>",
             esc(r.rule.summary),
         ]
         for r in ranked
@@ -51,9 +52,20 @@ def rules_html(rules: list[RuleStatus]) -> str:
     return table_html(headers, rows, "nx-alerts-table", [state_class(r.state) for r in ranked])
 
 
+def _condition(status: RuleStatus) -> str:
+    """The rule with its threshold in the metric's unit (``> 3.0 GiB``)."""
+    rule = status.rule
+    return rule.describe(number=lambda value: format_metric(rule.metric, value))
+
+
 def receivers_html(receivers: list[ReceiverStatus]) -> str:
     if not receivers:
-        return "<p class='nx-muted'>No webhooks: NEXUS_ALERT_WEBHOOK_URLS or NEXUS_ALERTS_FILE.</p>"
+        return (
+            "<p class='nx-muted nx-no-webhooks'>No webhooks: alerts show here but notify no one. "
+            "Set <code>NEXUS_ALERT_WEBHOOK_URLS</code> to the URLs to notify (comma-separated), "
+            "or list webhooks in the YAML file named by <code>NEXUS_ALERTS_FILE</code>, then "
+            "restart the agent; see docs/alerts.md.</p>"
+        )
     rows = [
         [esc(r.receiver), esc(r.delivered), esc(r.failed), _when(r.last_attempt), esc(r.last_error)]
         for r in receivers

@@ -102,6 +102,18 @@ def _label(text: str, name: str) -> str:
     return pairs.get(name, "")
 
 
+def window_of(data: MetricsData, now: float, fit: bool = True) -> list[Any]:
+    """The x axis's range, in the figures' time zone: the span up to now, or with ``fit``
+    from the first sample on when the data is younger than the span (a new server's two
+    minutes fill the plot instead of a line at its edge)."""
+    frames = data.frames.values() if fit else []
+    firsts = [frame["time"].min().timestamp() for frame in frames if len(frame)]
+    start = now - RANGE_SECONDS[data.span]
+    start = max(start, min(firsts)) if firsts else start
+    times = pd.to_datetime([start, now], unit="s", utc=True)
+    return list(figures.local_times(times, figures.user_timezone()))
+
+
 class MetricsPanel(Panel[MetricsData]):
     """Stat panels over time series, with a range picker; refreshed in batches.
 
@@ -114,6 +126,7 @@ class MetricsPanel(Panel[MetricsData]):
 
     def __init__(self, ctx: PanelContext) -> None:
         self.span = "1h"
+        self.picked = False
         self._drawn_span = self.span
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nexus-console-query")
         super().__init__(ctx)
@@ -171,6 +184,7 @@ class MetricsPanel(Panel[MetricsData]):
 
     def range_changed(self, change: object = None) -> None:
         self.span = str(self.range.value)
+        self.picked = True
         self.in_background(self.refresh)
 
     # ---- refresh -----------------------------------------------------------------------
@@ -218,7 +232,8 @@ class MetricsPanel(Panel[MetricsData]):
             spec = stat_spec(key)
             figures.update_stat(fig, data.frames.get(spec.metric, empty_frame()), spec)
         reset = data.span != self._drawn_span
-        window = self._window(data.span)
+        # The default range fits young data; a range the operator picked is shown whole.
+        window = window_of(data, time.time(), fit=not self.picked)
         for key, fig in self.series.items():
             if reset:
                 fig.data = fig.data[:1]  # only the event markers: new lines for the new range
@@ -227,12 +242,6 @@ class MetricsPanel(Panel[MetricsData]):
                 fig.layout.xaxis.range = window
         self._drawn_span = data.span
         self.updated.value = f"updated {time.strftime('%H:%M:%S')}"
-
-    def _window(self, span: str) -> list[Any]:
-        """The x axis's range: the chosen span up to now, in the figures' time zone."""
-        now = time.time()
-        times = pd.to_datetime([now - RANGE_SECONDS[span], now], unit="s", utc=True)
-        return list(figures.local_times(times, figures.user_timezone()))
 
     def _frame_of(self, key: str, data: MetricsData) -> pd.DataFrame:
         if key == "request_duration":

@@ -15,7 +15,7 @@ import ipywidgets as widgets
 import segno
 
 from nexus_ops.errors import AgentUnavailable, NexusOpsError
-from nexus_ops.metrics.figures import format_value
+from nexus_ops.metrics.catalogue import format_value
 from nexus_ops.models import ActionResult, ServerState, ServerStatus
 from nexus_ops.opencode import client_commands
 from nexus_ops.security.tokens import is_loopback
