@@ -289,12 +289,29 @@ def table_html(
     css: str,
     row_classes: list[str] | None = None,
 ) -> str:
-    """An HTML table of already escaped cells (no header row when ``headers`` is None)."""
+    """An HTML table of already escaped cells (no header row when ``headers`` is None).
+
+    A table with a header is shown on a phone as one card a row, each cell labelled
+    with its column's name (``data-label``, see :mod:`nexus_ops.ui.style`).
+
+    >>> table_html(["pid"], [["7"]], "nx-x").split("<tbody>")[1]
+    "<tr class=''><td data-label='pid'>7</td></tr></tbody></table>"
+    """
     head = "".join(f"<th>{h}</th>" for h in headers or [])
     thead = f"<thead><tr>{head}</tr></thead>" if headers else ""
+    labels = (
+        [" data-label='" + h.replace("'", "&#x27;") + "'" for h in headers] if headers else None
+    )
     classes = row_classes or [""] * len(rows)
     body = "".join(
-        f"<tr class='{cls}'>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>"
+        f"<tr class='{cls}'>" + "".join(_cells(row, labels)) + "</tr>"
         for row, cls in zip(rows, classes, strict=True)
     )
-    return f"<table class='nx-table {css}'>{thead}<tbody>{body}</tbody></table>"
+    cards = "nx-cards " if headers else ""
+    return f"<table class='nx-table {cards}{css}'>{thead}<tbody>{body}</tbody></table>"
+
+
+def _cells(row: list[str], labels: list[str] | None) -> list[str]:
+    if labels is None:
+        return [f"<td>{cell}</td>" for cell in row]
+    return [f"<td{label}>{cell}</td>" for cell, label in zip(row, labels, strict=False)]

@@ -4,8 +4,8 @@ Problems are what is wrong with the console's own settings (an invalid variable,
 an unknown one), and a console that reads another ``NEXUS_HOME`` than its agent
 (the password it would show is then not the server's).
 
->>> settings_html([{"variable": "NEXUS_ENV", "value": "staging", "description": "Profile."}])[:40]
-"<table class='nx-table nx-env-table'><th"
+>>> settings_html([{"variable": "NEXUS_ENV", "value": "staging", "description": "Profile."}])[:49]
+"<table class='nx-table nx-cards nx-env-table'><th"
 """
 
 from __future__ import annotations

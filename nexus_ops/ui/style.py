@@ -66,11 +66,30 @@ CSS = (
 .nx-figure { flex: 1 1 auto; width: 100%; min-width: 0; }
 .nx-section { font-weight: 600; margin-top: 10px; }
 .nx-muted { color: #777; }
-/* A phone: the tabs wrap onto two rows, each as wide as its title. */
+/* A stat is one number: Plotly's toolbar would only cover its title. */
+.nx-stat .modebar-container { display: none; }
+.nx-table td { overflow-wrap: anywhere; }
+/* A phone: the tabs wrap onto two rows, each as wide as its title; rows of controls
+   wrap; a table with a header becomes one card a row, each cell under its column's
+   name; nothing is wider than the page. */
 @media (max-width: 700px) {
   .nx-tabs > .lm-TabBar { height: auto; max-height: none; }
   .nx-tabs > .lm-TabBar .lm-TabBar-content { flex-wrap: wrap; }
   .nx-tabs > .lm-TabBar .lm-TabBar-tab { flex: 0 0 auto; }
+  .nx-console .widget-hbox { flex-wrap: wrap; row-gap: 4px; }
+  .nx-console .nx-panel .widget-box { min-width: 0 !important; max-width: 100%; }
+  .nx-console .nx-panel .widget-box:not(.nx-figure) { padding-left: 0 !important; }
+  .nx-console .nx-panel .widget-inline-hbox { max-width: 100%; }
+  .nx-console .nx-panel .widget-inline-hbox input { min-width: 0; }
+  .nx-range .widget-toggle-button { width: 56px !important; }
+  .nx-range { flex-wrap: nowrap !important; }
+  .nx-table.nx-cards, .nx-cards tbody, .nx-cards tr, .nx-cards td { display: block; }
+  .nx-cards thead { display: none; }
+  .nx-cards tr { border-bottom: 1px solid #ccc; padding: 4px 0; }
+  .nx-cards td { border: none; padding: 1px 8px; }
+  .nx-cards td[data-label]::before { content: attr(data-label) ": "; color: #555;
+    font-weight: 600; }
+  .nx-show-password { flex: 0 0 auto !important; }
 }
 """
 )
