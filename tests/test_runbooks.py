@@ -233,7 +233,7 @@ def test_a_run_keeps_its_notebook_and_indexes_the_verdict(runner: RunbookRunner)
     runner.progress = lambda cells, total: done.append((cells, total))
     record = runner.run("ok", {"n": "4"}, who="ann", from_strings=True)
     assert record.status == "succeeded", record.error
-    assert record.who == "ann" and record.parameters == {"n": 4}
+    assert record.who == "ann" and record.parameters == {"dry_run": True, "n": 4}
     assert record.healthy is True and record.verdict and record.verdict["summary"] == "healthy"
     notebook = nbformat.read(record.notebook, as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in notebook.cells)
@@ -295,6 +295,12 @@ def test_bad_parameters_are_refused_before_anything_runs(runner: RunbookRunner) 
         runner.run("nope")
     assert runner.index.recent() == []
     assert list(runner.runs_dir.glob("*.ipynb")) == []
+
+
+def test_a_run_records_every_parameter_given_or_defaulted(runner: RunbookRunner) -> None:
+    prepared = runner.prepare("ok", {"n": "5"}, from_strings=True)
+    prepared._lock.release()
+    assert runner.index.get(prepared.record.id).parameters == {"dry_run": True, "n": 5}
 
 
 def test_one_runbook_runs_at_a_time(runner: RunbookRunner) -> None:

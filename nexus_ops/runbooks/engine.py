@@ -221,7 +221,9 @@ class RunbookRunner:
     ) -> PreparedRun:
         """Check everything and take the lock; nothing has been executed yet."""
         runbook = self.catalog.get(name)
-        values = validate(runbook.spec(), parameters or {}, from_strings=from_strings)
+        given = validate(runbook.spec(), parameters or {}, from_strings=from_strings)
+        # The record says what the run used: the defaults of the parameters not given too.
+        values = {p.name: p.default for p in runbook.parameters} | given
         lock = FileLock(self.runs_dir / ".runbook.lock", f"runbook {name}")
         try:
             lock.acquire()
