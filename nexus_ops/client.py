@@ -297,20 +297,25 @@ def verify_local_agent(settings: Settings) -> None:
     a process squatting the port is never sent the token, whatever it answers.
     """
     port = settings.agent_port
-    record = load_record(Layout(settings.home).agent_pidfile)
-    mine = listen_addresses(record.pid, port) if record and find_live(record) else []
+
+    def agents_addresses() -> list[str]:
+        record = load_record(Layout(settings.home).agent_pidfile)
+        return listen_addresses(record.pid, port) if record and find_live(record) else []
+
+    mine = agents_addresses()
     answered = False
     for address in _addresses(settings):
-        if _covers(mine, address):
-            answered = True
-        elif accepts_connections(address, port):
-            holder = port_holder(port) or "a process this user cannot see"
-            raise PortInUse(
-                f"port {port} on {address} is held by {holder}, not by the agent of "
-                f"NEXUS_HOME {settings.home}; the agent token was not sent to it",
-                hint=f"stop that process, or choose another port with NEXUS_AGENT_PORT "
-                f"(now {port})",
-            )
+        if not _covers(mine, address) and accepts_connections(address, port):
+            mine = agents_addresses()  # a starting agent may listen since the first look
+            if not _covers(mine, address):
+                holder = port_holder(port) or "a process this user cannot see"
+                raise PortInUse(
+                    f"port {port} on {address} is held by {holder}, not by the agent of "
+                    f"NEXUS_HOME {settings.home}; the agent token was not sent to it",
+                    hint=f"stop that process, or choose another port with NEXUS_AGENT_PORT "
+                    f"(now {port})",
+                )
+        answered = answered or _covers(mine, address)
     if not answered:
         raise AgentUnavailable(
             f"no agent answers at {settings.agent_base_url}",

@@ -150,3 +150,22 @@ def test_an_explicit_agent_url_is_trusted_without_a_pidfile(
     with AgentClient.from_settings(settings) as client:
         assert client.health().pid == squatter.proc.pid
     assert [r["path"] for r in squatter.requests()] == ["/health"]
+
+
+def test_an_agent_that_begins_to_listen_between_the_two_looks_passes(
+    agent: RunningAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A starting agent: its pidfile is written, its socket not yet listening at the first
+    # look at its sockets, listening when the port is tried a moment later.
+    import nexus_ops.client as client_module
+
+    looks: list[list[str]] = []
+    real = client_module.listen_addresses
+
+    def not_yet_at_first(pid: int, port: int) -> list[str]:
+        looks.append(real(pid, port))
+        return [] if len(looks) == 1 else looks[-1]
+
+    monkeypatch.setattr(client_module, "listen_addresses", not_yet_at_first)
+    client_module.verify_local_agent(load_settings(agent.env))
+    assert len(looks) == 2 and looks[1]
