@@ -172,6 +172,18 @@ def ctx(agent: FakeAgent) -> PanelContext:
     return PanelContext(client=agent, run=in_line, secret=lambda: PASSWORD)
 
 
+def parent_of(tree: widgets.Widget, child: widgets.Widget) -> widgets.Box:
+    """The box of ``tree`` that holds ``child``."""
+    boxes = [tree]
+    while boxes:
+        box = boxes.pop()
+        kids = list(getattr(box, "children", ()))
+        if child in kids:
+            return box
+        boxes.extend(kids)
+    raise LookupError(f"{child!r} is not in the tree")
+
+
 def states(widget: widgets.Widget) -> str:
     """Every synced value of a widget tree, as text (what a page or a saved notebook holds)."""
     seen: list[str] = []
@@ -304,8 +316,16 @@ def test_metrics_panel_fills_every_figure(ctx: PanelContext, agent: FakeAgent) -
     assert {c["start"] for c in agent.called("query_metrics")} == {"1h"}
     points = {c["metric"]: c["max_points"] for c in agent.called("query_metrics")}
     assert points["opencode_server_status"] < points["opencode_process_cpu_percent"]
+    # The samples say up, the server is stopped now: the stat says what the Server tab says.
+    assert panel.stats["server_status"].layout.annotations[0].text == "STOPPED"
+    agent.state = ServerState.RUNNING
+    panel.refresh()
     assert panel.stats["server_status"].layout.annotations[0].text == "UP"
     assert panel.stats["restarts"].layout.title.text == "Starts"
+    uptime = panel.stats["uptime"]
+    assert uptime.layout.annotations[1].text == "orange: up less than 5 min"  # 42 s
+    box = parent_of(panel.widget, uptime)
+    assert "orange: up less than 5 min" in box.tooltip, "every colour explained on hover"
     for key, fig in panel.series.items():
         lines = [t for t in fig.data if t.name != "restarts and crashes"]
         assert lines and all(len(t.y) for t in lines), key
