@@ -33,10 +33,11 @@ from nexus_ops.ui.environment import EnvironmentPanel, home_mismatch
 from nexus_ops.ui.events import EventsPanel, events_html, highlight
 from nexus_ops.ui.figurewidget import ASSET, asset_url, figure_widget, shim
 from nexus_ops.ui.live import PageWatch, Refresher
-from nexus_ops.ui.logs import LogsPanel
+from nexus_ops.ui.logs import LogsPanel, render_lines
 from nexus_ops.ui.metrics import REQUESTS, MetricsPanel, break_gaps, wanted_metrics
 from nexus_ops.ui.registry import TABS
 from nexus_ops.ui.server import ServerPanel, qr_svg
+from nexus_ops.ui.style import CSS
 
 PASSWORD = "s3cret-Pa55word-that-must-not-leak"
 NOW = time.time()
@@ -408,6 +409,26 @@ def test_figures_share_the_served_bundle(tmp_path: Path) -> None:
 
 
 # ---- Logs, Events, Environment -----------------------------------------------------------
+
+
+def test_errors_and_warnings_are_coloured_named_and_escaped() -> None:
+    html = render_lines(
+        [
+            'timestamp=2026-12-03T23:00:04Z level=ERROR message="Failed <script>x</script>"',
+            "timestamp=2026-12-03T23:00:05Z level=WARN message=slow",
+            "WARNING disk at 91%",
+            'timestamp=2026-12-03T23:00:06Z level=INFO message="no ERROR here"',
+            "an error <b>",
+        ]
+    )
+    lines = html.split("\n")
+    assert lines[0].startswith("<div class='nx-log-view'><pre><span class='nx-log-error'>")
+    assert "<span class='nx-sr'>error: </span>" in lines[0]
+    assert "&lt;script&gt;x&lt;/script&gt;" in lines[0] and "<script>" not in html
+    assert lines[1].startswith("<span class='nx-log-warning'><span class='nx-sr'>warning: ")
+    assert lines[2].startswith("<span class='nx-log-warning'>")
+    assert "nx-log" not in lines[3] and "nx-log" not in lines[4].removesuffix("</pre></div>")
+    assert ".nx-log-error" in CSS and ".nx-sr" in CSS
 
 
 def test_logs_follow_filter_and_escape(ctx: PanelContext, agent: FakeAgent) -> None:
