@@ -216,9 +216,11 @@ def test_server_panel_shows_the_status_and_enables_what_makes_sense(
     assert "nx-server-state'>stopped" in panel.details.value
     assert not panel.buttons["start"].disabled
     assert panel.buttons["stop"].disabled and panel.buttons["restart"].disabled
+    assert panel.hint.layout.display is None and "Press <b>Start</b>" in panel.hint.value
 
     agent.state, agent.pid, agent.restarts = ServerState.RUNNING, 4242, 2
     panel.refresh()
+    assert panel.hint.layout.display == "none", "the hint goes once the server runs"
     html = panel.details.value
     for shown in ("running", "1.18.33", "4242", "1h 2m", "crash: pid 9 exited with signal 9"):
         assert shown in html

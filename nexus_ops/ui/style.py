@@ -61,6 +61,8 @@ CSS = (
 /* Read by screen readers, not shown. */
 .nx-sr { position: absolute; width: 1px; height: 1px; padding: 0; margin: -1px;
   overflow: hidden; clip: rect(0, 0, 0, 0); white-space: nowrap; border: 0; }
+.nx-start-hint { background: #e8f0fe; border-left: 4px solid #1565c0; padding: 6px 10px;
+  margin: 6px 0; }
 .nx-confirm { background: #fff4e5; padding: 6px 10px; align-items: center; gap: 8px; }
 .nx-password code, .nx-url code { font-size: 13px; }
 .nx-commands code { font-size: 12px; white-space: pre-wrap; word-break: break-all; }
