@@ -166,11 +166,8 @@ class MetricsPanel(Panel[MetricsData]):
         fig.add_class("nx-stat")
         fig.add_class(f"nx-stat-{key.replace('_', '-')}")
         self.stats[key] = fig
-        # What the colours mean: the shown one on the stat, all of them on hover.
         return widgets.Box(
-            [fig],
-            layout=widgets.Layout(flex="1 1 170px", min_width="0", padding="2px"),
-            tooltip=figures.stat_rules(spec),
+            [fig], layout=widgets.Layout(flex="1 1 170px", min_width="0", padding="2px")
         )
 
     def _series(self, key: str) -> widgets.Box:
