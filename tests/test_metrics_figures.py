@@ -133,6 +133,16 @@ def color_name(color: str) -> str:
     return {F.GREEN: "green", F.ORANGE: "orange", F.GREY: "grey", F.RED: "red"}[color]
 
 
+def test_a_flat_sparkline_lies_at_the_bottom_not_across_the_number() -> None:
+    spec = F.STATS["restarts"]
+    fig = go.FigureWidget(F.stat_figure(spec))
+    F.update_stat(fig, tidy_frame(spec.metric, "", TIMES[-3:], np.zeros(3)), spec)
+    assert list(fig.layout.yaxis.range) == [0.0, 1.0]
+    F.update_stat(fig, tidy_frame(spec.metric, "", TIMES[-3:], np.array([1.0, 2.0, 2.0])), spec)
+    low, high = fig.layout.yaxis.range
+    assert low == 0.0 and high > 2.0, "the top of the line stays inside the panel"
+
+
 def test_stat_without_data_is_grey() -> None:
     fig = F.update_stat(F.stat_figure(F.STATS["memory"]), empty_frame(), F.STATS["memory"])
     assert fig.layout.annotations[0].text == "-" and fig.layout.paper_bgcolor == F.GREY

@@ -277,10 +277,20 @@ def _history(frame: pd.DataFrame, spec: StatSpec) -> np.ndarray:
     return rows["value"].to_numpy(dtype=float) if len(rows) else np.empty(0)
 
 
+def spark_range(values: np.ndarray) -> list[float]:
+    """The sparkline's y range: from zero to a little above its highest value, so that
+    a flat series (a stopped server's zeros) lies at the bottom instead of a line
+    through the stat's number, and the highest point stays inside the panel."""
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) if len(finite) else 0.0
+    return [0.0, top * 1.1 if top > 0 else 1.0]
+
+
 def _fill_stat(fig: go.Figure, values: np.ndarray, text: str, color: str, note: str) -> go.Figure:
     with fig.batch_update():
         fig.data[0].x = np.arange(len(values))
         fig.data[0].y = values
+        fig.layout.yaxis.range = spark_range(values)
         fig.layout.paper_bgcolor = color
         fig.layout.annotations[0].text = text
         fig.layout.annotations[1].text = note
