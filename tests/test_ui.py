@@ -23,12 +23,14 @@ from ipywidgets.widgets.widget import _instances
 from plotly.serializers import _py_to_js
 
 from nexus_ops.alerts import AlertsView
+from nexus_ops.backup.models import BackupInfo
 from nexus_ops.config import load_settings
 from nexus_ops.errors import AgentError, AgentUnavailable, NexusOpsError
 from nexus_ops.metrics.frames import concat_frames, tidy_frame
 from nexus_ops.models import ActionResult, Event, ServerState, ServerStatus
 from nexus_ops.ui import Console, Panel, PanelContext, TabRegistry, console, register_tab
 from nexus_ops.ui.app import BrokenPanel, read_password
+from nexus_ops.ui.backups import backups_html, schedule_html
 from nexus_ops.ui.environment import EnvironmentPanel, home_mismatch
 from nexus_ops.ui.events import EventsPanel, events_html, highlight
 from nexus_ops.ui.figurewidget import ASSET, asset_url, figure_widget, shim
@@ -716,3 +718,35 @@ def test_the_range_starts_at_the_first_sample_when_the_data_is_younger() -> None
     assert (pd.Timestamp(picked[1]) - pd.Timestamp(picked[0])).total_seconds() == pytest.approx(
         3600
     )
+
+
+def test_backups_and_the_server_write_sizes_ages_and_durations_for_people(
+    ctx: PanelContext,
+) -> None:
+    schedule = schedule_html(
+        {
+            "schedule": "0 3 * * *",
+            "next_run": time.time() + 3600,
+            "last_success": time.time() - 7530,
+            "last_size": 3.5 * 2**20,
+            "last_duration": 0.42,
+        }
+    )
+    assert "(2h 5m ago)" in schedule and "3.5 MiB" in schedule and "420 ms" in schedule
+    info = BackupInfo(
+        id="b1",
+        kind="scheduled",
+        created=time.time(),
+        size=1536,
+        files=12345,
+        parts=["data"],
+        opencode_version="1.18.33",
+        host="h",
+        sessions=2,
+    )
+    table = backups_html([info])
+    assert "1.5 KiB" in table and "12,345" in table
+    status = ServerStatus(
+        state=ServerState.BACKOFF, desired="running", port=4096, next_restart_in=0.25
+    )
+    assert "250 ms" in ServerPanel(ctx)._details_html(status)

@@ -176,7 +176,8 @@ class ServerPanel(Panel[ServerStatus]):
         if status.last_error:
             rows.append(("Last error", "nx-server-last-error", status.last_error))
         if status.next_restart_in is not None:
-            rows.append(("Next restart in", "nx-server-next", f"{status.next_restart_in:.1f} s"))
+            wait = format_value(status.next_restart_in, "seconds", 1)
+            rows.append(("Next restart in", "nx-server-next", wait))
         if status.rss_bytes:
             rows.append(("Memory", "nx-server-memory", format_value(status.rss_bytes, "bytes", 1)))
         cells = [
