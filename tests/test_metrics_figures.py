@@ -141,6 +141,10 @@ def test_a_flat_sparkline_lies_at_the_bottom_not_across_the_number() -> None:
     F.update_stat(fig, tidy_frame(spec.metric, "", TIMES[-3:], np.array([1.0, 2.0, 2.0])), spec)
     low, high = fig.layout.yaxis.range
     assert low == 0.0 and high > 2.0, "the top of the line stays inside the panel"
+    # A state or a count steps: a one-sample dip is a notch, not a thin spike.
+    assert fig.data[0].line.shape == "hv"
+    assert F.stat_figure(F.STATS["server_status"]).data[0].line.shape == "hv"
+    assert F.stat_figure(F.STATS["uptime"]).data[0].line.shape == "linear"
 
 
 def test_stat_without_data_is_grey() -> None:

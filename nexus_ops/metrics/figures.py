@@ -40,7 +40,8 @@ class StatSpec:
 
     ``thresholds`` are (from value, colour) pairs in rising order; the first
     applies below every other. ``notes`` say what each threshold's colour means,
-    one a threshold (a stat of one colour needs none).
+    one a threshold (a stat of one colour needs none). A ``steps`` sparkline holds
+    each value until the next (a state or a count changes at once, it does not slope).
     """
 
     title: str
@@ -50,6 +51,7 @@ class StatSpec:
     texts: Mapping[float, str] = field(default_factory=dict)
     decimals: int = 0
     notes: tuple[str, ...] = ()
+    steps: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ STATS: dict[str, StatSpec] = {
         thresholds=((-np.inf, RED), (1.0, GREEN)),
         texts={0.0: "DOWN", 1.0: "UP"},
         notes=("red: down", "green: up"),
+        steps=True,
     ),
     "uptime": StatSpec(
         "Uptime",
@@ -82,6 +85,7 @@ STATS: dict[str, StatSpec] = {
         "opencode_server_starts_total",
         thresholds=((-np.inf, GREEN), (3.0, ORANGE), (10.0, RED)),
         notes=("green: fewer than 3", "orange: 3 to 9", "red: 10 or more"),
+        steps=True,
     ),
     "memory": StatSpec(
         "Memory",
@@ -207,7 +211,7 @@ def stat_figure(spec: StatSpec, height: int = 140) -> go.Figure:
         x=[],
         y=[],
         mode="lines",
-        line={"color": "rgba(255,255,255,0.6)"},
+        line={"color": "rgba(255,255,255,0.6)", "shape": "hv" if spec.steps else "linear"},
         fill="tozeroy",
         fillcolor="rgba(255,255,255,0.15)",
         hoverinfo="skip",
