@@ -246,6 +246,7 @@ def stat_figure(spec: StatSpec, height: int = 140) -> go.Figure:
                 "yanchor": "bottom",
                 "showarrow": False,
                 "font": {"size": 11, "color": "white"},
+                "bgcolor": "rgba(0,0,0,0.25)",  # readable over the sparkline
                 # What the colours mean: the shown one on the stat, all of them on hover.
                 "hovertext": stat_rules(spec).replace("\n", "<br>"),
             },
