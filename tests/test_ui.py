@@ -702,6 +702,9 @@ def test_alert_conditions_write_thresholds_for_people() -> None:
     assert "more than 3 starts" in rules_html(
         [RuleStatus(rule=starts, expression="", state="inactive")]
     )
+    down = AlertRule(name="Down", metric="opencode_server_status", op="<", value=1.0)
+    html = rules_html([RuleStatus(rule=down, expression="", state="inactive", value=1.0)])
+    assert "opencode_server_status &lt; 1<" in html and ">1<" in html, "a status is 0 or 1"
 
 
 def test_the_range_starts_at_the_first_sample_when_the_data_is_younger() -> None:
