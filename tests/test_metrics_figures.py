@@ -129,6 +129,18 @@ def test_the_status_stat_shows_the_live_state_over_lagging_samples(state, text, 
     assert fig.layout.annotations[0].text == ("DOWN" if lagging == 0.0 else "UP")
 
 
+def test_the_uptime_of_a_server_that_does_not_run_is_grey_not_young() -> None:
+    spec = F.STATS["uptime"]
+    fig = go.FigureWidget(F.stat_figure(spec))
+    frame = tidy_frame(spec.metric, "", TIMES[-2:], np.array([30.0, 0.0]))
+    F.update_uptime_stat(fig, frame, spec, ServerState.STOPPED)
+    assert (fig.layout.annotations[0].text, fig.layout.paper_bgcolor) == ("-", F.GREY)
+    assert fig.layout.annotations[1].text == "grey: stopped"
+    assert list(fig.data[0].y) == [30.0, 0.0], "the history stays"
+    F.update_uptime_stat(fig, frame, spec, ServerState.RUNNING)
+    assert (fig.layout.annotations[0].text, fig.layout.paper_bgcolor) == ("0s", F.ORANGE)
+
+
 def color_name(color: str) -> str:
     return {F.GREEN: "green", F.ORANGE: "orange", F.GREY: "grey", F.RED: "red"}[color]
 

@@ -311,6 +311,7 @@ def test_metrics_panel_fills_every_figure(ctx: PanelContext, agent: FakeAgent) -
     assert points["opencode_server_status"] < points["opencode_process_cpu_percent"]
     # The samples say up, the server is stopped now: the stat says what the Server tab says.
     assert panel.stats["server_status"].layout.annotations[0].text == "STOPPED"
+    assert panel.stats["uptime"].layout.annotations[0].text == "-"
     agent.state = ServerState.RUNNING
     panel.refresh()
     assert panel.stats["server_status"].layout.annotations[0].text == "UP"

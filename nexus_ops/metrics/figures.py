@@ -277,6 +277,16 @@ def update_status_stat(
     return _fill_stat(fig, values, text, color, note)
 
 
+def update_uptime_stat(
+    fig: go.Figure, frame: pd.DataFrame, spec: StatSpec, state: ServerState | None
+) -> go.Figure:
+    """The uptime stat: the samples' latest value while the server runs (or its state is
+    not known); a grey "-" while it does not, instead of "0s, orange: up less than 5 min"."""
+    if state is None or state is ServerState.RUNNING:
+        return update_stat(fig, frame, spec)
+    return _fill_stat(fig, _history(frame, spec), "-", GREY, f"grey: {state.value}")
+
+
 def _history(frame: pd.DataFrame, spec: StatSpec) -> np.ndarray:
     rows = frame[frame["metric"] == spec.metric] if len(frame) else frame
     return rows["value"].to_numpy(dtype=float) if len(rows) else np.empty(0)

@@ -238,6 +238,8 @@ class MetricsPanel(Panel[MetricsData]):
             frame = data.frames.get(spec.metric, empty_frame())
             if key == "server_status":
                 figures.update_status_stat(fig, frame, spec, data.state)
+            elif key == "uptime":
+                figures.update_uptime_stat(fig, frame, spec, data.state)
             else:
                 figures.update_stat(fig, frame, spec)
         reset = data.span != self._drawn_span
