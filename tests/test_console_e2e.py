@@ -177,10 +177,21 @@ def ensure_running(page: Page) -> None:
 def test_start_shows_running_and_the_version(page: Page, served: Served) -> None:
     expect(page.locator(".nx-agent-state")).to_have_text("agent connected", timeout=30_000)
     expect(page.locator(".nx-server-state")).to_have_text("stopped", timeout=30_000)
+    expect(page.locator(".nx-start-hint")).to_contain_text("Press Start")
     shot(page, "server-stopped")
+    # The status stat says what the Server tab says (not the stored samples' DOWN).
+    tab(page, "Metrics")
+    expect(page.locator(".nx-stat-server-status")).to_contain_text("STOPPED", timeout=60_000)
+    tab(page, "Server")
     page.locator("button.nx-start").click()
-    expect(page.locator(".nx-banner")).to_contain_text("Starting the server", timeout=10_000)
+    expect(page.locator(".nx-server .nx-banner")).to_contain_text(
+        "Starting the server", timeout=10_000
+    )
     expect(page.locator(".nx-server-state")).to_have_text("running", timeout=90_000)
+    expect(page.locator(".nx-start-hint")).to_be_hidden()
+    tab(page, "Metrics")
+    expect(page.locator(".nx-stat-server-status")).to_contain_text("UP", timeout=10_000)
+    tab(page, "Server")
     expect(page.locator(".nx-server-version")).to_have_text(re.compile(r"^\d+\.\d+\.\d+$"))
     with served.client() as client:
         status = client.status()

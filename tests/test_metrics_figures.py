@@ -9,7 +9,7 @@ import pytest
 
 from nexus_ops.metrics import figures as F
 from nexus_ops.metrics.frames import concat_frames, empty_frame, tidy_frame
-from nexus_ops.models import Event
+from nexus_ops.models import Event, ServerState
 
 NOW = 1_800_000_000.0
 TIMES = NOW - np.arange(100)[::-1] * 5.0
@@ -82,6 +82,81 @@ def test_stat_panels_show_value_and_threshold_colour(key, value, text, color) ->
     assert fig.layout.annotations[0].text == text
     assert fig.layout.paper_bgcolor == color
     assert list(fig.data[0].y) == [0.5, value]
+
+
+def test_a_stat_says_what_its_colour_means() -> None:
+    spec = F.STATS["uptime"]
+    fig = go.FigureWidget(F.stat_figure(spec))
+    F.update_stat(fig, tidy_frame(spec.metric, "", TIMES[-2:], np.array([1.0, 14.0])), spec)
+    assert (fig.layout.paper_bgcolor, fig.layout.annotations[0].text) == (F.ORANGE, "14s")
+    assert fig.layout.annotations[1].text == "orange: up less than 5 min"
+    F.update_stat(fig, tidy_frame(spec.metric, "", TIMES[-2:], np.array([1.0, 400.0])), spec)
+    assert fig.layout.annotations[1].text == "green: up 5 min or more"
+    F.update_stat(fig, empty_frame(), spec)
+    assert fig.layout.annotations[1].text == "grey: no data"
+    memory = F.STATS["memory"]
+    assert F.stat_note(2e9, memory) == "orange: 1.4 GiB or more"
+    rules = F.stat_rules(memory).splitlines()
+    assert rules[:3] == ["green: under 1.4 GiB", "orange: 1.4 GiB or more", "red: 2.8 GiB or more"]
+    assert rules[3:] == ["grey: no data"]
+    for key, every in F.STATS.items():  # every colour a stat can take is explained
+        assert len(every.notes) == len(every.thresholds), key
+
+
+@pytest.mark.parametrize(
+    ("state", "text", "color"),
+    [
+        (ServerState.RUNNING, "UP", F.GREEN),
+        (ServerState.STARTING, "STARTING", F.ORANGE),
+        (ServerState.BACKOFF, "BACKOFF", F.ORANGE),
+        (ServerState.STOPPED, "STOPPED", F.GREY),
+        (ServerState.FATAL, "FATAL", F.RED),
+    ],
+)
+def test_the_status_stat_shows_the_live_state_over_lagging_samples(state, text, color) -> None:
+    spec = F.STATS["server_status"]
+    fig = go.FigureWidget(F.stat_figure(spec))
+    # The stored samples still say down (the server started a second ago) or still
+    # up (it was just stopped); the stat says what the server is now.
+    lagging = 0.0 if state is ServerState.RUNNING else 1.0
+    frame = tidy_frame(spec.metric, "", TIMES[-2:], np.array([lagging, lagging]))
+    F.update_status_stat(fig, frame, spec, state)
+    assert (fig.layout.annotations[0].text, fig.layout.paper_bgcolor) == (text, color)
+    note = fig.layout.annotations[1].text
+    assert note.startswith(color_name(color)) and note in F.stat_rules(spec).splitlines()
+    assert list(fig.data[0].y) == [lagging, lagging], "the history stays the samples'"
+    F.update_status_stat(fig, frame, spec, None)  # no live state: the samples
+    assert fig.layout.annotations[0].text == ("DOWN" if lagging == 0.0 else "UP")
+
+
+def test_the_uptime_of_a_server_that_does_not_run_is_grey_not_young() -> None:
+    spec = F.STATS["uptime"]
+    fig = go.FigureWidget(F.stat_figure(spec))
+    frame = tidy_frame(spec.metric, "", TIMES[-2:], np.array([30.0, 0.0]))
+    F.update_uptime_stat(fig, frame, spec, ServerState.STOPPED)
+    assert (fig.layout.annotations[0].text, fig.layout.paper_bgcolor) == ("-", F.GREY)
+    assert fig.layout.annotations[1].text == "grey: stopped"
+    assert list(fig.data[0].y) == [30.0, 0.0], "the history stays"
+    F.update_uptime_stat(fig, frame, spec, ServerState.RUNNING)
+    assert (fig.layout.annotations[0].text, fig.layout.paper_bgcolor) == ("0s", F.ORANGE)
+
+
+def color_name(color: str) -> str:
+    return {F.GREEN: "green", F.ORANGE: "orange", F.GREY: "grey", F.RED: "red"}[color]
+
+
+def test_a_flat_sparkline_lies_at_the_bottom_not_across_the_number() -> None:
+    spec = F.STATS["restarts"]
+    fig = go.FigureWidget(F.stat_figure(spec))
+    F.update_stat(fig, tidy_frame(spec.metric, "", TIMES[-3:], np.zeros(3)), spec)
+    assert list(fig.layout.yaxis.range) == [0.0, 1.0]
+    F.update_stat(fig, tidy_frame(spec.metric, "", TIMES[-3:], np.array([1.0, 2.0, 2.0])), spec)
+    low, high = fig.layout.yaxis.range
+    assert low == 0.0 and high > 2.0, "the top of the line stays inside the panel"
+    # A state or a count steps: a one-sample dip is a notch, not a thin spike.
+    assert fig.data[0].line.shape == "hv"
+    assert F.stat_figure(F.STATS["server_status"]).data[0].line.shape == "hv"
+    assert F.stat_figure(F.STATS["uptime"]).data[0].line.shape == "linear"
 
 
 def test_stat_without_data_is_grey() -> None:

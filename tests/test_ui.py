@@ -23,20 +23,23 @@ from ipywidgets.widgets.widget import _instances
 from plotly.serializers import _py_to_js
 
 from nexus_ops.alerts import AlertsView
+from nexus_ops.backup.models import BackupInfo
 from nexus_ops.config import load_settings
 from nexus_ops.errors import AgentError, AgentUnavailable, NexusOpsError
 from nexus_ops.metrics.frames import concat_frames, tidy_frame
 from nexus_ops.models import ActionResult, Event, ServerState, ServerStatus
 from nexus_ops.ui import Console, Panel, PanelContext, TabRegistry, console, register_tab
 from nexus_ops.ui.app import BrokenPanel, read_password
+from nexus_ops.ui.backups import backups_html, schedule_html
 from nexus_ops.ui.environment import EnvironmentPanel, home_mismatch
 from nexus_ops.ui.events import EventsPanel, events_html, highlight
 from nexus_ops.ui.figurewidget import ASSET, asset_url, figure_widget, shim
 from nexus_ops.ui.live import PageWatch, Refresher
-from nexus_ops.ui.logs import LogsPanel
+from nexus_ops.ui.logs import LogsPanel, render_lines
 from nexus_ops.ui.metrics import REQUESTS, MetricsPanel, break_gaps, wanted_metrics
 from nexus_ops.ui.registry import TABS
 from nexus_ops.ui.server import ServerPanel, qr_svg
+from nexus_ops.ui.style import CSS
 
 PASSWORD = "s3cret-Pa55word-that-must-not-leak"
 NOW = time.time()
@@ -203,9 +206,11 @@ def test_server_panel_shows_the_status_and_enables_what_makes_sense(
     assert "nx-server-state'>stopped" in panel.details.value
     assert not panel.buttons["start"].disabled
     assert panel.buttons["stop"].disabled and panel.buttons["restart"].disabled
+    assert panel.hint.layout.display is None and "Press <b>Start</b>" in panel.hint.value
 
     agent.state, agent.pid, agent.restarts = ServerState.RUNNING, 4242, 2
     panel.refresh()
+    assert panel.hint.layout.display == "none", "the hint goes once the server runs"
     html = panel.details.value
     for shown in ("running", "1.18.33", "4242", "1h 2m", "crash: pid 9 exited with signal 9"):
         assert shown in html
@@ -304,8 +309,16 @@ def test_metrics_panel_fills_every_figure(ctx: PanelContext, agent: FakeAgent) -
     assert {c["start"] for c in agent.called("query_metrics")} == {"1h"}
     points = {c["metric"]: c["max_points"] for c in agent.called("query_metrics")}
     assert points["opencode_server_status"] < points["opencode_process_cpu_percent"]
+    # The samples say up, the server is stopped now: the stat says what the Server tab says.
+    assert panel.stats["server_status"].layout.annotations[0].text == "STOPPED"
+    assert panel.stats["uptime"].layout.annotations[0].text == "-"
+    agent.state = ServerState.RUNNING
+    panel.refresh()
     assert panel.stats["server_status"].layout.annotations[0].text == "UP"
     assert panel.stats["restarts"].layout.title.text == "Starts"
+    uptime = panel.stats["uptime"]
+    assert uptime.layout.annotations[1].text == "orange: up less than 5 min"  # 42 s
+    assert "green: up 5 min or more" in uptime.layout.annotations[1].hovertext, "all on hover"
     for key, fig in panel.series.items():
         lines = [t for t in fig.data if t.name != "restarts and crashes"]
         assert lines and all(len(t.y) for t in lines), key
@@ -388,6 +401,26 @@ def test_figures_share_the_served_bundle(tmp_path: Path) -> None:
 
 
 # ---- Logs, Events, Environment -----------------------------------------------------------
+
+
+def test_errors_and_warnings_are_coloured_named_and_escaped() -> None:
+    html = render_lines(
+        [
+            'timestamp=2026-12-03T23:00:04Z level=ERROR message="Failed <script>x</script>"',
+            "timestamp=2026-12-03T23:00:05Z level=WARN message=slow",
+            "WARNING disk at 91%",
+            'timestamp=2026-12-03T23:00:06Z level=INFO message="no ERROR here"',
+            "an error <b>",
+        ]
+    )
+    lines = html.split("\n")
+    assert lines[0].startswith("<div class='nx-log-view'><pre><span class='nx-log-error'>")
+    assert "<span class='nx-sr'>error: </span>" in lines[0]
+    assert "&lt;script&gt;x&lt;/script&gt;" in lines[0] and "<script>" not in html
+    assert lines[1].startswith("<span class='nx-log-warning'><span class='nx-sr'>warning: ")
+    assert lines[2].startswith("<span class='nx-log-warning'>")
+    assert "nx-log" not in lines[3] and "nx-log" not in lines[4].removesuffix("</pre></div>")
+    assert ".nx-log-error" in CSS and ".nx-sr" in CSS
 
 
 def test_logs_follow_filter_and_escape(ctx: PanelContext, agent: FakeAgent) -> None:
@@ -670,6 +703,9 @@ def test_alert_conditions_write_thresholds_for_people() -> None:
     assert "more than 3 starts" in rules_html(
         [RuleStatus(rule=starts, expression="", state="inactive")]
     )
+    down = AlertRule(name="Down", metric="opencode_server_status", op="<", value=1.0)
+    html = rules_html([RuleStatus(rule=down, expression="", state="inactive", value=1.0)])
+    assert "opencode_server_status &lt; 1<" in html and ">1<" in html, "a status is 0 or 1"
 
 
 def test_the_range_starts_at_the_first_sample_when_the_data_is_younger() -> None:
@@ -686,3 +722,35 @@ def test_the_range_starts_at_the_first_sample_when_the_data_is_younger() -> None
     assert (pd.Timestamp(picked[1]) - pd.Timestamp(picked[0])).total_seconds() == pytest.approx(
         3600
     )
+
+
+def test_backups_and_the_server_write_sizes_ages_and_durations_for_people(
+    ctx: PanelContext,
+) -> None:
+    schedule = schedule_html(
+        {
+            "schedule": "0 3 * * *",
+            "next_run": time.time() + 3600,
+            "last_success": time.time() - 7530,
+            "last_size": 3.5 * 2**20,
+            "last_duration": 0.42,
+        }
+    )
+    assert "(2h 5m ago)" in schedule and "3.5 MiB" in schedule and "420 ms" in schedule
+    info = BackupInfo(
+        id="b1",
+        kind="scheduled",
+        created=time.time(),
+        size=1536,
+        files=12345,
+        parts=["data"],
+        opencode_version="1.18.33",
+        host="h",
+        sessions=2,
+    )
+    table = backups_html([info])
+    assert "1.5 KiB" in table and "12,345" in table
+    status = ServerStatus(
+        state=ServerState.BACKOFF, desired="running", port=4096, next_restart_in=0.25
+    )
+    assert "250 ms" in ServerPanel(ctx)._details_html(status)

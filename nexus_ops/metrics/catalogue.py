@@ -27,7 +27,7 @@ class MetricInfo:
 
 
 CATALOGUE: dict[str, MetricInfo] = {
-    "opencode_server_status": MetricInfo("server status"),
+    "opencode_server_status": MetricInfo("server status", "count"),  # 1 up, 0 down
     "opencode_server_uptime_seconds": MetricInfo("uptime", "duration"),
     "opencode_server_starts_total": MetricInfo("starts", "count"),
     "opencode_server_stops_total": MetricInfo("stops", "count"),

@@ -28,7 +28,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from nexus_ops.metrics.catalogue import format_value, iec_power, iec_unit, series_name
-from nexus_ops.models import Event
+from nexus_ops.models import Event, ServerState
 
 GREEN, ORANGE, RED, GREY, BLUE = "#2e7d32", "#ef6c00", "#c62828", "#616161", "#1565c0"
 _LABEL_COLORS = ["#1565c0", "#c62828", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#4e342e"]
@@ -39,7 +39,9 @@ class StatSpec:
     """A Grafana-like stat: title, unit, colour thresholds, optional value texts.
 
     ``thresholds`` are (from value, colour) pairs in rising order; the first
-    applies below every other.
+    applies below every other. ``notes`` say what each threshold's colour means,
+    one a threshold (a stat of one colour needs none). A ``steps`` sparkline holds
+    each value until the next (a state or a count changes at once, it does not slope).
     """
 
     title: str
@@ -48,6 +50,8 @@ class StatSpec:
     thresholds: tuple[tuple[float, str], ...] = ((-np.inf, GREEN),)
     texts: Mapping[float, str] = field(default_factory=dict)
     decimals: int = 0
+    notes: tuple[str, ...] = ()
+    steps: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,23 +63,29 @@ class PanelSpec:
     unit: str = ""
 
 
+STATUS = "opencode_server_status"
 STATS: dict[str, StatSpec] = {
     "server_status": StatSpec(
         "Server status",
-        "opencode_server_status",
+        STATUS,
         thresholds=((-np.inf, RED), (1.0, GREEN)),
         texts={0.0: "DOWN", 1.0: "UP"},
+        notes=("red: down", "green: up"),
+        steps=True,
     ),
     "uptime": StatSpec(
         "Uptime",
         "opencode_server_uptime_seconds",
         unit="duration",
         thresholds=((-np.inf, ORANGE), (300.0, GREEN)),
+        notes=("orange: up less than 5 min", "green: up 5 min or more"),
     ),
     "restarts": StatSpec(
         "Restarts",
         "opencode_server_starts_total",
         thresholds=((-np.inf, GREEN), (3.0, ORANGE), (10.0, RED)),
+        notes=("green: fewer than 3", "orange: 3 to 9", "red: 10 or more"),
+        steps=True,
     ),
     "memory": StatSpec(
         "Memory",
@@ -83,6 +93,11 @@ STATS: dict[str, StatSpec] = {
         unit="bytes",
         decimals=1,
         thresholds=((-np.inf, GREEN), (1.5e9, ORANGE), (3e9, RED)),
+        notes=(
+            f"green: under {format_value(1.5e9, 'bytes', 1)}",
+            f"orange: {format_value(1.5e9, 'bytes', 1)} or more",
+            f"red: {format_value(3e9, 'bytes', 1)} or more",
+        ),
     ),
 }
 
@@ -149,15 +164,41 @@ def local_times(times: pd.Series | pd.DatetimeIndex, tz: str) -> np.ndarray:
     return index.tz_convert(tz).tz_localize(None).to_numpy().astype("datetime64[ms]")
 
 
+# The live state of the server as the status stat shows it: text, colour, what it means.
+STATES: dict[ServerState, tuple[str, str, str]] = {
+    ServerState.RUNNING: ("UP", GREEN, "green: running"),
+    ServerState.STARTING: ("STARTING", ORANGE, "orange: starting"),
+    ServerState.BACKOFF: ("BACKOFF", ORANGE, "orange: waiting to restart"),
+    ServerState.STOPPED: ("STOPPED", GREY, "grey: stopped"),
+    ServerState.FATAL: ("FATAL", RED, "red: gave up restarting"),
+}
+
+
 def threshold_color(value: float, thresholds: Sequence[tuple[float, str]]) -> str:
     """The colour of the highest threshold ``value`` reaches."""
+    band = _band(value, thresholds)
+    return GREY if band is None else thresholds[band][1]
+
+
+def _band(value: float, thresholds: Sequence[tuple[float, str]]) -> int | None:
+    """The index of the highest threshold ``value`` reaches (None for no value)."""
     if not np.isfinite(value):
-        return GREY
-    color = thresholds[0][1]
-    for start, candidate in thresholds:
-        if value >= start:
-            color = candidate
-    return color
+        return None
+    return max((i for i, (start, _) in enumerate(thresholds) if value >= start), default=0)
+
+
+def stat_note(value: float, spec: StatSpec) -> str:
+    """What the colour of ``value`` means on ``spec``'s stat ("grey: no data" without one)."""
+    band = _band(value, spec.thresholds)
+    if band is None:
+        return "grey: no data"
+    return spec.notes[band] if band < len(spec.notes) else ""
+
+
+def stat_rules(spec: StatSpec) -> str:
+    """Every colour of ``spec``'s stat and what it means, one a line (its tooltip)."""
+    notes = [note for _, _, note in STATES.values()] if spec.metric == STATUS else spec.notes
+    return "\n".join([*notes, "grey: no data"]) if notes else ""
 
 
 # -- stat panels -------------------------------------------------------------------
@@ -170,7 +211,7 @@ def stat_figure(spec: StatSpec, height: int = 140) -> go.Figure:
         x=[],
         y=[],
         mode="lines",
-        line={"color": "rgba(255,255,255,0.6)"},
+        line={"color": "rgba(255,255,255,0.6)", "shape": "hv" if spec.steps else "linear"},
         fill="tozeroy",
         fillcolor="rgba(255,255,255,0.15)",
         hoverinfo="skip",
@@ -194,7 +235,21 @@ def stat_figure(spec: StatSpec, height: int = 140) -> go.Figure:
                 "yref": "paper",
                 "showarrow": False,
                 "font": {"size": 34, "color": "white"},
-            }
+            },
+            {
+                "text": "",
+                "x": 0.03,
+                "y": 0.0,
+                "xref": "paper",
+                "yref": "paper",
+                "xanchor": "left",
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 11, "color": "white"},
+                "bgcolor": "rgba(0,0,0,0.25)",  # readable over the sparkline
+                # What the colours mean: the shown one on the stat, all of them on hover.
+                "hovertext": stat_rules(spec).replace("\n", "<br>"),
+            },
         ],
     )
     return fig
@@ -202,15 +257,58 @@ def stat_figure(spec: StatSpec, height: int = 140) -> go.Figure:
 
 def update_stat(fig: go.Figure, frame: pd.DataFrame, spec: StatSpec) -> go.Figure:
     """Show the latest value of ``spec.metric`` in ``frame`` (its history as the sparkline)."""
-    rows = frame[frame["metric"] == spec.metric] if len(frame) else frame
-    values = rows["value"].to_numpy(dtype=float) if len(rows) else np.empty(0)
+    values = _history(frame, spec)
     latest = float(values[-1]) if len(values) else float("nan")
     text = spec.texts.get(latest) or format_value(latest, spec.unit, spec.decimals)
+    color = threshold_color(latest, spec.thresholds)
+    return _fill_stat(fig, values, text, color, stat_note(latest, spec))
+
+
+def update_status_stat(
+    fig: go.Figure, frame: pd.DataFrame, spec: StatSpec, state: ServerState | None
+) -> go.Figure:
+    """The server status stat: the history of ``frame`` as the sparkline, the value from
+    the live ``state`` (what the Server tab shows; stored samples lag it by up to the
+    flush interval); the samples' latest value when the state is not known."""
+    if state is None:
+        return update_stat(fig, frame, spec)
+    values = _history(frame, spec)
+    text, color, note = STATES[state]
+    return _fill_stat(fig, values, text, color, note)
+
+
+def update_uptime_stat(
+    fig: go.Figure, frame: pd.DataFrame, spec: StatSpec, state: ServerState | None
+) -> go.Figure:
+    """The uptime stat: the samples' latest value while the server runs (or its state is
+    not known); a grey "-" while it does not, instead of "0s, orange: up less than 5 min"."""
+    if state is None or state is ServerState.RUNNING:
+        return update_stat(fig, frame, spec)
+    return _fill_stat(fig, _history(frame, spec), "-", GREY, f"grey: {state.value}")
+
+
+def _history(frame: pd.DataFrame, spec: StatSpec) -> np.ndarray:
+    rows = frame[frame["metric"] == spec.metric] if len(frame) else frame
+    return rows["value"].to_numpy(dtype=float) if len(rows) else np.empty(0)
+
+
+def spark_range(values: np.ndarray) -> list[float]:
+    """The sparkline's y range: from zero to a little above its highest value, so that
+    a flat series (a stopped server's zeros) lies at the bottom instead of a line
+    through the stat's number, and the highest point stays inside the panel."""
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) if len(finite) else 0.0
+    return [0.0, top * 1.1 if top > 0 else 1.0]
+
+
+def _fill_stat(fig: go.Figure, values: np.ndarray, text: str, color: str, note: str) -> go.Figure:
     with fig.batch_update():
         fig.data[0].x = np.arange(len(values))
         fig.data[0].y = values
-        fig.layout.paper_bgcolor = threshold_color(latest, spec.thresholds)
+        fig.layout.yaxis.range = spark_range(values)
+        fig.layout.paper_bgcolor = color
         fig.layout.annotations[0].text = text
+        fig.layout.annotations[1].text = note
     return fig
 
 

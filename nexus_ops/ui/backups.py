@@ -4,8 +4,10 @@ restore.
 Pruning and restoring over the live folders ask first. Slow work runs off the
 kernel's main thread and reports in the banner.
 
->>> size_text(3 * 1024 * 1024)
-'3.0 MiB'
+Sizes, ages and durations are written as the metric catalogue writes them.
+
+>>> count_text(12345)
+'12,345'
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nexus_ops.backup.models import (
     RestoreReport,
     VerifyReport,
 )
+from nexus_ops.metrics.catalogue import format_value
 from nexus_ops.ui.base import Panel, PanelContext, table_html
 from nexus_ops.ui.style import esc
 
@@ -52,11 +55,13 @@ class BackupAgent(Protocol):
 
 
 def size_text(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
+    """``3145728`` -> ``'3.0 MiB'``."""
+    return format_value(size, "bytes", 1)
+
+
+def count_text(count: int | None) -> str | None:
+    """A count with thousands separators (None stays None: the table shows "-")."""
+    return None if count is None else format_value(float(count), "count")
 
 
 def _when(stamp: float | None) -> str:
@@ -65,13 +70,13 @@ def _when(stamp: float | None) -> str:
 
 def schedule_html(schedule: dict[str, Any]) -> str:
     last = schedule.get("last_success")
-    age = f" ({(time.time() - last) / 3600:.1f} h ago)" if last else ""
+    age = f" ({format_value(time.time() - last, 'duration')} ago)" if last else ""
     rows = [
         ["Schedule", f"<code>{esc(schedule.get('schedule'))}</code>"],
         ["Next backup", _when(schedule.get("next_run"))],
         ["Last success", _when(last) + esc(age) if last else "never"],
         ["Its size", esc(size_text(schedule["last_size"]) if schedule.get("last_size") else None)],
-        ["It took", esc(f"{schedule['last_duration']:.1f} s" if last else None)],
+        ["It took", esc(format_value(schedule["last_duration"], "seconds", 1) if last else None)],
     ]
     return table_html(None, rows, "nx-details nx-backup-schedule")
 
@@ -85,8 +90,8 @@ def backups_html(backups: list[BackupInfo]) -> str:
             _when(b.created),
             esc(b.kind),
             esc(size_text(b.size)),
-            esc(b.files),
-            esc(b.sessions),
+            esc(count_text(b.files)),
+            esc(count_text(b.sessions)),
             esc(b.opencode_version),
         ]
         for b in backups
@@ -249,7 +254,7 @@ class BackupsPanel(Panel[tuple[dict[str, Any], list[BackupInfo]]]):
         restored = self.agent.restore_backup(backup_id)
         steps = "".join(f"<li>{esc(s)}</li>" for s in restored.steps)
         text = (
-            f"restored {backup_id} in {restored.seconds:.1f} s"
+            f"restored {backup_id} in {format_value(restored.seconds, 'seconds', 1)}"
             if restored.ok
             else f"restore FAILED and was rolled back: {restored.error}"
         )

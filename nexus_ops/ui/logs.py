@@ -1,15 +1,19 @@
 """The Logs panel: the tail of the server's log, followed live or frozen, with a filter.
 
 The agent filters (``contains``) and masks secrets; the panel shows the newest
-line at the bottom and stays scrolled there while it follows.
+line at the bottom and stays scrolled there while it follows. ERROR and WARN lines
+are coloured, and begin with a word only screen readers read ("error:", "warning:").
 
 >>> render_lines(["a <b>", "c"])
 "<div class='nx-log-view'><pre>a &lt;b&gt;\\nc</pre></div>"
+>>> level_of("timestamp=2026-12-03T23:00:04Z level=ERROR message=x")
+'error'
 """
 
 from __future__ import annotations
 
 import html
+import re
 
 import ipywidgets as widgets
 
@@ -18,11 +22,32 @@ from nexus_ops.ui.base import Panel, PanelContext
 
 LINE_CHOICES = (100, 200, 500, 1000)
 MAX_FILTER = 200  # what the agent accepts
+# The level of a line: OpenCode's ``level=ERROR`` (any case), or an upper-case
+# ``ERROR``/``WARN`` as its first or second word (after a time); the level shown.
+LEVEL = re.compile(
+    r"(?:^|\s)level=(?i:(error|fatal|warn|warning))\b|^(?:\S+\s+)?(ERROR|FATAL|WARN|WARNING)\b"
+)
+LEVELS = {"error": "error", "fatal": "error", "warn": "warning", "warning": "warning"}
+
+
+def level_of(line: str) -> str | None:
+    """``"error"``, ``"warning"`` or None (any other level)."""
+    found = LEVEL.search(line)
+    return LEVELS[(found.group(1) or found.group(2)).lower()] if found else None
+
+
+def render_line(line: str) -> str:
+    """One escaped line; an error or warning in a span of its level's colour."""
+    level = level_of(line)
+    text = html.escape(line)
+    if level is None:
+        return text
+    return f"<span class='nx-log-{level}'><span class='nx-sr'>{level}: </span>{text}</span>"
 
 
 def render_lines(lines: list[str]) -> str:
     """The log lines as HTML (column-reverse keeps the view scrolled to the newest)."""
-    text = html.escape("\n".join(lines)) if lines else "(no lines)"
+    text = "\n".join(render_line(line) for line in lines) if lines else "(no lines)"
     return f"<div class='nx-log-view'><pre>{text}</pre></div>"
 
 

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 
 from nexus_ops.metrics import figures
 from nexus_ops.metrics.frames import concat_frames, empty_frame
-from nexus_ops.models import Event
+from nexus_ops.models import Event, ServerState
 from nexus_ops.ui.base import Panel, PanelContext
 from nexus_ops.ui.figurewidget import figure_widget
 
@@ -47,12 +47,14 @@ RAW_REQUESTS_UP_TO = 900.0
 
 @dataclass
 class MetricsData:
-    """One refresh's worth: a frame per metric, the request-duration frame, the events."""
+    """One refresh's worth: a frame per metric, the request-duration frame, the events,
+    and the server's live state (the status stat shows it, as the Server tab does)."""
 
     span: str
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     requests: pd.DataFrame = field(default_factory=empty_frame)
     events: list[Event] = field(default_factory=list)
+    state: ServerState | None = None
 
 
 def stat_spec(key: str) -> figures.StatSpec:
@@ -158,7 +160,8 @@ class MetricsPanel(Panel[MetricsData]):
         return widgets.VBox([top, stats, grid])
 
     def _stat(self, key: str) -> widgets.Box:
-        fig = figure_widget(figures.stat_figure(stat_spec(key), height=120))
+        spec = stat_spec(key)
+        fig = figure_widget(figures.stat_figure(spec, height=120))
         fig.add_class("nx-figure")
         fig.add_class("nx-stat")
         fig.add_class(f"nx-stat-{key.replace('_', '-')}")
@@ -197,6 +200,7 @@ class MetricsPanel(Panel[MetricsData]):
             for name, points in wanted_metrics().items()
         }
         requests = self._pool.submit(self._requests, span)
+        status = self._pool.submit(client.status)
         since = time.time() - RANGE_SECONDS[span]
         marked = client.events(since=since, kinds=list(figures.MARKED_EVENTS), limit=500)
         # An operator's stop is neither a restart nor a crash.
@@ -206,6 +210,7 @@ class MetricsPanel(Panel[MetricsData]):
             frames={name: future.result() for name, future in queries.items()},
             requests=requests.result(),
             events=events,
+            state=status.result().state,
         )
 
     def _requests(self, span: str) -> pd.DataFrame:
@@ -230,7 +235,13 @@ class MetricsPanel(Panel[MetricsData]):
             return  # the range changed while this was fetched; the next refresh shows it
         for key, fig in self.stats.items():
             spec = stat_spec(key)
-            figures.update_stat(fig, data.frames.get(spec.metric, empty_frame()), spec)
+            frame = data.frames.get(spec.metric, empty_frame())
+            if key == "server_status":
+                figures.update_status_stat(fig, frame, spec, data.state)
+            elif key == "uptime":
+                figures.update_uptime_stat(fig, frame, spec, data.state)
+            else:
+                figures.update_stat(fig, frame, spec)
         reset = data.span != self._drawn_span
         # The default range fits young data; a range the operator picked is shown whole.
         window = window_of(data, time.time(), fit=not self.picked)

@@ -25,6 +25,13 @@ from nexus_ops.ui.style import esc, light
 HIDDEN = "&bull;" * 10
 # What each action is called while it runs, and the question asked before it.
 VERBS = {"start": "Starting", "stop": "Stopping", "restart": "Restarting"}
+# What to do next, while the server is in a state that waits for an operator.
+HINTS = {
+    ServerState.STOPPED: "The server is stopped. Press <b>Start</b> to run it; clients "
+    "connect once it is running.",
+    ServerState.FATAL: "The server gave up restarting. The Logs and Events tabs say why; "
+    "press <b>Start</b> to try again.",
+}
 QUESTIONS = {
     "stop": "Stop the server? Clients lose their connection until it is started again.",
     "restart": "Restart the server? Clients lose their connection for a few seconds.",
@@ -69,9 +76,11 @@ class ServerPanel(Panel[ServerStatus]):
         self.buttons["stop"].on_click(self.guarded(lambda: self.ask("stop")))
         self.buttons["restart"].on_click(self.guarded(lambda: self.ask("restart")))
         self.confirm = self._confirm_row()
+        self.hint = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.hint.add_class("nx-start-hint")
         controls = widgets.HBox(list(self.buttons.values()))
         controls.add_class("nx-controls")
-        left = widgets.VBox([self.details, controls, self.confirm])
+        left = widgets.VBox([self.details, self.hint, controls, self.confirm])
         left.layout = widgets.Layout(flex="1 1 60%", min_width="360px")
         right = self._connection_box()
         right.layout = widgets.Layout(flex="1 1 40%", min_width="280px", padding="0 0 0 24px")
@@ -167,7 +176,8 @@ class ServerPanel(Panel[ServerStatus]):
         if status.last_error:
             rows.append(("Last error", "nx-server-last-error", status.last_error))
         if status.next_restart_in is not None:
-            rows.append(("Next restart in", "nx-server-next", f"{status.next_restart_in:.1f} s"))
+            wait = format_value(status.next_restart_in, "seconds", 1)
+            rows.append(("Next restart in", "nx-server-next", wait))
         if status.rss_bytes:
             rows.append(("Memory", "nx-server-memory", format_value(status.rss_bytes, "bytes", 1)))
         cells = [
@@ -188,6 +198,14 @@ class ServerPanel(Panel[ServerStatus]):
         for verb, button in self.buttons.items():
             if button.disabled == wanted[verb]:
                 button.disabled = not wanted[verb]
+        self._update_hint(HINTS.get(state) if known and state is not None else None)
+
+    def _update_hint(self, text: str | None) -> None:
+        display = None if text else "none"
+        if text and text != self.hint.value:
+            self.hint.value = text
+        if self.hint.layout.display != display:
+            self.hint.layout.display = display
 
     def _update_connection(self) -> None:
         url, username = self._endpoint()

@@ -55,6 +55,14 @@ CSS = (
   max-height: 560px; border: 1px solid #ddd; background: #fafafa; }
 .nx-log-view pre { margin: 0; padding: 6px 8px; font-size: 12px; white-space: pre-wrap;
   word-break: break-all; }
+/* Errors and warnings stand out (dark enough on the view's grey for 4.5:1 contrast). */
+.nx-log-error { color: #b71c1c; font-weight: 600; }
+.nx-log-warning { color: #8a4b00; }
+/* Read by screen readers, not shown. */
+.nx-sr { position: absolute; width: 1px; height: 1px; padding: 0; margin: -1px;
+  overflow: hidden; clip: rect(0, 0, 0, 0); white-space: nowrap; border: 0; }
+.nx-start-hint { background: #e8f0fe; border-left: 4px solid #1565c0; padding: 6px 10px;
+  margin: 6px 0; }
 .nx-confirm { background: #fff4e5; padding: 6px 10px; align-items: center; gap: 8px; }
 .nx-password code, .nx-url code { font-size: 13px; }
 .nx-commands code { font-size: 12px; white-space: pre-wrap; word-break: break-all; }
