@@ -28,6 +28,7 @@ class Receiver:
     final: int = 200
     delay: float = 0.0
     hang: bool = False
+    location: str = ""
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     closing: threading.Event = field(default_factory=threading.Event)
@@ -54,13 +55,17 @@ def receiver(
     delay: float = 0.0,
     userinfo: str = "",
     hang: bool = False,
+    location: str = "",
 ) -> Iterator[Receiver]:
     """Serve a receiver on a free loopback port until the block ends.
 
     ``delay`` seconds pass before each answer; with ``hang`` no answer ever comes
-    (the request is read and recorded, then held open until the block ends).
+    (the request is read and recorded, then held open until the block ends);
+    ``location`` is sent as the ``Location`` header of every answer (a redirect).
     """
-    state = Receiver(statuses=list(statuses or []), final=final, delay=delay, hang=hang)
+    state = Receiver(
+        statuses=list(statuses or []), final=final, delay=delay, hang=hang, location=location
+    )
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -76,8 +81,12 @@ def receiver(
             code = state.next_status()
             self.send_response(code)
             self.send_header("Content-Length", "2")
+            if state.location:
+                self.send_header("Location", state.location)
             self.end_headers()
             self.wfile.write(b"{}")
+
+        do_GET = do_POST  # a redirected POST may come back as a GET: record it too
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -269,3 +269,28 @@ def test_stores_deleted_under_the_agent_or_corrupt_at_start_are_rebuilt_loudly(
     finally:
         again.stop()
         again.client.close()
+
+
+def test_no_cross_origin_access(app_client: tuple[TestClient, str]) -> None:
+    """No CORS: a page of another site can neither preflight nor read an answer."""
+    client, token = app_client
+    origin = {"Origin": "http://evil.example"}
+    for path in ("/health", "/api/v1/status", "/api/v1/server/stop"):
+        preflight = client.options(
+            path,
+            headers={
+                **origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert preflight.status_code in (401, 405), path
+        assert not cors_headers(preflight), path
+    for path in ("/health", "/api/v1/status"):
+        read = client.get(path, headers={**origin, "Authorization": f"Bearer {token}"})
+        assert read.status_code == 200, path
+        assert not cors_headers(read), path
+
+
+def cors_headers(response: httpx.Response) -> list[str]:
+    return [name for name in response.headers if name.lower().startswith("access-control-")]

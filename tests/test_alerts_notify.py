@@ -259,3 +259,22 @@ def test_groups_waiting_when_the_agent_stops_are_recorded(journal: Journal) -> N
     errors = {f["rule"]: f["error"] for f in failures(journal)}
     assert "agent stopped before the delivery succeeded" in str(errors["First"])
     assert errors["Second"] == "the agent stopped before it was sent"
+
+
+@pytest.mark.parametrize(("code", "reason"), [(302, "Found"), (307, "Temporary Redirect")])
+def test_a_redirect_is_not_followed_and_is_recorded(
+    journal: Journal, code: int, reason: str
+) -> None:
+    """A receiver answering a redirect cannot send the alert (and its token) elsewhere."""
+    with receiver() as elsewhere:
+        with receiver(final=code, location=f"{elsewhere.url}?token={SECRET}") as hook:
+            notifier = Notifier([Webhook(hook.url, token=SECRET)], journal, retries=2)
+            asyncio.run(notify_and_drain(notifier))
+        assert elsewhere.received == []
+    assert len(hook.received) == 1  # a redirect is not retried either
+    [failure] = failures(journal)
+    error = str(failure["error"])
+    assert error.startswith(f"HTTP {code} {reason}") and "redirect" in error
+    assert elsewhere.url in error and "final URL" in error
+    assert SECRET not in everything_recorded(journal)
+    assert notifier.statuses()[0].failed == 1

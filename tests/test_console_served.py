@@ -6,6 +6,7 @@ whose Host is not a name of the server is refused, before any route.
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,9 @@ import httpx
 import pytest
 from conftest import RunningAgent, kill_everything_of, nexus_cli, start_agent
 from test_console_e2e import Served, console_env, serve
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from nexus_ops.config import load_settings
 from nexus_ops.console import RECORD, console_root
@@ -107,3 +111,31 @@ def test_allowed_hosts_must_be_names() -> None:
         "a.lan",
         "10.0.0.5",
     ]
+
+
+def kernel_channels(served: Served) -> tuple[str, dict[str, str]]:
+    """The websocket URL of the kernel that showing the console page started, and the
+    cookie that the page's token login left (what a browser sends, whatever the page)."""
+    page = httpx.get(served.url, timeout=120)
+    assert page.status_code == 200
+    match = re.search(r'"kernelId":\s*"([0-9a-f-]{36})"', page.text)
+    assert match, "no kernel id in the console page"
+    cookie = "; ".join(f"{name}={value}" for name, value in page.cookies.items())
+    assert cookie, "the token login set no cookie"
+    host = served.base.split("://", 1)[1]
+    return f"ws://{host}/api/kernels/{match[1]}/channels", {"Cookie": cookie}
+
+
+def test_the_console_refuses_a_cross_origin_kernel_websocket(served: Served) -> None:
+    """A page of another site must not drive the console's kernel (it runs code), even
+    in a browser that holds the console's login cookie."""
+    url, cookie = kernel_channels(served)
+    evil = Origin(f"http://{EVIL}")
+    with (
+        pytest.raises(InvalidStatus) as refused,
+        connect(url, origin=evil, additional_headers=cookie),
+    ):
+        pass
+    assert refused.value.response.status_code == 403
+    with connect(url, origin=Origin(served.base), additional_headers=cookie) as same_origin:
+        same_origin.ping().wait(timeout=30)

@@ -438,3 +438,48 @@ def test_a_fresh_server_passes_the_file_mode_checks(opencode_bin: Path) -> None:
     finally:
         kill_everything_of(env)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def servers_on(port: int) -> list[int]:
+    """Pids of every `opencode serve` on ``port`` (the agent's and any orphan)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "serve" in cmd and str(port) in cmd:
+            found.append(proc.info["pid"])
+    return found
+
+
+def test_a_storm_of_concurrent_actions_ends_consistent(agent: RunningAgent) -> None:
+    """50 starts, stops and restarts at once: no 500, one server or none, as desired."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    token = (agent.settings.home / "secrets" / "agent.token").read_text().strip()
+    base = f"{agent.client.base_url}/api/v1/server"
+    actions = list(itertools.islice(itertools.cycle(["start", "restart", "stop"]), 50))
+    actions = actions[1::2] + actions[::2]  # mixed, not in turns
+
+    def act(action: str) -> int:
+        query = "" if action == "stop" else "?wait=false"
+        answer = httpx.post(
+            f"{base}/{action}{query}", headers={"Authorization": f"Bearer {token}"}, timeout=300
+        )
+        return answer.status_code
+
+    with ThreadPoolExecutor(max_workers=len(actions)) as pool:
+        codes = list(pool.map(act, actions))
+    assert set(codes) == {200}, codes
+    port = agent.settings.opencode_port
+    status = agent.client.status()
+    if status.desired == "running":
+        wait_for(lambda: agent.client.status().healthy, what="the server to be healthy")
+        status = agent.client.status()
+        assert status.state is ServerState.RUNNING
+        assert servers_on(port) == [status.pid]
+    else:
+        assert status.state is ServerState.STOPPED and status.pid is None
+        assert servers_on(port) == []
+    last = [e for e in agent.client.events(limit=1000) if e.kind in ("start", "stop")][-1]
+    assert last.kind == ("start" if status.desired == "running" else "stop")

@@ -278,7 +278,12 @@ class Notifier:
         if response.is_success:
             return None, False
         code = response.status_code
-        return f"HTTP {code} {response.reason_phrase}", code >= 500 or code in _RETRYABLE
+        error = f"HTTP {code} {response.reason_phrase}"
+        if response.is_redirect:
+            # Followed, a redirect would carry the alert and its credentials elsewhere.
+            target = redact(response.headers.get("location", ""), hook.secrets())
+            error += f": a redirect to {target} (not followed); point the webhook at the final URL"
+        return error, code >= 500 or code in _RETRYABLE
 
     def _client(self, receiver: _Receiver) -> httpx.AsyncClient:
         """A client of the receiver's own (one worker: one connection at a time)."""
