@@ -58,6 +58,30 @@ FIGURES_STACK_IN_ONE_COLUMN = """
 }
 """
 
+# What is cut off or scrolls sideways: the page wider than the window, an element
+# past the window's right edge, a box (table, panel, text) whose content is wider
+# than itself; each named by its tag, classes and first words (none of the Server
+# tab's connection box, which may show the password).
+OVERFLOWING = """
+() => {
+  const text = (e) => (e.closest('.nx-connection') ? '' : e.textContent.trim().slice(0, 30));
+  const name = (e) => [e.tagName.toLowerCase(), ...e.classList].join('.')
+    + (text(e) ? ` "${text(e)}"` : '');  // the password's text never in a message
+  const found = [];
+  const page = document.documentElement;
+  if (page.scrollWidth > innerWidth) found.push(`the page: ${page.scrollWidth} px wide`);
+  for (const e of document.querySelectorAll('.nx-console *')) {
+    if (!e.offsetParent) continue;
+    const right = e.getBoundingClientRect().right;
+    if (right > innerWidth + 1) found.push(`${name(e)} ends at ${Math.round(right)} px`);
+    else if (e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0
+             && getComputedStyle(e).overflowX !== 'visible')
+      found.push(`${name(e)}: ${e.scrollWidth} px in ${e.clientWidth} px`);
+  }
+  return found.slice(0, 10);
+}
+"""
+
 
 def shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,16 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from browser import FIGURES_FILL_THEIR_BOXES, FIGURES_HAVE_DATA, FIGURES_STACK_IN_ONE_COLUMN, shot
+from browser import (
+    FIGURES_FILL_THEIR_BOXES,
+    FIGURES_HAVE_DATA,
+    FIGURES_STACK_IN_ONE_COLUMN,
+    OVERFLOWING,
+    shot,
+)
 from conftest import free_port, kill_everything_of, nexus_cli, private_env, wait_for
 from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from nexus_ops.client import AgentClient
 from nexus_ops.config import Settings, load_settings
@@ -243,6 +250,28 @@ def test_on_a_phone_the_figures_stack_and_nothing_is_cut_off(
         for label in titles.all():  # every tab's title shows whole
             assert label.evaluate("e => e.scrollWidth <= e.clientWidth"), label.inner_text()
         shot(phone, "metrics-phone")
+    finally:
+        phone.close()
+
+
+def test_on_a_phone_every_tab_fits(browser: Browser, served: Served) -> None:
+    phone = browser.new_page(viewport={"width": 412, "height": 915}, is_mobile=True)
+    try:
+        phone.goto(served.url)
+        phone.wait_for_selector(".nx-console .nx-start", timeout=LOAD)
+        ensure_running(phone)
+        phone.locator("button.nx-show-password").click()
+        expect(phone.locator(".nx-password-value")).to_have_count(1, timeout=10_000)
+        titles = phone.locator(".nx-tabs .lm-TabBar-tab .lm-TabBar-tabLabel").all_inner_texts()
+        assert len(titles) >= 8, titles
+        for title in titles:
+            tab(phone, title)
+            phone.wait_for_selector(".nx-panel:visible", timeout=30_000)
+            with contextlib.suppress(PlaywrightTimeout):  # the panel's first data laid out
+                phone.wait_for_function(f"() => ({OVERFLOWING})().length === 0", timeout=5_000)
+            shot(phone, f"phone-{title.lower()}")
+            found = phone.evaluate(OVERFLOWING)
+            assert not found, f"{title} tab, cut or scrolling sideways: {found}"
     finally:
         phone.close()
 

@@ -84,7 +84,9 @@ class ServerPanel(Panel[ServerStatus]):
         left.layout = widgets.Layout(flex="1 1 60%", min_width="360px")
         right = self._connection_box()
         right.layout = widgets.Layout(flex="1 1 40%", min_width="280px", padding="0 0 0 24px")
-        return widgets.HBox([left, right], layout=widgets.Layout(flex_flow="row wrap"))
+        columns = widgets.HBox([left, right], layout=widgets.Layout(flex_flow="row wrap"))
+        columns.add_class("nx-columns")
+        return columns
 
     def _button(self, label: str, icon: str, style: str, css: str) -> widgets.Button:
         button = widgets.Button(description=label, icon=icon, button_style=style, disabled=True)
@@ -129,7 +131,9 @@ class ServerPanel(Panel[ServerStatus]):
             [
                 heading,
                 self.endpoint,
-                widgets.HBox([self.password, self.reveal]),
+                widgets.HBox(
+                    [self.password, self.reveal], layout=widgets.Layout(align_items="center")
+                ),
                 self.commands,
                 self.qr,
                 self.qr_note,

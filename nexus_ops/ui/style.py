@@ -87,9 +87,14 @@ CSS = (
   .nx-console .widget-hbox { flex-wrap: wrap; row-gap: 4px; }
   .nx-console .nx-panel .widget-box { min-width: 0 !important; max-width: 100%; }
   .nx-console .nx-panel .widget-box:not(.nx-figure) { padding-left: 0 !important; }
-  .nx-console .nx-panel .widget-inline-hbox { max-width: 100%; }
+  /* A widget 100% wide keeps its margins: without them it fits. */
+  .nx-console .nx-panel .widget-inline-hbox {
+    max-width: calc(100% - 2 * var(--jp-widgets-margin, 2px)); }
   .nx-console .nx-panel .widget-inline-hbox input { min-width: 0; }
-  .nx-range .widget-toggle-button { width: 56px !important; }
+  .nx-range .widget-toggle-button { width: auto !important; padding: 0 10px; }
+  .nx-columns > .widget-box { flex: 1 1 100% !important; }
+  .nx-url code, .nx-password code { overflow-wrap: anywhere; word-break: break-all; }
+  .nx-password { flex: 1 1 160px; }
   .nx-range { flex-wrap: nowrap !important; }
   .nx-table.nx-cards, .nx-cards tbody, .nx-cards tr, .nx-cards td { display: block; }
   .nx-cards thead { display: none; }
