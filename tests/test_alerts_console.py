@@ -55,8 +55,14 @@ def test_the_alerts_tab_shows_states_webhooks_and_notices(client: AgentClient) -
     assert panel.refresh(), panel.banner.widget.value
     rules = panel.rules.value
     assert rules.index("ServerDown") < rules.index("NeverSeen") < rules.index("Quiet")
-    assert "<tr class='nx-event-crash'><td><b>ServerDown</b></td><td>firing</td>" in rules
-    assert "<tr class='nx-event-restart'><td><b>NeverSeen</b></td><td>pending</td>" in rules
+    assert (
+        "<tr class='nx-event-crash'><td data-label='rule'><b>ServerDown</b></td>"
+        "<td data-label='state'>firing</td>"
+    ) in rules
+    assert (
+        "<tr class='nx-event-restart'><td data-label='rule'><b>NeverSeen</b></td>"
+        "<td data-label='state'>pending</td>"
+    ) in rules
     assert "opencode_server_status &lt; 1" in rules and "The server is down" in rules
     receivers = panel.receivers.value
     assert "hook:********@127.0.0.1" in receivers and "ConnectError" in receivers
