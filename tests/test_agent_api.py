@@ -201,10 +201,16 @@ def test_non_loopback_bind_is_refused_without_the_flag(tmp_path: Path) -> None:
 @pytest.mark.opencode
 def test_metrics_pass_promtool(agent: RunningAgent, tmp_path: Path) -> None:
     agent.client.start()
-    text = str(wait_for(lambda: "seconds_bucket" in (t := agent.client.metrics_text()) and t))
+    # desired_running is 0 while the start runs (a planned start is no outage), 1 after
+    # the first sample of the running server.
+    serving = "opencode_server_desired_running 1.0"
+    text = str(
+        wait_for(
+            lambda: "seconds_bucket" in (t := agent.client.metrics_text()) and serving in t and t
+        )
+    )
     for name in (
         "opencode_server_status 1.0",
-        "opencode_server_desired_running 1.0",
         "opencode_server_starts_total 1.0",
         "opencode_server_stops_total",
         "opencode_server_uptime_seconds",

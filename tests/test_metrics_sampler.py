@@ -145,12 +145,33 @@ def test_collector_exposes_the_latest_reading() -> None:
             ("opencode_connections", {"state": "CLOSE_WAIT"}, 3.0),
         ],
     )
-    families = {f.name: f for f in SamplerCollector(lambda: reading, lambda: (10, 2)).collect()}
+    families = {
+        f.name: f
+        for f in SamplerCollector(lambda: reading, lambda: (10, 2), lambda: True).collect()
+    }
     assert families["opencode_process_resident_memory_bytes"].samples[0].value == 5.0
     assert families["opencode_connections"].samples[0].labels == {"state": "CLOSE_WAIT"}
     assert families["nexus_agent_metrics_store_bytes"].samples[0].value == 10.0
-    empty = {f.name: f for f in SamplerCollector(lambda: None, lambda: (0, 0)).collect()}
+    empty = {
+        f.name: f for f in SamplerCollector(lambda: None, lambda: (0, 0), lambda: True).collect()
+    }
     assert empty["opencode_process_threads"].samples == []
+
+
+def test_metrics_say_desired_running_as_the_sampler_judged_it_and_a_stop_at_once() -> None:
+    """/metrics (what Prometheus's server-down rule reads) agrees with the agent's own
+    alerts: 0 in a planned start even though the operator wants the server running."""
+
+    def exposed(sampled: float | None, wanted: bool) -> float:
+        reading = None if sampled is None else Reading(0.0, [(DESIRED_METRIC, {}, sampled)])
+        collector = SamplerCollector(lambda: reading, lambda: (0, 0), lambda: wanted)
+        families = {f.name: f for f in collector.collect()}
+        return float(families[DESIRED_METRIC].samples[0].value)
+
+    assert exposed(0.0, wanted=True) == 0.0  # an operator's start or restart runs
+    assert exposed(1.0, wanted=True) == 1.0  # running, or starting again after a crash
+    assert exposed(1.0, wanted=False) == 0.0  # stopped since the last sample
+    assert exposed(None, wanted=True) == 0.0  # nothing judged yet: no outage claimed
 
 
 def test_a_planned_start_is_not_wanted_running_a_start_after_a_crash_is(tmp_path: Path) -> None:

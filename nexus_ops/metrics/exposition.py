@@ -39,11 +39,6 @@ class ServerCollector(Collector):
         )
         up.add_metric([], 1.0 if status.healthy else 0.0)
         yield up
-        desired = GaugeMetricFamily(
-            DESIRED_METRIC, "1 while an operator wants the server running, 0 after a stop."
-        )
-        desired.add_metric([], 1.0 if status.desired == "running" else 0.0)
-        yield desired
         state = GaugeMetricFamily(
             "opencode_server_state", "1 for the server's current state.", labels=["state"]
         )
@@ -151,14 +146,27 @@ class SamplerCollector(Collector):
     )
 
     def __init__(
-        self, latest: Callable[[], Reading | None], store: Callable[[], tuple[int, int]]
+        self,
+        latest: Callable[[], Reading | None],
+        store: Callable[[], tuple[int, int]],
+        wanted: Callable[[], bool],
     ) -> None:
         self._latest = latest
         self._store = store
+        self._wanted = wanted
 
     def collect(self) -> Iterator[Metric]:
         reading = self._latest()
         values = reading.values if reading else []
+        # Wanted running now (a stop counts at once) and, at the last sample, not in a
+        # start that an operator or the agent asked for: those are no outage.
+        desired = GaugeMetricFamily(
+            DESIRED_METRIC,
+            "1 while the server should be serving: wanted running, not in a planned start.",
+        )
+        sampled = reading.value(DESIRED_METRIC) if reading else None
+        desired.add_metric([], 1.0 if self._wanted() and sampled == 1.0 else 0.0)
+        yield desired
         cpu = CounterMetricFamily(
             "opencode_process_cpu_seconds", "CPU time of the server's process tree."
         )

@@ -76,7 +76,9 @@ class MetricsService:
     def collector(self) -> SamplerCollector:
         """The /metrics collector of the sampler's latest reading and the store's size."""
         return SamplerCollector(
-            lambda: self.sampler.latest, lambda: (self.store.size_bytes(), self.store.dropped)
+            lambda: self.sampler.latest,
+            lambda: (self.store.size_bytes(), self.store.dropped),
+            lambda: self.sampler.server.desired == "running",
         )
 
     def query(
