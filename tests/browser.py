@@ -71,7 +71,7 @@ OVERFLOWING = """
   const page = document.documentElement;
   if (page.scrollWidth > innerWidth) found.push(`the page: ${page.scrollWidth} px wide`);
   for (const e of document.querySelectorAll('.nx-console *')) {
-    if (!e.offsetParent) continue;
+    if (!e.offsetParent || e.closest('.nx-sr')) continue;  // .nx-sr: for screen readers only
     const right = e.getBoundingClientRect().right;
     if (right > innerWidth + 1) found.push(`${name(e)} ends at ${Math.round(right)} px`);
     else if (e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0
