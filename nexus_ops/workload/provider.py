@@ -193,6 +193,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
         headers = {}
         if step.retry_after is not None:
             headers["Retry-After"] = f"{step.retry_after:g}"
+            headers["Retry-After-Ms"] = f"{step.retry_after * 1000:.0f}"  # read by the AI SDK
         kind = "rate_limit_exceeded" if step.status == 429 else "server_error"
         self._json(step.status, {"error": {"message": step.message, "type": kind}}, headers)
 
