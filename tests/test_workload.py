@@ -113,6 +113,19 @@ def test_a_stalled_stream_sends_some_chunks_then_nothing() -> None:
     assert texts == ["", "word1", " word2"]
 
 
+def test_a_bad_request_body_gets_a_clear_400() -> None:
+    with ScriptedProvider(Script()) as provider:
+        not_json = httpx.post(f"{provider.base_url}/chat/completions", content=b"{", timeout=5)
+        no_list = chat(provider, stream=True, messages=["hello"])
+        wrong_path = httpx.get(f"{provider.base_url}/nothing", timeout=5)
+    assert not_json.status_code == 400
+    assert "not JSON" in not_json.json()["error"]["message"]
+    assert no_list.status_code == 400
+    assert "a list of {role, content} objects" in no_list.json()["error"]["message"]
+    assert wrong_path.status_code == 404
+    assert provider.requests() == []
+
+
 def test_waits_before_the_first_token() -> None:
     with ScriptedProvider(Script(default=Reply(tokens=1, first_token_delay=0.5))) as provider:
         started = time.monotonic()
