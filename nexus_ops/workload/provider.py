@@ -168,9 +168,13 @@ class _ChatHandler(BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
-            messages = list(body.get("messages", []))
-        except (ValueError, TypeError, AttributeError) as exc:
-            self._json(400, {"error": {"message": f"bad request body: {exc}"}})
+        except ValueError as exc:
+            self._json(400, {"error": {"message": f"the body is not JSON: {exc}"}})
+            return
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            message = "the body needs `messages`: a list of {role, content} objects"
+            self._json(400, {"error": {"message": message, "type": "invalid_request_error"}})
             return
         self._answer(body, messages)
 
@@ -193,6 +197,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
         headers = {}
         if step.retry_after is not None:
             headers["Retry-After"] = f"{step.retry_after:g}"
+            headers["Retry-After-Ms"] = f"{step.retry_after * 1000:.0f}"  # read by the AI SDK
         kind = "rate_limit_exceeded" if step.status == 429 else "server_error"
         self._json(step.status, {"error": {"message": step.message, "type": kind}}, headers)
 
@@ -233,7 +238,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
 class Completion:
     """The chunks of one answer, paced as its step says, and what they came to."""
 
-    def __init__(self, ident: str, model: str, step: Reply | ToolCall | Stall, prompt: int):
+    def __init__(self, ident: str, model: str, step: Reply | ToolCall | Stall, prompt: int) -> None:
         self.ident, self.model, self.step, self.prompt = ident, model, step, prompt
         self.served = 0
         self.text = ""

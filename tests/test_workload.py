@@ -1,4 +1,5 @@
-"""The scripted model provider: its wire format, and the real OpenCode driven by it."""
+"""The workload: the scripted model provider's wire format, the real OpenCode driven by
+it, and the workload driver measuring that server."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 from backup_helpers import DirectServer, install_config
 from conftest import kill_everything_of, private_env, wait_for
 
-from nexus_ops.errors import ConfigError
+from nexus_ops.errors import ConfigError, OpenCodeUnavailable
+from nexus_ops.opencode import Credentials
 from nexus_ops.workload.config import write_provider_config
+from nexus_ops.workload.driver import FirstTokens, PromptResult, WorkloadResult, run_workload
 from nexus_ops.workload.provider import ScriptedProvider
 from nexus_ops.workload.script import (
     HttpError,
@@ -89,6 +92,7 @@ def test_errors_a_limited_number_of_times_then_answers() -> None:
         fine = chat(provider, stream=True)
     assert limited.status_code == 429
     assert limited.headers["retry-after"] == "2"
+    assert limited.headers["retry-after-ms"] == "2000"
     assert fine.status_code == 200
     assert [s.step for s in provider.requests()] == ["HttpError", "Reply"]
 
@@ -107,6 +111,19 @@ def test_a_stalled_stream_sends_some_chunks_then_nothing() -> None:
                     lines.append(line)
     texts = [json.loads(x[6:])["choices"][0]["delta"].get("content") for x in lines if x]
     assert texts == ["", "word1", " word2"]
+
+
+def test_a_bad_request_body_gets_a_clear_400() -> None:
+    with ScriptedProvider(Script()) as provider:
+        not_json = httpx.post(f"{provider.base_url}/chat/completions", content=b"{", timeout=5)
+        no_list = chat(provider, stream=True, messages=["hello"])
+        wrong_path = httpx.get(f"{provider.base_url}/nothing", timeout=5)
+    assert not_json.status_code == 400
+    assert "not JSON" in not_json.json()["error"]["message"]
+    assert no_list.status_code == 400
+    assert "a list of {role, content} objects" in no_list.json()["error"]["message"]
+    assert wrong_path.status_code == 404
+    assert provider.requests() == []
 
 
 def test_waits_before_the_first_token() -> None:
@@ -180,6 +197,10 @@ def served_opencode(
         rules=[
             Rule(when="get busy", then=bash("sleep 3")),
             Rule(when="write it", then=write("notes.txt", "written by the script\n")),
+            Rule(
+                when="measure", then=Reply(tokens=20, tokens_per_second=40, first_token_delay=0.3)
+            ),
+            Rule(when="refuse", then=HttpError(500, retry_after=0.1, message="scripted refusal")),
         ]
     )
     with ScriptedProvider(script) as provider:
@@ -207,18 +228,26 @@ def status_of(server: DirectServer, session: str) -> str:
     return str(server.get("/session/status").json().get(session, {}).get("type", "idle"))
 
 
+def tool_states(server: DirectServer, session: str) -> list[str]:
+    messages = server.get(f"/session/{session}/message").json()
+    return [p["state"]["status"] for m in messages for p in m["parts"] if p["type"] == "tool"]
+
+
 def test_a_bash_tool_call_keeps_the_session_busy_while_it_runs(
     served_opencode: tuple[DirectServer, ScriptedProvider],
 ) -> None:
-    server, provider = served_opencode
+    server, _ = served_opencode
     session = prompt(server, "please get busy")
-    wait_for(lambda: status_of(server, session) == "busy", what="the session to be busy")
-    wait_for(lambda: any(s.step == "ToolCall" for s in provider.requests()), what="the tool call")
-    assert status_of(server, session) == "busy"  # the tool's sleep 3 is running
+    wait_for(
+        lambda: (
+            tool_states(server, session) == ["running"] and status_of(server, session) == "busy"
+        ),
+        what="the session to be busy while its bash tool runs",
+    )
     wait_for(lambda: status_of(server, session) == "idle", what="the session to be idle again")
+    assert tool_states(server, session) == ["completed"]
     messages = server.get(f"/session/{session}/message").json()
-    tool = [p for m in messages for p in m["parts"] if p["type"] == "tool"]
-    assert [(p["tool"], p["state"]["status"]) for p in tool] == [("bash", "completed")]
+    assert [p["tool"] for m in messages for p in m["parts"] if p["type"] == "tool"] == ["bash"]
     assert messages[-1]["parts"][-2]["text"] == "Done."
 
 
@@ -230,3 +259,67 @@ def test_a_write_tool_call_writes_the_file(
     wait_for(lambda: (Path(server.env["HOME"]) / "notes.txt").exists(), what="notes.txt")
     assert (Path(server.env["HOME"]) / "notes.txt").read_text() == "written by the script\n"
     wait_for(lambda: status_of(server, session) == "idle", what="the session to be idle again")
+
+
+def test_the_driver_measures_concurrent_sessions_on_a_real_server(
+    served_opencode: tuple[DirectServer, ScriptedProvider],
+) -> None:
+    server, provider = served_opencode
+    before = len(provider.requests())
+    result = run_workload(server.url, Credentials("opencode", "pw"), 2, ["measure 1", "measure 2"])
+    assert not result.errors, result.errors
+    assert sorted(p.index for p in result.prompts) == [0, 0, 1, 1]
+    assert len({p.session for p in result.prompts}) == 2
+    for prompt_result in result.prompts:
+        assert prompt_result.first_token is not None
+        assert 0.3 <= prompt_result.first_token <= prompt_result.latency  # the scripted delay
+        assert prompt_result.output_tokens == 20
+    assert [s.completion_tokens for s in provider.requests()[before:]] == [20] * 4
+    p50, p99 = result.p50(), result.p99()
+    assert p50 is not None and p99 is not None and 0 < p50 <= p99 <= result.seconds
+    assert result.first_token_p50() is not None
+
+
+def test_the_driver_records_the_error_of_a_failed_prompt(
+    served_opencode: tuple[DirectServer, ScriptedProvider],
+) -> None:
+    server, _ = served_opencode
+    result = run_workload(server.url, Credentials("opencode", "pw"), 1, ["refuse this"])
+    [failed] = result.errors
+    assert "scripted refusal" in str(failed.error)
+    assert failed.first_token is None
+    assert result.p50() is None  # no prompt succeeded
+
+
+def test_the_driver_names_a_wrong_password(
+    served_opencode: tuple[DirectServer, ScriptedProvider],
+) -> None:
+    server, _ = served_opencode
+    with pytest.raises(OpenCodeUnavailable, match=r"/event failed: .*401"):
+        run_workload(server.url, Credentials("opencode", "wrong"), 1, ["measure"])
+    with pytest.raises(ConfigError, match="at least one session and one prompt"):
+        run_workload(server.url, None, 0, ["measure"])
+
+
+def test_first_tokens_are_the_assistants_text_only() -> None:
+    tokens = FirstTokens()
+    user_part = {"type": "text", "text": "hi", "messageID": "u1"}
+    tokens.feed({"type": "message.part.updated", "properties": {"part": user_part}}, 1.0)
+    info = {"id": "a1", "role": "assistant", "sessionID": "s1"}
+    tokens.feed({"type": "message.updated", "properties": {"info": info}}, 1.1)
+    empty = {"type": "text", "text": "", "messageID": "a1"}
+    tokens.feed({"type": "message.part.updated", "properties": {"part": empty}}, 1.2)
+    delta = {"messageID": "a1", "field": "text", "delta": "word1"}
+    tokens.feed({"type": "message.part.delta", "properties": delta}, 1.5)
+    tokens.feed({"type": "message.part.delta", "properties": delta}, 1.9)
+    assert tokens.first_after("s1", 1.0) == pytest.approx(0.5)
+    assert tokens.first_after("s2", 1.0) is None
+    assert tokens.first_after("s1", 2.0) is None  # an earlier prompt's text
+
+
+def test_percentiles_are_of_the_prompts_that_succeeded() -> None:
+    prompts = [PromptResult("s", i, float(i + 1), None) for i in range(100)]
+    prompts.append(PromptResult("s", 100, 500.0, None, error="boom"))
+    result = WorkloadResult(prompts, 10.0)
+    assert (result.p50(), result.p99()) == (50.0, 99.0)
+    assert len(result.errors) == 1
