@@ -10,12 +10,15 @@
   nothing (jupyter_server's own check, ``allow_remote_access``, covers only its
   handlers, not Voila's static files, and refuses every non-loopback address);
 - masks secrets (``?token=...``) in every log line it writes, so that
-  ``logs/console.log`` (and a backup of it) never holds the console token.
+  ``logs/console.log`` (and a backup of it) never holds the console token;
+- renders the page with ``nexus_ops/templates/voila/`` first (Voila's lab template
+  without its requests to a CDN: nothing the page loads leaves the console).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from tornado import httputil, web
@@ -30,6 +33,8 @@ from nexus_ops.security.tokens import (
     host_allowed,
     refused_host_message,
 )
+
+TEMPLATES = Path(__file__).with_name("templates")
 
 # The loggers whose records reach console.log (tornado's own log only to themselves).
 LOGGERS = ("", "tornado.access", "tornado.application", "tornado.general", "Voila")
@@ -86,6 +91,10 @@ class ConsoleVoila(Voila):  # type: ignore[misc]
     def initialize(self, argv: Any = None) -> None:
         super().initialize(argv)
         mask_logs(self.log, *(logging.getLogger(name) for name in LOGGERS))
+
+    def setup_template_dirs(self) -> None:
+        super().setup_template_dirs()
+        self.template_paths.insert(0, str(TEMPLATES / "voila"))
 
     def listen(self) -> None:
         router = self.app.default_router

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -254,8 +255,12 @@ def test_on_a_phone_the_figures_stack_and_nothing_is_cut_off(
         phone.close()
 
 
-def test_on_a_phone_every_tab_fits(browser: Browser, served: Served) -> None:
+def test_on_a_phone_every_tab_fits_and_nothing_leaves_the_machine(
+    browser: Browser, served: Served
+) -> None:
     phone = browser.new_page(viewport={"width": 412, "height": 915}, is_mobile=True)
+    hosts: set[str] = set()  # of every request that goes on the network (not data:, blob:)
+    phone.on("request", lambda request: hosts.add(urlsplit(request.url).netloc))
     try:
         phone.goto(served.url)
         phone.wait_for_selector(".nx-console .nx-start", timeout=LOAD)
@@ -272,6 +277,14 @@ def test_on_a_phone_every_tab_fits(browser: Browser, served: Served) -> None:
             shot(phone, f"phone-{title.lower()}")
             found = phone.evaluate(OVERFLOWING)
             assert not found, f"{title} tab, cut or scrolling sideways: {found}"
+        # The icons come from Voila's own FontAwesome, not a CDN.
+        tab(phone, "Server")
+        icon = phone.locator("button.nx-start i.fa")
+        assert icon.evaluate("e => e.getBoundingClientRect().width") > 0, "no icon drawn"
+        loaded = "() => [...document.fonts].some(f => f.family.includes('Font Awesome')"
+        assert phone.evaluate(loaded + " && f.status === 'loaded')"), "FontAwesome not loaded"
+        outside = {host for host in hosts if host and urlsplit(f"//{host}").hostname != "127.0.0.1"}
+        assert not outside, f"the page asked other hosts: {sorted(outside)}"
     finally:
         phone.close()
 

@@ -77,6 +77,9 @@ CSS = (
 /* A stat is one number: Plotly's toolbar would only cover its title. */
 .nx-stat .modebar-container { display: none; }
 .nx-table td { overflow-wrap: anywhere; }
+/* A widget 100% wide keeps its margins: without them it fits. */
+.nx-console .nx-panel .widget-inline-hbox {
+  max-width: calc(100% - 2 * var(--jp-widgets-margin, 2px)); }
 /* A phone: the tabs wrap onto two rows, each as wide as its title; rows of controls
    wrap; a table with a header becomes one card a row, each cell under its column's
    name; nothing is wider than the page. */
@@ -87,9 +90,6 @@ CSS = (
   .nx-console .widget-hbox { flex-wrap: wrap; row-gap: 4px; }
   .nx-console .nx-panel .widget-box { min-width: 0 !important; max-width: 100%; }
   .nx-console .nx-panel .widget-box:not(.nx-figure) { padding-left: 0 !important; }
-  /* A widget 100% wide keeps its margins: without them it fits. */
-  .nx-console .nx-panel .widget-inline-hbox {
-    max-width: calc(100% - 2 * var(--jp-widgets-margin, 2px)); }
   .nx-console .nx-panel .widget-inline-hbox input { min-width: 0; }
   .nx-range .widget-toggle-button { width: auto !important; padding: 0 10px; }
   .nx-columns > .widget-box { flex: 1 1 100% !important; }
