@@ -52,8 +52,8 @@ AGGS: tuple[str, ...] = ("mean", "min", "max", "sum", "count")
 class MetricQuery:
     """What to read: a metric, labels that must match, a time range (epoch seconds).
 
-    ``resolution`` picks the tier (``auto``: the finest one that still holds
-    ``start``); ``agg`` picks what a rollup point shows (raw points are
+    ``resolution`` picks the tier (``auto``: of those that still hold ``start``,
+    the coarsest that still gives ``max_points`` buckets over the range); ``agg`` picks what a rollup point shows (raw points are
     themselves); ``max_points`` caps the points per series after downsampling
     with ``method``.
 
@@ -137,15 +137,17 @@ class SQLiteBackend:
         """Nothing: the store belongs to whoever opened it."""
 
     def pick_tier(self, query: MetricQuery) -> Tier:
-        """The tier a query reads: asked for, or the finest that still holds its start."""
+        """The tier a query reads: asked for, or, of the tiers that still hold its start,
+        the coarsest whose buckets over the range still number ``max_points`` (else
+        the finest of them), so that a long range reads rollups, not every raw sample."""
         tiers = self.store.tiers
         if query.resolution != "auto":
             return next(t for t in tiers if t.name == query.resolution)
         now = self._clock()
-        for tier in tiers:
-            if query.start >= now - tier.retention:
-                return tier
-        return tiers[-1]
+        holding = [t for t in tiers if query.start >= now - t.retention] or [tiers[-1]]
+        span = min(query.end, now) - query.start
+        enough = [t for t in holding if t.step and span / t.step >= query.max_points]
+        return enough[-1] if enough else holding[0]
 
     def query(self, query: MetricQuery) -> pd.DataFrame:
         tier = self.pick_tier(query)
