@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -169,3 +170,17 @@ def test_stopping_the_server_is_sampled_as_down(sampled_agent: RunningAgent) -> 
     )
     stops = _latest(agent, "opencode_server_stops_total")
     assert stops >= 1
+
+
+def test_metric_queries_leave_pandas_out_of_the_agent(agent: RunningAgent) -> None:
+    wait_for(
+        lambda: len(agent.client.query_metrics("opencode_server_status", start="5m")) >= 1,
+        timeout=30,
+        what="a sample of the server's status",
+    )
+    for method, resolution in (("minmax", "auto"), ("lttb", "raw"), ("none", "1m")):
+        agent.client.query_metrics("opencode_server_status", method=method, resolution=resolution)
+    agent.client.query_metrics("opencode_connections", start="2026-01-01T00:00:00Z")
+    maps = Path(f"/proc/{agent.proc.pid}/maps").read_text()
+    assert "/numpy/" in maps  # the store's arrays: the agent's own process is the one read
+    assert "/pandas/" not in maps

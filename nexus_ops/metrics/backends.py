@@ -23,23 +23,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-import pandas as pd
-
 from nexus_ops.errors import ConfigError
 from nexus_ops.metrics.frames import (
     Floats,
+    Points,
     QueryError,
     check_method,
-    concat_frames,
     downsample,
+    frame_of,
     labels_text,
     parse_labels,
-    tidy_frame,
 )
 from nexus_ops.metrics.storefile import open_store
 from nexus_ops.store.samples import RAW, SampleStore, Tier
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from nexus_ops.config import Settings
 
 Resolution = Literal["auto", "raw", "1m", "1h"]
@@ -94,12 +94,18 @@ class MetricQuery:
 
 @runtime_checkable
 class MetricsBackend(Protocol):
-    """Reads metric history as tidy DataFrames (time, metric, labels, value)."""
+    """Reads metric history: as :class:`Points` per series (``read``, what the agent
+    answers, without pandas) or as a tidy DataFrame (``query``: time, metric,
+    labels, value)."""
 
     name: str
 
+    def read(self, query: MetricQuery) -> list[Points]:
+        """Points of every series of ``query.metric`` whose labels match, by labels."""
+        ...
+
     def query(self, query: MetricQuery) -> pd.DataFrame:
-        """Points of every series of ``query.metric`` whose labels match."""
+        """What ``read`` gives, as one tidy frame."""
         ...
 
     def metrics(self) -> list[str]:
@@ -150,15 +156,17 @@ class SQLiteBackend:
         return enough[-1] if enough else holding[0]
 
     def query(self, query: MetricQuery) -> pd.DataFrame:
+        return frame_of(self.read(query))
+
+    def read(self, query: MetricQuery) -> list[Points]:
         tier = self.pick_tier(query)
-        frames = []
+        found = []
         for series in self.store.series(query.metric, query.labels):
             times, values = self._read(series.id, tier, query)
             keep = downsample(times, values, query.max_points, query.method)
-            frames.append(
-                tidy_frame(series.metric, labels_text(series.labels), times[keep], values[keep])
-            )
-        return concat_frames(frames)
+            labels = labels_text(series.labels)
+            found.append(Points(series.metric, labels, times[keep], values[keep]))
+        return found
 
     def _read(self, sid: int, tier: Tier, query: MetricQuery) -> tuple[Floats, Floats]:
         if tier.index == RAW:

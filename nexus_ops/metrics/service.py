@@ -54,7 +54,7 @@ class MetricsService:
 
     @cached_property
     def backend(self) -> MetricsBackend:
-        """The query side (pandas, downsampling): metrics.db or the Prometheus server
+        """The query side (downsampling): metrics.db or the Prometheus server
         of ``NEXUS_METRICS_BACKEND``, loaded at the first query, so that an agent
         nobody asks for history keeps its memory small."""
         from nexus_ops.metrics.backends import backend_from_settings
@@ -92,7 +92,7 @@ class MetricsService:
     ) -> dict[str, Any]:
         """A query from the API's parameters; the answer as JSON-ready series."""
         from nexus_ops.metrics.backends import MetricQuery
-        from nexus_ops.metrics.frames import frame_to_payload, parse_labels, parse_time
+        from nexus_ops.metrics.frames import parse_labels, parse_time, points_to_payload
 
         now = self._clock()
         query = MetricQuery(
@@ -105,8 +105,7 @@ class MetricsService:
             method=method,
             agg=agg,  # type: ignore[arg-type]
         )
-        frame = self.backend.query(query)
-        payload = frame_to_payload(frame)
+        payload = points_to_payload(self.backend.read(query))
         payload.update(
             metric=metric,
             start=query.start,
