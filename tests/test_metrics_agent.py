@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import time
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
 from conftest import RunningAgent, start_agent, wait_for
 
 from nexus_ops.errors import AgentError
 from nexus_ops.paths import Layout
+from nexus_ops.ui.metrics import append_frame
 
 pytestmark = pytest.mark.opencode
 
@@ -184,3 +187,41 @@ def test_metric_queries_leave_pandas_out_of_the_agent(agent: RunningAgent) -> No
     maps = Path(f"/proc/{agent.proc.pid}/maps").read_text()
     assert "/numpy/" in maps  # the store's arrays: the agent's own process is the one read
     assert "/pandas/" not in maps
+
+
+def test_since_answers_what_is_new_and_a_batch_answers_like_single_queries(
+    sampled_agent: RunningAgent,
+) -> None:
+    client = sampled_agent.client
+    status = "opencode_server_status"
+    begin = time.time() - 300
+    wait_for(
+        lambda: len(client.query_metrics(status, start=begin, method="none")) >= 4,
+        timeout=30,
+        what="four samples of the server's status",
+    )
+    whole = client.query_metrics(status, start=begin, method="none")
+    times = (whole["time"].astype("int64") / 1e9).to_numpy()
+    end, mid = float(times[-1]), float(times[-3])
+    older = client.query_metrics(status, start=begin, end=mid, method="none")
+    newer = client.query_metrics(status, start=begin, end=end, method="none", since=mid)
+    assert (newer["time"].astype("int64") / 1e9).tolist() == times[-2:].tolist()
+    full = client.query_metrics(status, start=begin, end=end, method="none")
+    pd.testing.assert_frame_equal(append_frame(older, newer, begin), full)
+    asked = [
+        {"metric": status, "start": begin, "end": end, "method": "none"},
+        {"metric": "opencode_connections", "start": begin, "end": end, "max_points": 10},
+        {"metric": status, "start": begin, "end": end, "method": "none", "since": mid},
+    ]
+    answers = client.query_metrics_many(asked)
+    for query, answer in zip(asked, answers, strict=True):
+        pd.testing.assert_frame_equal(answer, client.query_metrics(**query))
+
+
+def test_bad_since_and_batches_say_what_is_wrong(agent: RunningAgent) -> None:
+    with pytest.raises(AgentError, match="since=nan is not a point in time"):
+        agent.client.query_metrics("opencode_server_status", since=math.nan)
+    with pytest.raises(AgentError, match="metric"):
+        agent.client.query_metrics_many([{"metric": ""}])
+    with pytest.raises(AgentError, match="method='m4'"):
+        agent.client.query_metrics_many([{"metric": "m", "method": "m4"}])

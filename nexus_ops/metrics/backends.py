@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from nexus_ops.errors import ConfigError
@@ -46,6 +46,7 @@ Resolution = Literal["auto", "raw", "1m", "1h"]
 RESOLUTIONS: tuple[str, ...] = ("auto", "raw", "1m", "1h")
 Agg = Literal["mean", "min", "max", "sum", "count"]
 AGGS: tuple[str, ...] = ("mean", "min", "max", "sum", "count")
+STEPS: dict[str, float] = {"raw": 0.0, "1m": 60.0, "1h": 3600.0}
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,19 @@ class MetricQuery:
                 f"agg={self.agg!r} is not an aggregate", hint=f"use one of {', '.join(AGGS)}"
             )
         check_method(self.method)
+
+
+def newer_than(query: MetricQuery, since: float, resolution: str) -> MetricQuery:
+    """``query`` cut to what is new after ``since`` at ``resolution`` (the one the
+    whole range is read at): raw points after it, or rollup buckets from the one
+    holding it on.
+
+    >>> newer_than(MetricQuery("m", start=0, end=500), 130.0, "1m").start
+    120.0
+    """
+    step = STEPS[resolution]
+    cut = math.floor(since / step) * step if step else math.nextafter(since, math.inf)
+    return replace(query, start=min(max(query.start, cut), query.end), resolution=resolution)  # type: ignore[arg-type]
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ import html
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -71,7 +71,10 @@ class AgentLike(Protocol):
         resolution: str = "auto",
         method: str = "minmax",
         agg: str = "mean",
+        since: float | None = None,
     ) -> pd.DataFrame: ...
+
+    def query_metrics_many(self, queries: Sequence[Mapping[str, Any]]) -> list[pd.DataFrame]: ...
 
 
 def run_in_thread(work: Callable[[], object]) -> None:
