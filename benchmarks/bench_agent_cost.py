@@ -15,7 +15,7 @@ metrics.db holds two days of history (at the sampler's rates), prints in one run
 - the agent's idle CPU at 5 s and 1 s sampling, beside a floor loop measured in
   the same window: a minimal process that does the same probes (a liveness probe
   a second on a fresh connection; every interval the process tree's reading and
-  ``GET /session/status``);
+  ``GET /session/status``, ``GET /session`` every 5 s);
 - query time, in the store, of the last 1 h, 1 d, 30 d and 365 d at 2,000 points
   over a year of synthesized history.
 
@@ -65,7 +65,7 @@ FLOOR = textwrap.dedent(
         conn.request("GET", path, headers=auth)
         conn.getresponse().read()
     keep = http.client.HTTPConnection(host, int(port), timeout=1.0)
-    next_sample = 0.0
+    next_sample = next_list = 0.0
     while True:
         started = time.monotonic()
         fresh = http.client.HTTPConnection(host, int(port), timeout=1.0)
@@ -73,6 +73,9 @@ FLOOR = textwrap.dedent(
         fresh.close()
         if started >= next_sample:
             tree.sample(record, int(port)); me.sample()
+            if started >= next_list:
+                get(keep, "/session")
+                next_list = started + max(5.0, float(interval))
             get(keep, "/session/status")
             next_sample = started + float(interval)
         time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))

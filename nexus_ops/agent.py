@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import math
@@ -169,6 +170,9 @@ def create_app(
         tasks.append(asyncio.create_task(watch_stores(ctx)))
         if manage:
             tasks.append(asyncio.create_task(supervisor.run()))
+        # What starting made lives as long as the agent: out of the collector's passes,
+        # which otherwise walk all of it again and again while the agent idles.
+        gc.freeze()
         try:
             yield
         finally:

@@ -38,6 +38,8 @@ from nexus_ops.store.runs import RunRecord
 if TYPE_CHECKING:  # pandas loads with the first query, not with every CLI command
     import pandas as pd
 
+    from nexus_ops.metrics.frames import Points
+
 API = "/api/v1"
 
 
@@ -205,11 +207,17 @@ class AgentClient:
     def query_metrics_many(self, queries: Sequence[Mapping[str, Any]]) -> list[pd.DataFrame]:
         """Several queries in one request: each a mapping of :meth:`query_metrics`'
         arguments (``metric`` required); their frames, in order."""
-        from nexus_ops.metrics.frames import frame_from_payload
+        from nexus_ops.metrics.frames import frame_of
+
+        return [frame_of(points) for points in self.query_points_many(queries)]
+
+    def query_points_many(self, queries: Sequence[Mapping[str, Any]]) -> list[list[Points]]:
+        """What :meth:`query_metrics_many` asks, as each query's series' arrays."""
+        from nexus_ops.metrics.frames import points_from_payload
 
         body = {"queries": [_query_params(**query) for query in queries]}
         answer = self.json("POST", f"{API}/metrics/queries", json=body)
-        return [frame_from_payload(result) for result in answer["results"]]
+        return [points_from_payload(result) for result in answer["results"]]
 
     def metric_names(self) -> list[str]:
         """Names of the metrics the agent's store holds."""

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from conftest import RunningAgent, start_agent, wait_for
+from conftest import RunningAgent, points_of, start_agent, wait_for
 
 from nexus_ops.errors import AgentError
+from nexus_ops.metrics.frames import frame_of
 from nexus_ops.paths import Layout
-from nexus_ops.ui.metrics import append_frame
+from nexus_ops.ui.metrics import append_points
 
 pytestmark = pytest.mark.opencode
 
@@ -207,7 +208,8 @@ def test_since_answers_what_is_new_and_a_batch_answers_like_single_queries(
     newer = client.query_metrics(status, start=begin, end=end, method="none", since=mid)
     assert (newer["time"].astype("int64") / 1e9).tolist() == times[-2:].tolist()
     full = client.query_metrics(status, start=begin, end=end, method="none")
-    pd.testing.assert_frame_equal(append_frame(older, newer, begin), full)
+    both = append_points(points_of(older), points_of(newer), begin)
+    pd.testing.assert_frame_equal(frame_of(both), full)
     asked = [
         {"metric": status, "start": begin, "end": end, "method": "none"},
         {"metric": "opencode_connections", "start": begin, "end": end, "max_points": 10},

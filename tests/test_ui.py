@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from conftest import points_of
 from ipywidgets.widgets.widget import _instances
 from plotly.serializers import _py_to_js
 
 from nexus_ops.alerts import AlertsView
 from nexus_ops.config import load_settings
 from nexus_ops.errors import AgentError, AgentUnavailable, NexusOpsError
-from nexus_ops.metrics.frames import concat_frames, tidy_frame
+from nexus_ops.metrics.frames import Points, concat_frames, tidy_frame
 from nexus_ops.models import ActionResult, Event, ServerState, ServerStatus
 from nexus_ops.ui import Console, Panel, PanelContext, TabRegistry, console, register_tab
 from nexus_ops.ui.app import BrokenPanel, read_password
@@ -38,7 +39,7 @@ from nexus_ops.ui.metrics import (
     REQUESTS,
     SINCE_MARGIN,
     MetricsPanel,
-    append_frame,
+    append_points,
     break_gaps,
     queries_of,
     wanted_metrics,
@@ -153,9 +154,9 @@ class FakeAgent:
         value = 1.0 if metric == "opencode_server_status" else 42.0
         return tidy_frame(metric, "", times, np.full(60, value))
 
-    def query_metrics_many(self, queries: Sequence[Mapping[str, Any]]) -> list[pd.DataFrame]:
-        self._call("query_metrics_many", count=len(queries))
-        return [self.query_metrics(**query) for query in queries]
+    def query_points_many(self, queries: Sequence[Mapping[str, Any]]) -> list[list[Points]]:
+        self._call("query_points_many", count=len(queries))
+        return [points_of(self.query_metrics(**query)) for query in queries]
 
 
 CORE = ("Server", "Metrics", "Logs", "Events", "Environment")
@@ -313,31 +314,26 @@ def test_a_metrics_refresh_is_one_request_for_what_is_new(
 ) -> None:
     panel = MetricsPanel(ctx)
     assert panel.refresh() and panel.refresh(), panel.banner.widget.value
-    assert [c["count"] for c in agent.called("query_metrics_many")] == [len(queries_of("1h"))] * 2
+    assert [c["count"] for c in agent.called("query_points_many")] == [len(queries_of("1h"))] * 2
     calls = agent.called("query_metrics")
     half = len(calls) // 2
     assert all(c["since"] is None for c in calls[:half]), "the first refresh reads whole"
     newest = NOW - SINCE_MARGIN
     assert all(c["since"] == pytest.approx(newest) for c in calls[half:]), "then what is new"
-    status = panel.kept.frames["opencode_server_status"]
-    assert len(status) == 60 and status["time"].is_unique, "the overlap is not drawn twice"
+    (status,) = panel.kept.series["opencode_server_status"]
+    assert len(status) == 60 and len(set(status.times)) == 60, "the overlap is not drawn twice"
 
 
-def test_append_frame_replaces_the_overlap_and_drops_what_left_the_range() -> None:
-    old = concat_frames(
-        [
-            tidy_frame("m", "a=1", np.array([10.0, 20.0, 30.0]), np.array([1.0, 2.0, 3.0])),
-            tidy_frame("m", "a=2", np.array([10.0, 20.0]), np.array([5.0, 6.0])),
-        ]
-    )
-    new = tidy_frame("m", "a=1", np.array([30.0, 40.0]), np.array([3.5, 4.0]))
-    both = append_frame(old, new, start=15.0)
-    seconds = (both["time"].astype("int64") / 1e9).tolist()
-    assert list(zip(both["labels"], seconds, both["value"], strict=True)) == [
-        ("a=1", 20.0, 2.0),
-        ("a=1", 30.0, 3.5),
-        ("a=1", 40.0, 4.0),
-        ("a=2", 20.0, 6.0),
+def test_append_points_replaces_the_overlap_and_drops_what_left_the_range() -> None:
+    old = [
+        Points("m", "a=1", np.array([10.0, 20.0, 30.0]), np.array([1.0, 2.0, 3.0])),
+        Points("m", "a=2", np.array([10.0, 20.0]), np.array([5.0, 6.0])),
+    ]
+    new = [Points("m", "a=1", np.array([30.0, 40.0]), np.array([3.5, 4.0]))]
+    both = append_points(old, new, start=15.0)
+    assert [(p.labels, p.times.tolist(), p.values.tolist()) for p in both] == [
+        ("a=1", [20.0, 30.0, 40.0], [2.0, 3.5, 4.0]),
+        ("a=2", [20.0], [6.0]),
     ]
 
 

@@ -156,16 +156,7 @@ def _parse_time_text(text: str, now: float, field: str) -> float:
 
 def tidy_frame(metric: str, labels: str, times: Floats, values: Floats) -> pd.DataFrame:
     """One series as a tidy frame."""
-    import pandas as pd
-
-    return pd.DataFrame(
-        {
-            "time": pd.to_datetime(np.asarray(times) * 1e9, utc=True).astype("datetime64[ns, UTC]"),
-            "metric": pd.Series([metric] * len(times), dtype=object),
-            "labels": pd.Series([labels] * len(times), dtype=object),
-            "value": np.asarray(values, dtype=np.float64),
-        }
-    )
+    return frame_of([Points(metric, labels, np.asarray(times), np.asarray(values))])
 
 
 def empty_frame() -> pd.DataFrame:
@@ -183,8 +174,21 @@ def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def frame_of(points: Sequence[Points]) -> pd.DataFrame:
-    """Series' points as one tidy frame."""
-    return concat_frames([tidy_frame(p.metric, p.labels, p.times, p.values) for p in points])
+    """Series' points, in their order, as one tidy frame (made in one go: a refresh
+    of many series pays for one frame, not one per series)."""
+    import pandas as pd
+
+    counts = [len(p) for p in points]
+    times = np.concatenate([np.asarray(p.times, np.float64) for p in points] or [np.empty(0)])
+    values = np.concatenate([np.asarray(p.values, np.float64) for p in points] or [np.empty(0)])
+    return pd.DataFrame(
+        {
+            "time": pd.to_datetime(times * 1e9, utc=True).astype("datetime64[ns, UTC]"),
+            "metric": np.repeat(np.array([p.metric for p in points], dtype=object), counts),
+            "labels": np.repeat(np.array([p.labels for p in points], dtype=object), counts),
+            "value": values,
+        }
+    )
 
 
 def check_method(method: str) -> None:
@@ -255,11 +259,19 @@ def points_to_payload(points: Sequence[Points]) -> dict[str, object]:
     return {"columns": COLUMNS, "series": series}
 
 
+def points_from_payload(payload: Mapping[str, object]) -> list[Points]:
+    """The series of :func:`points_to_payload`'s output."""
+    return [
+        Points(
+            str(item["metric"]),
+            str(item["labels"]),
+            np.asarray(item["times"], dtype=np.float64),
+            np.array(item["values"], dtype=np.float64),  # null is NaN
+        )
+        for item in payload.get("series", [])  # type: ignore[attr-defined]
+    ]
+
+
 def frame_from_payload(payload: Mapping[str, object]) -> pd.DataFrame:
-    """The tidy frame of :func:`frame_to_payload`'s output."""
-    frames = []
-    for item in payload.get("series", []):  # type: ignore[attr-defined]
-        values = np.array([np.nan if v is None else v for v in item["values"]], dtype=np.float64)
-        times = np.asarray(item["times"], dtype=np.float64)
-        frames.append(tidy_frame(str(item["metric"]), str(item["labels"]), times, values))
-    return concat_frames(frames)
+    """The tidy frame of :func:`points_to_payload`'s output."""
+    return frame_of(points_from_payload(payload))

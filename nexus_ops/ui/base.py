@@ -29,6 +29,7 @@ import pandas as pd
 from nexus_ops.alerts import AlertsView
 from nexus_ops.config import Settings
 from nexus_ops.errors import AgentUnavailable, NexusOpsError
+from nexus_ops.metrics.frames import Points
 from nexus_ops.models import ActionResult, Event, ServerStatus
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class AgentLike(Protocol):
         since: float | None = None,
     ) -> pd.DataFrame: ...
 
-    def query_metrics_many(self, queries: Sequence[Mapping[str, Any]]) -> list[pd.DataFrame]: ...
+    def query_points_many(self, queries: Sequence[Mapping[str, Any]]) -> list[list[Points]]: ...
 
 
 def run_in_thread(work: Callable[[], object]) -> None:

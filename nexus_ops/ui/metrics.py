@@ -13,6 +13,7 @@ request, and only for what is new since the points it holds (:class:`Kept`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,7 +24,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from nexus_ops.metrics import figures
-from nexus_ops.metrics.frames import concat_frames, empty_frame
+from nexus_ops.metrics.frames import Points, concat_frames, empty_frame, frame_of
 from nexus_ops.models import Event
 from nexus_ops.ui.base import Panel, PanelContext
 from nexus_ops.ui.figurewidget import figure_widget
@@ -100,45 +101,54 @@ def break_gaps(frame: pd.DataFrame, factor: float = 4.0) -> pd.DataFrame:
     return merged.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
 
 
-def append_frame(old: pd.DataFrame, new: pd.DataFrame, start: float) -> pd.DataFrame:
+def append_points(old: Sequence[Points], new: Sequence[Points], start: float) -> list[Points]:
     """``old`` with ``new`` appended: per series, ``new`` replaces what ``old`` holds
-    from ``new``'s first time on; points before ``start`` (epoch seconds) go."""
-    if len(old) and len(new):
-        firsts = old["labels"].map(new.groupby("labels")["time"].min())
-        old = old[firsts.isna() | (old["time"] < firsts)]
-    both = concat_frames([old, new])
-    both = both[both["time"] >= pd.Timestamp(start, unit="s", tz="UTC")]
-    return both.sort_values(["labels", "time"], kind="stable").reset_index(drop=True)
+    from ``new``'s first time on; points before ``start`` (epoch seconds) go. Sorted
+    by labels, as the agent answers."""
+    series = {p.labels: p for p in old}
+    for p in new:
+        was = series.get(p.labels)
+        if was is not None and len(p):
+            keep = was.times < p.times[0]
+            times = np.concatenate([was.times[keep], p.times])
+            p = Points(p.metric, p.labels, times, np.concatenate([was.values[keep], p.values]))
+        series[p.labels] = p
+    found = []
+    for _, p in sorted(series.items()):
+        first = int(np.searchsorted(p.times, start, "left"))
+        if first < len(p):
+            found.append(Points(p.metric, p.labels, p.times[first:], p.values[first:]))
+    return found
 
 
 @dataclass
 class Kept:
-    """The frames the last refresh of a range got, per query, for the next to append to.
+    """What the last refresh of a range got, per query, for the next to append to.
 
-    A frame grown past twice its points (raw samples appended to a downsampled
-    answer) is asked for whole again, downsampled anew.
+    A series grown past twice its points (raw samples appended to a downsampled
+    answer) makes its query ask for the whole range again, downsampled anew.
     """
 
     span: str = ""
-    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    series: dict[str, list[Points]] = field(default_factory=dict)
 
     def since(self, span: str, key: str, points: int) -> float | None:
         """What query ``key`` asks ``since`` (None: the whole range)."""
         if span != self.span:
-            self.span, self.frames = span, {}
-        frame = self.frames.get(key)
-        if frame is None or frame.empty or frame.groupby("labels").size().max() > 2 * points:
+            self.span, self.series = span, {}
+        kept = self.series.get(key)
+        if not kept or max(len(p) for p in kept) > 2 * points:
             return None
-        return float(frame["time"].max().timestamp()) - SINCE_MARGIN
+        return max(float(p.times[-1]) for p in kept) - SINCE_MARGIN
 
     def update(
-        self, key: str, frame: pd.DataFrame, since: float | None, start: float
+        self, key: str, new: list[Points], since: float | None, start: float
     ) -> pd.DataFrame:
         """Keep what query ``key`` answered (asked ``since``); the frame to show."""
-        old = self.frames.get(key) if since is not None else None
-        kept = frame if old is None else append_frame(old, frame, start)
-        self.frames[key] = kept
-        return kept
+        old = self.series.get(key) if since is not None else None
+        kept = [p for p in new if len(p)] if old is None else append_points(old, new, start)
+        self.series[key] = kept
+        return frame_of(kept)
 
 
 def _label(text: str, name: str) -> str:
@@ -274,7 +284,7 @@ class MetricsPanel(Panel[MetricsData]):
         )
         queries = queries_of(span)
         since = {key: self.kept.since(span, key, q["max_points"]) for key, q in queries.items()}
-        answers = client.query_metrics_many([{**q, "since": since[k]} for k, q in queries.items()])
+        answers = client.query_points_many([{**q, "since": since[k]} for k, q in queries.items()])
         frames = {
             key: self.kept.update(key, frame, since[key], start)
             for key, frame in zip(queries, answers, strict=True)
