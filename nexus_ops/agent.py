@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import math
@@ -32,7 +33,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
@@ -169,6 +170,9 @@ def create_app(
         tasks.append(asyncio.create_task(watch_stores(ctx)))
         if manage:
             tasks.append(asyncio.create_task(supervisor.run()))
+        # What starting made lives as long as the agent: out of the collector's passes,
+        # which otherwise walk all of it again and again while the agent idles.
+        gc.freeze()
         try:
             yield
         finally:
@@ -518,11 +522,22 @@ def api_router() -> APIRouter:
         resolution: Annotated[str, Query(description="auto, raw, 1m or 1h.")] = "auto",
         method: Annotated[str, Query(description="minmax, lttb or none.")] = "minmax",
         agg: Annotated[str, Query(description="mean, min, max, sum or count.")] = "mean",
+        since: Annotated[float | None, Query(description=SINCE_TEXT)] = None,
     ) -> dict[str, Any]:
         """Metric history from metrics.db or Prometheus (NEXUS_METRICS_BACKEND): one entry
         per series (times, values)."""
         assert ctx.metrics is not None
-        return ctx.metrics.query(metric, labels, start, end, max_points, resolution, method, agg)
+        return ctx.metrics.query(
+            metric, labels, start, end, max_points, resolution, method, agg, since
+        )
+
+    @router.post(f"{API}/metrics/queries", tags=["metrics"], responses=responses(400, 502))
+    def query_many_metrics(ctx: Ctx, body: MetricQueries) -> dict[str, Any]:
+        """Several metric queries in one request (a console's whole tab): their answers,
+        in order, as ``/metrics/query`` gives them. Reads only; nothing changes."""
+        assert ctx.metrics is not None
+        metrics = ctx.metrics
+        return {"results": [metrics.query(**q.model_dump()) for q in body.queries]}
 
     @router.get(f"{API}/metrics/names", tags=["metrics"], responses=responses(502))
     def metric_names(ctx: Ctx) -> list[str]:
@@ -553,6 +568,31 @@ def api_router() -> APIRouter:
         return ctx.alerts.view()
 
     return router
+
+
+SINCE_TEXT = "Epoch s: only what is new after it (a refresh that appends)."
+
+
+class MetricQueryBody(StrictBody):
+    metric: str = Field(min_length=1, description="Metric name, e.g. opencode_connections.")
+    labels: str | None = Field(default=None, description="name=value,... to match.")
+    start: str | float = Field(default="1h", description="Epoch s, ISO 8601, or 24h ago.")
+    end: str | float = Field(default="now", description="Epoch s, ISO 8601, or now.")
+    max_points: int = Field(default=2000, ge=2, le=100_000)
+    resolution: str = Field(default="auto", description="auto, raw, 1m or 1h.")
+    method: str = Field(default="minmax", description="minmax, lttb or none.")
+    agg: str = Field(default="mean", description="mean, min, max, sum or count.")
+    since: float | None = Field(default=None, description=SINCE_TEXT)
+
+    @field_validator("max_points", mode="before")
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        """JSON's integers include 600.0 (as its schema says); no other coercion."""
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class MetricQueries(StrictBody):
+    queries: list[MetricQueryBody] = Field(max_length=100)
 
 
 class BackupRequest(StrictBody):

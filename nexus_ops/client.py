@@ -11,7 +11,7 @@ import contextlib
 import functools
 import socket
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,8 @@ from nexus_ops.store.runs import RunRecord
 
 if TYPE_CHECKING:  # pandas loads with the first query, not with every CLI command
     import pandas as pd
+
+    from nexus_ops.metrics.frames import Points
 
 API = "/api/v1"
 
@@ -185,26 +187,37 @@ class AgentClient:
         resolution: str = "auto",
         method: str = "minmax",
         agg: str = "mean",
+        since: float | None = None,
     ) -> pd.DataFrame:
         """Metric history as a tidy DataFrame (time, metric, labels, value).
 
         ``start``/``end``: epoch seconds, a datetime, ISO 8601 text, ``now``, or a
-        duration before now (``24h``). See :class:`nexus_ops.metrics.backends.MetricQuery`.
+        duration before now (``24h``). ``since``: only what is new after these epoch
+        seconds (raw points after it, rollup buckets from the one holding it), to
+        append to what an earlier answer gave. See
+        :class:`nexus_ops.metrics.backends.MetricQuery`.
         """
-        from nexus_ops.metrics.frames import frame_from_payload, labels_text
+        from nexus_ops.metrics.frames import frame_from_payload
 
-        params: dict[str, Any] = {
-            "metric": metric,
-            "start": _time_param(start),
-            "end": _time_param(end),
-            "max_points": max_points,
-            "resolution": resolution,
-            "method": method,
-            "agg": agg,
-        }
-        if labels:
-            params["labels"] = labels if isinstance(labels, str) else labels_text(labels)
+        params = _query_params(
+            metric, labels, start, end, max_points, resolution, method, agg, since
+        )
         return frame_from_payload(self.json("GET", f"{API}/metrics/query", params=params))
+
+    def query_metrics_many(self, queries: Sequence[Mapping[str, Any]]) -> list[pd.DataFrame]:
+        """Several queries in one request: each a mapping of :meth:`query_metrics`'
+        arguments (``metric`` required); their frames, in order."""
+        from nexus_ops.metrics.frames import frame_of
+
+        return [frame_of(points) for points in self.query_points_many(queries)]
+
+    def query_points_many(self, queries: Sequence[Mapping[str, Any]]) -> list[list[Points]]:
+        """What :meth:`query_metrics_many` asks, as each query's series' arrays."""
+        from nexus_ops.metrics.frames import points_from_payload
+
+        body = {"queries": [_query_params(**query) for query in queries]}
+        answer = self.json("POST", f"{API}/metrics/queries", json=body)
+        return [points_from_payload(result) for result in answer["results"]]
 
     def metric_names(self) -> list[str]:
         """Names of the metrics the agent's store holds."""
@@ -341,6 +354,35 @@ def _covers(listening: list[str], address: str) -> bool:
     wildcard = "::" if ":" in address else "0.0.0.0"  # noqa: S104 - compared, not bound
     # Linux's IPv6 wildcard is dual-stack by default: it receives IPv4 too.
     return address in listening or wildcard in listening or "::" in listening
+
+
+def _query_params(
+    metric: str,
+    labels: Mapping[str, str] | str | None = None,
+    start: str | float | datetime = "1h",
+    end: str | float | datetime = "now",
+    max_points: int = 2000,
+    resolution: str = "auto",
+    method: str = "minmax",
+    agg: str = "mean",
+    since: float | None = None,
+) -> dict[str, Any]:
+    from nexus_ops.metrics.frames import labels_text
+
+    params: dict[str, Any] = {
+        "metric": metric,
+        "start": _time_param(start),
+        "end": _time_param(end),
+        "max_points": max_points,
+        "resolution": resolution,
+        "method": method,
+        "agg": agg,
+    }
+    if labels:
+        params["labels"] = labels if isinstance(labels, str) else labels_text(labels)
+    if since is not None:
+        params["since"] = since
+    return params
 
 
 def _time_param(value: str | float | datetime) -> str:

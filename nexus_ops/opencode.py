@@ -6,11 +6,13 @@ can hang forever: every request here carries a timeout.
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import shlex
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from base64 import b64encode
 from collections.abc import Mapping
@@ -21,6 +23,12 @@ from typing import Any
 import httpx
 
 from nexus_ops.errors import BinaryNotFound, InstallError, OpenCodeUnavailable
+
+# httpcore tries ``import sniffio`` for every lock of every asynchronous request; when
+# it is not installed each try searches the whole of sys.path again (about 0.5 % of a
+# core for an agent probing every second). Absent, it is marked so once.
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 NPM_PACKAGE = "opencode-ai"
 

@@ -25,9 +25,11 @@ import pytest
 from nexus_ops.client import AgentClient
 from nexus_ops.config import Settings, load_settings
 from nexus_ops.errors import AgentUnavailable
+from nexus_ops.metrics.frames import Points
 from nexus_ops.opencode import native_binary_in
 
 if TYPE_CHECKING:
+    import pandas as pd
     from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,3 +206,16 @@ def browser() -> Iterator[Browser]:
         )
         yield launched
         launched.close()
+
+
+def points_of(frame: pd.DataFrame) -> list[Points]:
+    """A tidy frame as the series the agent's JSON gives."""
+    return [
+        Points(
+            metric,
+            labels,
+            (rows["time"].astype("int64") / 1e9).to_numpy(),
+            rows["value"].to_numpy(),
+        )
+        for (metric, labels), rows in frame.groupby(["metric", "labels"], sort=True)
+    ]

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
-from conftest import RunningAgent, start_agent, wait_for
+from conftest import RunningAgent, points_of, start_agent, wait_for
 
 from nexus_ops.errors import AgentError
+from nexus_ops.metrics.frames import frame_of
 from nexus_ops.paths import Layout
+from nexus_ops.ui.metrics import append_points
 
 pytestmark = pytest.mark.opencode
 
@@ -169,3 +174,56 @@ def test_stopping_the_server_is_sampled_as_down(sampled_agent: RunningAgent) -> 
     )
     stops = _latest(agent, "opencode_server_stops_total")
     assert stops >= 1
+
+
+def test_metric_queries_leave_pandas_out_of_the_agent(agent: RunningAgent) -> None:
+    wait_for(
+        lambda: len(agent.client.query_metrics("opencode_server_status", start="5m")) >= 1,
+        timeout=30,
+        what="a sample of the server's status",
+    )
+    for method, resolution in (("minmax", "auto"), ("lttb", "raw"), ("none", "1m")):
+        agent.client.query_metrics("opencode_server_status", method=method, resolution=resolution)
+    agent.client.query_metrics("opencode_connections", start="2026-01-01T00:00:00Z")
+    maps = Path(f"/proc/{agent.proc.pid}/maps").read_text()
+    assert "/numpy/" in maps  # the store's arrays: the agent's own process is the one read
+    assert "/pandas/" not in maps
+
+
+def test_since_answers_what_is_new_and_a_batch_answers_like_single_queries(
+    sampled_agent: RunningAgent,
+) -> None:
+    client = sampled_agent.client
+    status = "opencode_server_status"
+    begin = time.time() - 300
+    wait_for(
+        lambda: len(client.query_metrics(status, start=begin, method="none")) >= 4,
+        timeout=30,
+        what="four samples of the server's status",
+    )
+    whole = client.query_metrics(status, start=begin, method="none")
+    times = (whole["time"].astype("int64") / 1e9).to_numpy()
+    end, mid = float(times[-1]), float(times[-3])
+    older = client.query_metrics(status, start=begin, end=mid, method="none")
+    newer = client.query_metrics(status, start=begin, end=end, method="none", since=mid)
+    assert (newer["time"].astype("int64") / 1e9).tolist() == times[-2:].tolist()
+    full = client.query_metrics(status, start=begin, end=end, method="none")
+    both = append_points(points_of(older), points_of(newer), begin)
+    pd.testing.assert_frame_equal(frame_of(both), full)
+    asked = [
+        {"metric": status, "start": begin, "end": end, "method": "none"},
+        {"metric": "opencode_connections", "start": begin, "end": end, "max_points": 10},
+        {"metric": status, "start": begin, "end": end, "method": "none", "since": mid},
+    ]
+    answers = client.query_metrics_many(asked)
+    for query, answer in zip(asked, answers, strict=True):
+        pd.testing.assert_frame_equal(answer, client.query_metrics(**query))
+
+
+def test_bad_since_and_batches_say_what_is_wrong(agent: RunningAgent) -> None:
+    with pytest.raises(AgentError, match="since=nan is not a point in time"):
+        agent.client.query_metrics("opencode_server_status", since=math.nan)
+    with pytest.raises(AgentError, match="metric"):
+        agent.client.query_metrics_many([{"metric": ""}])
+    with pytest.raises(AgentError, match="method='m4'"):
+        agent.client.query_metrics_many([{"metric": "m", "method": "m4"}])

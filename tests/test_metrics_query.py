@@ -161,3 +161,22 @@ def test_backend_is_picked_by_settings(tmp_path) -> None:
         ConfigError, match=r"NEXUS_PROMETHEUS_LABELS: .*'instance' is not name=value"
     ):
         backend_from_settings(load_settings(env, tmp_path))
+
+
+@pytest.mark.parametrize(("max_points", "tier", "step"), [(2000, "1m", 60.0), (500, "1h", 3600.0)])
+def test_a_long_range_answers_from_rollups_with_the_raw_datas_means(
+    tmp_path, max_points: int, tier: str, step: float
+) -> None:
+    now = T0 + 29 * DAY
+    store = SampleStore(tmp_path / "metrics.db", Retention(raw=40 * DAY), clock=lambda: now)
+    times = T0 + np.arange(0.0, 29 * DAY, 30.0)
+    values = np.round(np.random.default_rng(5).normal(size=len(times)) * 100)
+    store.append_many("m", {}, times, values)
+    backend = SQLiteBackend(store, clock=lambda: now)
+    query = MetricQuery("m", start=T0, end=now, max_points=max_points, method="none")
+    assert backend.resolution(query) == tier  # raw still holds the start, but is too fine
+    frame = backend.query(query)
+    expected = pd.Series(values).groupby(np.floor(times / step) * step).mean()
+    assert len(frame) == len(expected)
+    assert (frame["time"].astype("int64") / 1e9).tolist() == expected.index.tolist()
+    assert np.allclose(frame["value"], expected.to_numpy())

@@ -196,3 +196,45 @@ def test_a_planned_start_is_not_wanted_running_a_start_after_a_crash_is(tmp_path
     assert desired(ServerState.RUNNING) == 1.0
     server.counters.restarts_by_reason["hang"] = 1
     assert desired(ServerState.STARTING) == 1.0  # killed as hung and started at once
+
+
+IMPORTS_PER_REQUEST = """
+import asyncio, sys
+import httpx
+import nexus_ops.opencode
+
+class Counting:
+    searches = 0
+
+    def find_spec(self, name, path=None, target=None):
+        Counting.searches += 1
+        return None
+
+async def request(transport):
+    try:
+        await transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1:9/"))
+    except httpx.ConnectError:
+        pass
+
+async def requests():
+    transport = httpx.AsyncHTTPTransport()
+    await request(transport)  # what the first request imports, once
+    sys.meta_path.insert(0, Counting())
+    for _ in range(20):
+        await request(transport)
+    await transport.aclose()
+
+asyncio.run(requests())
+print(Counting.searches)
+"""
+
+
+def test_the_agents_requests_do_not_search_for_modules() -> None:
+    """httpcore asks for sniffio at every request: absent, that must not search sys.path."""
+    import subprocess
+    import sys
+
+    found = subprocess.run(
+        [sys.executable, "-c", IMPORTS_PER_REQUEST], capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "0", found.stderr

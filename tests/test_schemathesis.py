@@ -33,7 +33,7 @@ OVERRIDES = [
         "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "424"]}},
     },
     {
-        "include-path": "/api/v1/metrics/query",
+        "include-path-regex": "^/api/v1/metrics/quer(y|ies)$",
         "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400"]}},
     },
 ]

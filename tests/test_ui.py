@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from conftest import points_of
 from ipywidgets.widgets.widget import _instances
 from plotly.serializers import _py_to_js
 
@@ -26,7 +27,7 @@ from nexus_ops.alerts import AlertsView
 from nexus_ops.backup.models import BackupInfo
 from nexus_ops.config import load_settings
 from nexus_ops.errors import AgentError, AgentUnavailable, NexusOpsError
-from nexus_ops.metrics.frames import concat_frames, tidy_frame
+from nexus_ops.metrics.frames import Points, concat_frames, tidy_frame
 from nexus_ops.models import ActionResult, Event, ServerState, ServerStatus
 from nexus_ops.ui import Console, Panel, PanelContext, TabRegistry, console, register_tab
 from nexus_ops.ui.app import BrokenPanel, read_password
@@ -36,7 +37,15 @@ from nexus_ops.ui.events import EventsPanel, events_html, highlight
 from nexus_ops.ui.figurewidget import ASSET, asset_url, figure_widget, shim
 from nexus_ops.ui.live import PageWatch, Refresher
 from nexus_ops.ui.logs import LogsPanel, render_lines
-from nexus_ops.ui.metrics import REQUESTS, MetricsPanel, break_gaps, wanted_metrics
+from nexus_ops.ui.metrics import (
+    REQUESTS,
+    SINCE_MARGIN,
+    MetricsPanel,
+    append_points,
+    break_gaps,
+    queries_of,
+    wanted_metrics,
+)
 from nexus_ops.ui.registry import TABS
 from nexus_ops.ui.server import ServerPanel, qr_svg
 from nexus_ops.ui.style import CSS
@@ -147,6 +156,10 @@ class FakeAgent:
             return tidy_frame(metric, "outcome=ok,path=/global/health", times, values)
         value = 1.0 if metric == "opencode_server_status" else 42.0
         return tidy_frame(metric, "", times, np.full(60, value))
+
+    def query_points_many(self, queries: Sequence[Mapping[str, Any]]) -> list[list[Points]]:
+        self._call("query_points_many", count=len(queries))
+        return [points_of(self.query_metrics(**query)) for query in queries]
 
 
 CORE = ("Server", "Metrics", "Logs", "Events", "Environment")
@@ -299,6 +312,34 @@ def test_an_unreadable_password_is_a_banner(agent: FakeAgent, tmp_path: Path) ->
 
 
 # ---- Metrics -----------------------------------------------------------------------------
+
+
+def test_a_metrics_refresh_is_one_request_for_what_is_new(
+    ctx: PanelContext, agent: FakeAgent
+) -> None:
+    panel = MetricsPanel(ctx)
+    assert panel.refresh() and panel.refresh(), panel.banner.widget.value
+    assert [c["count"] for c in agent.called("query_points_many")] == [len(queries_of("1h"))] * 2
+    calls = agent.called("query_metrics")
+    half = len(calls) // 2
+    assert all(c["since"] is None for c in calls[:half]), "the first refresh reads whole"
+    newest = NOW - SINCE_MARGIN
+    assert all(c["since"] == pytest.approx(newest) for c in calls[half:]), "then what is new"
+    (status,) = panel.kept.series["opencode_server_status"]
+    assert len(status) == 60 and len(set(status.times)) == 60, "the overlap is not drawn twice"
+
+
+def test_append_points_replaces_the_overlap_and_drops_what_left_the_range() -> None:
+    old = [
+        Points("m", "a=1", np.array([10.0, 20.0, 30.0]), np.array([1.0, 2.0, 3.0])),
+        Points("m", "a=2", np.array([10.0, 20.0]), np.array([5.0, 6.0])),
+    ]
+    new = [Points("m", "a=1", np.array([30.0, 40.0]), np.array([3.5, 4.0]))]
+    both = append_points(old, new, start=15.0)
+    assert [(p.labels, p.times.tolist(), p.values.tolist()) for p in both] == [
+        ("a=1", [20.0, 30.0, 40.0], [2.0, 3.5, 4.0]),
+        ("a=2", [20.0], [6.0]),
+    ]
 
 
 def test_metrics_panel_fills_every_figure(ctx: PanelContext, agent: FakeAgent) -> None:

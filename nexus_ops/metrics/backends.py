@@ -20,40 +20,41 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
-
-import pandas as pd
 
 from nexus_ops.errors import ConfigError
 from nexus_ops.metrics.frames import (
     Floats,
+    Points,
     QueryError,
     check_method,
-    concat_frames,
     downsample,
+    frame_of,
     labels_text,
     parse_labels,
-    tidy_frame,
 )
 from nexus_ops.metrics.storefile import open_store
 from nexus_ops.store.samples import RAW, SampleStore, Tier
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from nexus_ops.config import Settings
 
 Resolution = Literal["auto", "raw", "1m", "1h"]
 RESOLUTIONS: tuple[str, ...] = ("auto", "raw", "1m", "1h")
 Agg = Literal["mean", "min", "max", "sum", "count"]
 AGGS: tuple[str, ...] = ("mean", "min", "max", "sum", "count")
+STEPS: dict[str, float] = {"raw": 0.0, "1m": 60.0, "1h": 3600.0}
 
 
 @dataclass(frozen=True)
 class MetricQuery:
     """What to read: a metric, labels that must match, a time range (epoch seconds).
 
-    ``resolution`` picks the tier (``auto``: the finest one that still holds
-    ``start``); ``agg`` picks what a rollup point shows (raw points are
+    ``resolution`` picks the tier (``auto``: of those that still hold ``start``,
+    the coarsest that still gives ``max_points`` buckets over the range); ``agg`` picks what a rollup point shows (raw points are
     themselves); ``max_points`` caps the points per series after downsampling
     with ``method``.
 
@@ -92,14 +93,33 @@ class MetricQuery:
         check_method(self.method)
 
 
+def newer_than(query: MetricQuery, since: float, resolution: str) -> MetricQuery:
+    """``query`` cut to what is new after ``since`` at ``resolution`` (the one the
+    whole range is read at): raw points after it, or rollup buckets from the one
+    holding it on.
+
+    >>> newer_than(MetricQuery("m", start=0, end=500), 130.0, "1m").start
+    120.0
+    """
+    step = STEPS[resolution]
+    cut = math.floor(since / step) * step if step else math.nextafter(since, math.inf)
+    return replace(query, start=min(max(query.start, cut), query.end), resolution=resolution)  # type: ignore[arg-type]
+
+
 @runtime_checkable
 class MetricsBackend(Protocol):
-    """Reads metric history as tidy DataFrames (time, metric, labels, value)."""
+    """Reads metric history: as :class:`Points` per series (``read``, what the agent
+    answers, without pandas) or as a tidy DataFrame (``query``: time, metric,
+    labels, value)."""
 
     name: str
 
+    def read(self, query: MetricQuery) -> list[Points]:
+        """Points of every series of ``query.metric`` whose labels match, by labels."""
+        ...
+
     def query(self, query: MetricQuery) -> pd.DataFrame:
-        """Points of every series of ``query.metric`` whose labels match."""
+        """What ``read`` gives, as one tidy frame."""
         ...
 
     def metrics(self) -> list[str]:
@@ -137,26 +157,30 @@ class SQLiteBackend:
         """Nothing: the store belongs to whoever opened it."""
 
     def pick_tier(self, query: MetricQuery) -> Tier:
-        """The tier a query reads: asked for, or the finest that still holds its start."""
+        """The tier a query reads: asked for, or, of the tiers that still hold its start,
+        the coarsest whose buckets over the range still number ``max_points`` (else
+        the finest of them), so that a long range reads rollups, not every raw sample."""
         tiers = self.store.tiers
         if query.resolution != "auto":
             return next(t for t in tiers if t.name == query.resolution)
         now = self._clock()
-        for tier in tiers:
-            if query.start >= now - tier.retention:
-                return tier
-        return tiers[-1]
+        holding = [t for t in tiers if query.start >= now - t.retention] or [tiers[-1]]
+        span = min(query.end, now) - query.start
+        enough = [t for t in holding if t.step and span / t.step >= query.max_points]
+        return enough[-1] if enough else holding[0]
 
     def query(self, query: MetricQuery) -> pd.DataFrame:
+        return frame_of(self.read(query))
+
+    def read(self, query: MetricQuery) -> list[Points]:
         tier = self.pick_tier(query)
-        frames = []
+        found = []
         for series in self.store.series(query.metric, query.labels):
             times, values = self._read(series.id, tier, query)
             keep = downsample(times, values, query.max_points, query.method)
-            frames.append(
-                tidy_frame(series.metric, labels_text(series.labels), times[keep], values[keep])
-            )
-        return concat_frames(frames)
+            labels = labels_text(series.labels)
+            found.append(Points(series.metric, labels, times[keep], values[keep]))
+        return found
 
     def _read(self, sid: int, tier: Tier, query: MetricQuery) -> tuple[Floats, Floats]:
         if tier.index == RAW:

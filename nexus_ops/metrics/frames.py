@@ -3,7 +3,10 @@
 Every query answers a pandas DataFrame with the columns ``time`` (UTC,
 tz-aware), ``metric``, ``labels`` (canonical text such as
 ``state=CLOSE_WAIT``; empty when the series has none) and ``value``, one row
-per point, sorted by series and time.
+per point, sorted by series and time. Backends read :class:`Points` (plain
+arrays, one series each), which the agent sends as JSON without loading pandas;
+:func:`frame_of` makes the frame where someone wants one (notebooks, the
+console, the client).
 
 Downsampling keeps the shape of a series in at most ``max_points`` points:
 
@@ -22,16 +25,18 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from datetime import datetime, timedelta
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
-from tsdownsample import MinMaxLTTBDownsampler
 
 from nexus_ops.errors import NexusOpsError
+
+if TYPE_CHECKING:  # pandas loads where a frame is made, never in the agent's queries
+    import pandas as pd
 
 COLUMNS = ["time", "metric", "labels", "value"]
 Method = Literal["minmax", "lttb", "none"]
@@ -48,6 +53,23 @@ class QueryError(NexusOpsError):
     """A metric query was malformed (bad time, method, resolution or labels)."""
 
     status = 400  # the agent answers it as a bad request
+
+
+@dataclass(frozen=True)
+class Points:
+    """The points of one series: metric, labels text (``state=LISTEN``), times, values.
+
+    >>> Points("m", "", np.array([1.0]), np.array([2.0])).values.tolist()
+    [2.0]
+    """
+
+    metric: str
+    labels: str
+    times: Floats
+    values: Floats
+
+    def __len__(self) -> int:
+        return len(self.times)
 
 
 def labels_text(labels: Mapping[str, str]) -> str:
@@ -96,10 +118,8 @@ def parse_time(value: object, now: float, field: str = "time") -> float:
         return _finite(float(value), value, field)
     if isinstance(value, timedelta):
         return now - value.total_seconds()
-    if isinstance(value, datetime | pd.Timestamp):
-        stamp = pd.Timestamp(value)
-        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
-        return float(stamp.timestamp())
+    if isinstance(value, datetime):  # pandas' Timestamp is one too
+        return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).timestamp()
     if isinstance(value, str):
         return _parse_time_text(value.strip(), now, field)
     raise QueryError(f"{field}={value!r} is not a time")
@@ -125,7 +145,7 @@ def _parse_time_text(text: str, now: float, field: str) -> float:
     if _DURATION.match(text.lstrip("-")):
         return now - parse_duration(text.lstrip("-"))
     try:
-        return parse_time(pd.Timestamp(text), now, field)
+        return parse_time(datetime.fromisoformat(text), now, field)
     except ValueError as exc:
         raise QueryError(
             f"{field}={text!r} is not a time",
@@ -136,14 +156,7 @@ def _parse_time_text(text: str, now: float, field: str) -> float:
 
 def tidy_frame(metric: str, labels: str, times: Floats, values: Floats) -> pd.DataFrame:
     """One series as a tidy frame."""
-    return pd.DataFrame(
-        {
-            "time": pd.to_datetime(np.asarray(times) * 1e9, utc=True).astype("datetime64[ns, UTC]"),
-            "metric": pd.Series([metric] * len(times), dtype=object),
-            "labels": pd.Series([labels] * len(times), dtype=object),
-            "value": np.asarray(values, dtype=np.float64),
-        }
-    )
+    return frame_of([Points(metric, labels, np.asarray(times), np.asarray(values))])
 
 
 def empty_frame() -> pd.DataFrame:
@@ -152,10 +165,30 @@ def empty_frame() -> pd.DataFrame:
 
 
 def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    import pandas as pd
+
     frames = [f for f in frames if len(f)]
     if not frames:
         return empty_frame()
     return pd.concat(frames, ignore_index=True)
+
+
+def frame_of(points: Sequence[Points]) -> pd.DataFrame:
+    """Series' points, in their order, as one tidy frame (made in one go: a refresh
+    of many series pays for one frame, not one per series)."""
+    import pandas as pd
+
+    counts = [len(p) for p in points]
+    times = np.concatenate([np.asarray(p.times, np.float64) for p in points] or [np.empty(0)])
+    values = np.concatenate([np.asarray(p.values, np.float64) for p in points] or [np.empty(0)])
+    return pd.DataFrame(
+        {
+            "time": pd.to_datetime(times * 1e9, utc=True).astype("datetime64[ns, UTC]"),
+            "metric": np.repeat(np.array([p.metric for p in points], dtype=object), counts),
+            "labels": np.repeat(np.array([p.labels for p in points], dtype=object), counts),
+            "value": values,
+        }
+    )
 
 
 def check_method(method: str) -> None:
@@ -173,6 +206,8 @@ def downsample(times: Floats, values: Floats, max_points: int, method: str) -> I
     if method == "none" or n <= max_points:
         return np.arange(n, dtype=np.int64)
     if method == "lttb":
+        from tsdownsample import MinMaxLTTBDownsampler
+
         lttb = MinMaxLTTBDownsampler()  # type: ignore[no-untyped-call]
         picked = lttb.downsample(times, values, n_out=max(3, max_points))
         return np.asarray(picked, dtype=np.int64)
@@ -209,28 +244,34 @@ def _first_true_per_segment(flags: npt.NDArray[np.bool_], starts: Indices) -> In
     return hits[np.searchsorted(hits, starts)].astype(np.int64)
 
 
-def frame_to_payload(frame: pd.DataFrame) -> dict[str, object]:
-    """A tidy frame as JSON-ready columns per series (times in epoch seconds; NaN as null)."""
-    series = []
-    if len(frame):
-        for (metric, labels), rows in frame.groupby(["metric", "labels"], sort=True):
-            values = rows["value"].to_numpy(dtype=np.float64)
-            series.append(
-                {
-                    "metric": metric,
-                    "labels": labels,
-                    "times": (rows["time"].astype("int64") / 1e9).round(3).tolist(),
-                    "values": [v if np.isfinite(v) else None for v in values.tolist()],
-                }
-            )
+def points_to_payload(points: Sequence[Points]) -> dict[str, object]:
+    """Series' points as JSON-ready columns, sorted by labels (epoch seconds; NaN as null)."""
+    series = [
+        {
+            "metric": p.metric,
+            "labels": p.labels,
+            "times": np.round(p.times, 3).tolist(),
+            "values": [v if math.isfinite(v) else None for v in p.values.tolist()],
+        }
+        for p in sorted(points, key=lambda p: (p.metric, p.labels))
+        if len(p)
+    ]
     return {"columns": COLUMNS, "series": series}
 
 
+def points_from_payload(payload: Mapping[str, object]) -> list[Points]:
+    """The series of :func:`points_to_payload`'s output."""
+    return [
+        Points(
+            str(item["metric"]),
+            str(item["labels"]),
+            np.asarray(item["times"], dtype=np.float64),
+            np.array(item["values"], dtype=np.float64),  # null is NaN
+        )
+        for item in payload.get("series", [])  # type: ignore[attr-defined]
+    ]
+
+
 def frame_from_payload(payload: Mapping[str, object]) -> pd.DataFrame:
-    """The tidy frame of :func:`frame_to_payload`'s output."""
-    frames = []
-    for item in payload.get("series", []):  # type: ignore[attr-defined]
-        values = np.array([np.nan if v is None else v for v in item["values"]], dtype=np.float64)
-        times = np.asarray(item["times"], dtype=np.float64)
-        frames.append(tidy_frame(str(item["metric"]), str(item["labels"]), times, values))
-    return concat_frames(frames)
+    """The tidy frame of :func:`points_to_payload`'s output."""
+    return frame_of(points_from_payload(payload))

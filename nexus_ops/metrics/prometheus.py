@@ -26,22 +26,24 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
-import pandas as pd
 
 from nexus_ops.errors import NexusOpsError
 from nexus_ops.metrics.backends import MetricQuery
 from nexus_ops.metrics.frames import (
     Floats,
+    Points,
     QueryError,
-    concat_frames,
     downsample,
+    frame_of,
     labels_text,
-    tidy_frame,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Metrics the sample store keeps that Prometheus computes from counters: the CPU
 # percents, and the request durations (one sample per request in the store; the
@@ -103,6 +105,9 @@ class PrometheusBackend:
         return query.resolution if query.resolution in _STEPS else "raw"
 
     def query(self, query: MetricQuery) -> pd.DataFrame:
+        return frame_of(self.read(query))
+
+    def read(self, query: MetricQuery) -> list[Points]:
         end = min(query.end, self._clock())
         start = max(query.start, 0.0)
         expr = self.expression(query.metric, {**self.labels, **query.labels})
@@ -137,7 +142,7 @@ class PrometheusBackend:
         """Scraped samples in ``[start, end]`` as (labels text, times, values) per series."""
         return self._instant(f"{expr}[{_ms(end - start + 0.001)}]", end)
 
-    def _minmax(self, expr: str, start: float, end: float, query: MetricQuery) -> pd.DataFrame:
+    def _minmax(self, expr: str, start: float, end: float, query: MetricQuery) -> list[Points]:
         buckets = max(1, query.max_points // 2)
         step = max(0.001, (end - start) / buckets)
         window = _ms(step)
@@ -148,19 +153,19 @@ class PrometheusBackend:
             bucket = merged.setdefault(labels, ([], []))
             bucket[0].append(times)
             bucket[1].append(values)
-        frames = []
+        found = []
         for labels, (time_parts, value_parts) in sorted(merged.items()):
             t, v = np.concatenate(time_parts), np.concatenate(value_parts)
             order = np.argsort(t, kind="stable")
-            frames.append(tidy_frame(query.metric, labels, t[order], v[order]))
-        return concat_frames(frames)
+            found.append(Points(query.metric, labels, t[order], v[order]))
+        return found
 
-    def _limit(self, series: list[tuple[str, Floats, Floats]], query: MetricQuery) -> pd.DataFrame:
-        frames = []
+    def _limit(self, series: list[tuple[str, Floats, Floats]], query: MetricQuery) -> list[Points]:
+        found = []
         for labels, times, values in sorted(series, key=lambda s: s[0]):
             keep = downsample(times, values, query.max_points, query.method)
-            frames.append(tidy_frame(query.metric, labels, times[keep], values[keep]))
-        return concat_frames(frames)
+            found.append(Points(query.metric, labels, times[keep], values[keep]))
+        return found
 
     # -- HTTP ----------------------------------------------------------------------
 

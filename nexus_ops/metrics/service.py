@@ -54,7 +54,7 @@ class MetricsService:
 
     @cached_property
     def backend(self) -> MetricsBackend:
-        """The query side (pandas, downsampling): metrics.db or the Prometheus server
+        """The query side (downsampling): metrics.db or the Prometheus server
         of ``NEXUS_METRICS_BACKEND``, loaded at the first query, so that an agent
         nobody asks for history keeps its memory small."""
         from nexus_ops.metrics.backends import backend_from_settings
@@ -91,10 +91,16 @@ class MetricsService:
         resolution: str = "auto",
         method: str = "minmax",
         agg: str = "mean",
+        since: float | None = None,
     ) -> dict[str, Any]:
-        """A query from the API's parameters; the answer as JSON-ready series."""
-        from nexus_ops.metrics.backends import MetricQuery
-        from nexus_ops.metrics.frames import frame_to_payload, parse_labels, parse_time
+        """A query from the API's parameters; the answer as JSON-ready series.
+
+        ``since`` (epoch seconds): only what is new after it, at the resolution the
+        whole range is read at (raw points after ``since``; rollup buckets from the
+        one holding ``since`` on, as that one may have grown), for a view that
+        refreshes by appending."""
+        from nexus_ops.metrics.backends import MetricQuery, newer_than
+        from nexus_ops.metrics.frames import parse_labels, parse_time, points_to_payload
 
         now = self._clock()
         query = MetricQuery(
@@ -107,13 +113,16 @@ class MetricsService:
             method=method,
             agg=agg,  # type: ignore[arg-type]
         )
-        frame = self.backend.query(query)
-        payload = frame_to_payload(frame)
+        resolution = self.backend.resolution(query)
+        read = query
+        if since is not None:
+            read = newer_than(query, parse_time(since, now, "since"), resolution)
+        payload = points_to_payload(self.backend.read(read))
         payload.update(
             metric=metric,
             start=query.start,
             end=min(query.end, now),
-            resolution=self.backend.resolution(query),
+            resolution=resolution,
             backend=self.backend.name,
         )
         return payload

@@ -18,7 +18,7 @@ import html
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -29,6 +29,7 @@ import pandas as pd
 from nexus_ops.alerts import AlertsView
 from nexus_ops.config import Settings
 from nexus_ops.errors import AgentUnavailable, NexusOpsError
+from nexus_ops.metrics.frames import Points
 from nexus_ops.models import ActionResult, Event, ServerStatus
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ class AgentLike(Protocol):
         resolution: str = "auto",
         method: str = "minmax",
         agg: str = "mean",
+        since: float | None = None,
     ) -> pd.DataFrame: ...
+
+    def query_points_many(self, queries: Sequence[Mapping[str, Any]]) -> list[list[Points]]: ...
 
 
 def run_in_thread(work: Callable[[], object]) -> None:

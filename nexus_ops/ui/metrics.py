@@ -3,7 +3,8 @@
 Each figure is a FigureWidget made once and filled in place (``batch_update``):
 a refresh sends only new trace data. The range picker asks the agent for the last
 15 minutes, hour, day or week; the journal's restarts and crashes are drawn as
-markers on every time series.
+markers on every time series. A refresh asks for all of the tab's series in one
+request, and only for what is new since the points it holds (:class:`Kept`).
 
 >>> RANGES["1 h"], RANGE_SECONDS["7d"]
 ('1h', 604800.0)
@@ -12,6 +13,7 @@ markers on every time series.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,7 +24,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from nexus_ops.metrics import figures
-from nexus_ops.metrics.frames import concat_frames, empty_frame
+from nexus_ops.metrics.frames import Points, concat_frames, empty_frame, frame_of
 from nexus_ops.models import Event, ServerState
 from nexus_ops.ui.base import Panel, PanelContext
 from nexus_ops.ui.figurewidget import figure_widget
@@ -43,6 +45,9 @@ STAT_POINTS = 150
 # up to this range; beyond it the per-minute (or per-hour) mean and max rollups are
 # drawn, which cost the agent and the kernel a tenth.
 RAW_REQUESTS_UP_TO = 900.0
+# A refresh asks again for the last seconds it holds: a probe's sample is written
+# when the probe ends, after samples of later ticks may have been read.
+SINCE_MARGIN = 10.0
 
 
 @dataclass
@@ -98,6 +103,56 @@ def break_gaps(frame: pd.DataFrame, factor: float = 4.0) -> pd.DataFrame:
     return merged.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
 
 
+def append_points(old: Sequence[Points], new: Sequence[Points], start: float) -> list[Points]:
+    """``old`` with ``new`` appended: per series, ``new`` replaces what ``old`` holds
+    from ``new``'s first time on; points before ``start`` (epoch seconds) go. Sorted
+    by labels, as the agent answers."""
+    series = {p.labels: p for p in old}
+    for p in new:
+        was = series.get(p.labels)
+        if was is not None and len(p):
+            keep = was.times < p.times[0]
+            times = np.concatenate([was.times[keep], p.times])
+            p = Points(p.metric, p.labels, times, np.concatenate([was.values[keep], p.values]))
+        series[p.labels] = p
+    found = []
+    for _, p in sorted(series.items()):
+        first = int(np.searchsorted(p.times, start, "left"))
+        if first < len(p):
+            found.append(Points(p.metric, p.labels, p.times[first:], p.values[first:]))
+    return found
+
+
+@dataclass
+class Kept:
+    """What the last refresh of a range got, per query, for the next to append to.
+
+    A series grown past twice its points (raw samples appended to a downsampled
+    answer) makes its query ask for the whole range again, downsampled anew.
+    """
+
+    span: str = ""
+    series: dict[str, list[Points]] = field(default_factory=dict)
+
+    def since(self, span: str, key: str, points: int) -> float | None:
+        """What query ``key`` asks ``since`` (None: the whole range)."""
+        if span != self.span:
+            self.span, self.series = span, {}
+        kept = self.series.get(key)
+        if not kept or max(len(p) for p in kept) > 2 * points:
+            return None
+        return max(float(p.times[-1]) for p in kept) - SINCE_MARGIN
+
+    def update(
+        self, key: str, new: list[Points], since: float | None, start: float
+    ) -> pd.DataFrame:
+        """Keep what query ``key`` answered (asked ``since``); the frame to show."""
+        old = self.series.get(key) if since is not None else None
+        kept = [p for p in new if len(p)] if old is None else append_points(old, new, start)
+        self.series[key] = kept
+        return frame_of(kept)
+
+
 def _label(text: str, name: str) -> str:
     """The value of label ``name`` in ``a=1,b=2`` text ("" when absent)."""
     pairs = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
@@ -116,6 +171,36 @@ def window_of(data: MetricsData, now: float, fit: bool = True) -> list[Any]:
     return list(figures.local_times(times, figures.user_timezone()))
 
 
+def queries_of(span: str) -> dict[str, dict[str, Any]]:
+    """The queries of one refresh of ``span``, by key: the wanted metrics by name, then
+    the request durations (raw up to :data:`RAW_REQUESTS_UP_TO`, else mean and max)."""
+    queries: dict[str, dict[str, Any]] = {
+        name: {"metric": name, "start": span, "max_points": points}
+        for name, points in wanted_metrics().items()
+    }
+    asked = {"metric": REQUESTS, "labels": ANSWERED, "start": span}
+    if RANGE_SECONDS[span] <= RAW_REQUESTS_UP_TO:
+        queries["requests"] = {**asked, "method": "none", "max_points": 100_000}
+        return queries
+    for agg in ("mean", "max"):
+        queries[f"requests:{agg}"] = {**asked, "max_points": MAX_POINTS, "agg": agg}
+    return queries
+
+
+def requests_frame(span: str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The request-duration lines of a refresh's frames: p50/p95 of the raw durations,
+    or the mean and max rollups, each line named by its path."""
+    if RANGE_SECONDS[span] <= RAW_REQUESTS_UP_TO:
+        return figures.request_quantiles(frames["requests"], window="30s")
+    lines = []
+    for agg in ("mean", "max"):
+        frame = frames[f"requests:{agg}"].copy()
+        paths = frame["labels"].map(lambda text: _label(text, "path"))
+        frame["labels"] = f"q={agg},path=" + paths
+        lines.append(frame)
+    return concat_frames(lines)
+
+
 class MetricsPanel(Panel[MetricsData]):
     """Stat panels over time series, with a range picker; refreshed in batches.
 
@@ -130,7 +215,8 @@ class MetricsPanel(Panel[MetricsData]):
         self.span = "1h"
         self.picked = False
         self._drawn_span = self.span
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nexus-console-query")
+        self.kept = Kept()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nexus-console-query")
         super().__init__(ctx)
         if ctx.settings is not None:
             self.interval = max(2.0, ctx.settings.metrics_interval)
@@ -195,40 +281,27 @@ class MetricsPanel(Panel[MetricsData]):
     def fetch(self) -> MetricsData:
         span = self.span
         client = self.ctx.client
-        queries = {
-            name: self._pool.submit(client.query_metrics, name, start=span, max_points=points)
-            for name, points in wanted_metrics().items()
-        }
-        requests = self._pool.submit(self._requests, span)
+        start = time.time() - RANGE_SECONDS[span]
+        marked = self._pool.submit(
+            client.events, since=start, kinds=list(figures.MARKED_EVENTS), limit=500
+        )
         status = self._pool.submit(client.status)
-        since = time.time() - RANGE_SECONDS[span]
-        marked = client.events(since=since, kinds=list(figures.MARKED_EVENTS), limit=500)
+        queries = queries_of(span)
+        since = {key: self.kept.since(span, key, q["max_points"]) for key, q in queries.items()}
+        answers = client.query_points_many([{**q, "since": since[k]} for k, q in queries.items()])
+        frames = {
+            key: self.kept.update(key, frame, since[key], start)
+            for key, frame in zip(queries, answers, strict=True)
+        }
         # An operator's stop is neither a restart nor a crash.
-        events = [e for e in marked if not (e.kind == "exit" and e.reason == "operator")]
+        events = [e for e in marked.result() if not (e.kind == "exit" and e.reason == "operator")]
         return MetricsData(
             span=span,
-            frames={name: future.result() for name, future in queries.items()},
-            requests=requests.result(),
+            frames={name: frames[name] for name in wanted_metrics()},
+            requests=requests_frame(span, frames),
             events=events,
             state=status.result().state,
         )
-
-    def _requests(self, span: str) -> pd.DataFrame:
-        client = self.ctx.client
-        if RANGE_SECONDS[span] <= RAW_REQUESTS_UP_TO:
-            raw = client.query_metrics(
-                REQUESTS, labels=ANSWERED, start=span, method="none", max_points=100_000
-            )
-            return figures.request_quantiles(raw, window="30s")
-        frames = []
-        for agg in ("mean", "max"):
-            frame = client.query_metrics(
-                REQUESTS, labels=ANSWERED, start=span, max_points=MAX_POINTS, agg=agg
-            )
-            paths = frame["labels"].map(lambda text: _label(text, "path"))
-            frame["labels"] = f"q={agg},path=" + paths
-            frames.append(frame)
-        return concat_frames(frames)
 
     def show(self, data: MetricsData) -> None:
         if data.span != self.span:
