@@ -79,7 +79,8 @@ def test_runbook_run_records_who_and_verdict(env: dict[str, str]) -> None:
     assert "backup: HEALTHY" in done.stdout and "by ann" in done.stdout
     assert "Executing" in done.stderr  # papermill's progress bar
     runs = json.loads(nexus_cli(env, "runbook", "runs", "--json").stdout)
-    assert runs[0]["who"] == "ann" and runs[0]["parameters"] == {"dry_run": False}
+    assert runs[0]["who"] == "ann" and runs[0]["parameters"]["dry_run"] is False
+    assert runs[0]["parameters"]["max_age_hours"] == 26.0  # defaults are recorded too
     assert runs[0]["status"] == "succeeded" and runs[0]["healthy"] is True
     assert Path(runs[0]["notebook"]).is_file()
     listed = nexus_cli(env, "backup", "list", "--json")
