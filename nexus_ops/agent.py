@@ -31,7 +31,7 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -618,6 +618,10 @@ class BackupSchedule(Frozen):
     backups: int = 0
 
 
+# A run's HTML page may show its own styles and inline images, and do nothing else.
+REPORT_POLICY = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
 def recovery_router() -> APIRouter:
     """Backups (``/api/v1/backups``), runbooks and their runs (``/api/v1/runbooks``, ``/runs``).
 
@@ -722,6 +726,12 @@ def recovery_router() -> APIRouter:
         """The executed notebook: the audit record of the run."""
         path = runbooks(ctx).notebook(run_id)
         return FileResponse(path, media_type="application/x-ipynb+json", filename=path.name)
+
+    @router.get(f"{API}/runs/{{run_id}}/html", tags=["runbooks"], response_class=HTMLResponse)
+    def run_html(ctx: Ctx, run_id: str) -> HTMLResponse:
+        """The executed notebook as one HTML page: sanitised, secrets masked, no scripts."""
+        html = runbooks(ctx).notebook_html(run_id)
+        return HTMLResponse(html, headers={"Content-Security-Policy": REPORT_POLICY})
 
     return router
 

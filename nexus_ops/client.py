@@ -300,6 +300,10 @@ class AgentClient:
         """The executed notebook of a run (its audit record), as JSON."""
         return dict(self.json("GET", f"{API}/runs/{run_id}/notebook"))
 
+    def run_html(self, run_id: str) -> str:
+        """The executed notebook of a run as sanitised HTML, secrets masked."""
+        return self.request("GET", f"{API}/runs/{run_id}/html").text
+
 
 def verify_local_agent(settings: Settings) -> None:
     """Raise unless the process listening on the agent's port is this NEXUS_HOME's agent.

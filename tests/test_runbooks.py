@@ -15,9 +15,14 @@ import pytest
 from conftest import nexus_cli, private_env
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from nexus_ops.config import Settings
 from nexus_ops.errors import ParameterError, RunbookError
+from nexus_ops.paths import Layout
 from nexus_ops.runbooks import ParamSpec, RunbookCatalog, RunbookRunner, validate
 from nexus_ops.runbooks.catalog import candidate_folders, locate
+from nexus_ops.runbooks.prose import markdown_html, markdown_text
+from nexus_ops.runbooks.report import notebook_html
+from nexus_ops.runbooks.service import RunbookService
 from nexus_ops.store import Database
 from nexus_ops.store.runs import RunIndex
 
@@ -358,3 +363,51 @@ def test_every_runbook_also_runs_with_plain_papermill(tmp_path: Path) -> None:
         if name != "security_audit":  # an empty host has nothing insecure
             assert not verdict.healthy  # nothing runs in this empty environment
         assert not any(a.done for a in verdict.actions)
+
+
+def test_descriptions_keep_their_paragraphs_and_say_their_purpose_in_one_line() -> None:
+    for book in RunbookCatalog(RUNBOOKS).list():
+        assert "\n\n**When to use.**" in book.description, book.name
+        assert book.purpose.endswith((".", "\u2026")) and len(book.purpose) <= 100, book.purpose
+        assert not set("*`\n") & set(book.purpose), book.purpose
+    network = RunbookCatalog(RUNBOOKS).get("network_failure")
+    assert network.purpose == "Find out why clients cannot reach the server."
+
+
+def test_runbook_prose_reads_as_text_and_as_html() -> None:
+    text = markdown_text("**Purpose.** Run `x`\nnow.\n\n**When.** [Never](http://x) *late*.")
+    assert text == "Purpose. Run x now.\n\nWhen. Never late."
+    page = markdown_html("**Purpose.** Run `x`.\n\n<script>alert(1)</script>")
+    assert "<strong>Purpose.</strong>" in page and "<code>x</code>" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+LEAKY_CELLS = (
+    "print('password is hunter2-s3cret')",
+    "from IPython.display import HTML\n"
+    "HTML('<b>shown</b><script>alert(1)</script><img src=x onerror=alert(2)>')",
+    VERDICT_CELL.format(name="leaky"),
+)
+
+
+def test_an_executed_notebook_renders_as_html_secrets_masked_scripts_gone(
+    runner: RunbookRunner, folder: Path
+) -> None:
+    write_notebook(
+        folder, "leaky", "dry_run: bool = True  # only look\nn: int = 2  # n", *LEAKY_CELLS
+    )
+    record = runner.run("leaky")
+    assert record.status == "succeeded", record.error
+    page = notebook_html(Path(record.notebook), ["hunter2-s3cret", ""])
+    assert "hunter2" not in page and "password is ********" in page
+    assert "<b>shown</b>" in page and "<script>alert" not in page
+    assert not re.search(r"<img[^>]*onerror", page)
+    assert "HEALTHY" in page and "A test runbook." in page
+
+
+def test_the_service_masks_every_secret_file_and_secret_setting(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "nexus", alert_webhook_token="webhook-t0ken")
+    layout = Layout(settings.home).ensure()
+    layout.agent_token_file.write_text("agent-t0ken\n")
+    service = RunbookService(settings, Database(layout.database))
+    assert {"agent-t0ken", "webhook-t0ken"} <= set(service.secrets())

@@ -91,8 +91,8 @@ def test_runbooks_tab_runs_a_dry_run_at_once_and_asks_before_repairs(
 
     panel.run_button.click()  # a dry run: no question
     assert panel.confirm.layout.display == "none"
-    assert "backup started" in panel.banner.widget.value
     first = running.client.runs()[0]
+    assert f"run {first.id}" in panel.banner.widget.value, panel.banner.widget.value
     assert first.who == "api:console" and first.parameters["dry_run"] is True
     running.client.wait_run(first.id, timeout=300)
 

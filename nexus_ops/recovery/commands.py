@@ -18,7 +18,7 @@ from nexus_ops.backup.retention import RetentionPolicy
 from nexus_ops.backup.service import BackupService, policy_of
 from nexus_ops.config import load_settings
 from nexus_ops.errors import BackupError, ParameterError
-from nexus_ops.paths import Layout
+from nexus_ops.paths import Layout, atomic_write
 from nexus_ops.store import Database
 from nexus_ops.store.runs import RunRecord
 
@@ -278,6 +278,15 @@ def runbook_commands(groups: Groups) -> None:
     run.add_argument("--who", help="who runs it, for the record (default: user@host)")
     run.add_argument("--json", action="store_true", help="print the run record as JSON")
     run.set_defaults(handler=runbook_run)
+    shown = sub.add_parser(
+        "show-run", help="one run: trigger, parameters, verdict, every finding; its notebook"
+    )
+    shown.add_argument("id", help="the run's id (see `runbook runs`)")
+    shown.add_argument(
+        "--html", metavar="FILE", type=Path, help="also write the executed notebook as HTML"
+    )
+    shown.add_argument("--json", action="store_true", help="print the run record as JSON")
+    shown.set_defaults(handler=runbook_show_run)
     runs = sub.add_parser("runs", help="recent runs: who, when, parameters, status, verdict")
     runs.add_argument("--limit", type=int, default=20, help="runs to show (default 20)")
     runs.add_argument("--json", action="store_true", help="print JSON")
@@ -297,8 +306,9 @@ def runbook_list(args: argparse.Namespace) -> int:
         _print_json([b.model_dump(mode="json") for b in books])
         return 0
     width = max((len(b.name) for b in books), default=0)
+    titled = max((len(b.title) for b in books), default=0)
     for book in books:
-        print(f"{book.name:<{width}}  {book.title}")
+        print(f"{book.name:<{width}}  {book.title:<{titled}}  {book.purpose}".rstrip())
     return 0
 
 
@@ -312,7 +322,9 @@ def runbook_show(args: argparse.Namespace) -> int:
 
 
 def describe_runbook(book: Runbook) -> str:
-    lines = [f"{book.name}: {book.title}", "", book.description, "", "parameters:"]
+    from nexus_ops.runbooks.prose import markdown_text
+
+    lines = [f"{book.name}: {book.title}", "", markdown_text(book.description), "", "parameters:"]
     for p in book.parameters:
         lines.append(f"  {p.name}: {p.type} = {p.default!r}  # {p.help}")
     lines += ["", f"notebook: {book.path}"]
@@ -340,8 +352,14 @@ def runbook_run(args: argparse.Namespace) -> int:
 
 
 def describe_run(record: RunRecord) -> str:
+    """A run as the operator reads it: what, who, when, with what, and how it ended."""
     took = f"{record.duration:.1f} s" if record.duration is not None else "running"
-    lines = [f"run {record.id}: {record.status} ({took}) by {record.who}"]
+    params = ", ".join(f"{k}={v!r}" for k, v in sorted(record.parameters.items())) or "none"
+    lines = [
+        f"run {record.id}: {record.runbook} {record.status} ({took})",
+        f"started: {_when(record.started)} by {record.who}",
+        f"parameters: {params}",
+    ]
     if record.verdict:
         from nexus_ops.runbooks.verdict import Verdict
 
@@ -351,6 +369,29 @@ def describe_run(record: RunRecord) -> str:
         lines.append(f"error{where}: {record.error}")
     lines.append(f"notebook: {record.notebook}")
     return "\n".join(lines)
+
+
+def runbook_show_run(args: argparse.Namespace) -> int:
+    service = _runbooks()
+    record = service.run(args.id)
+    if args.html is not None:
+        _write_html(args.html, service.notebook_html(record.id))
+    if args.json:
+        _print_json(record.model_dump(mode="json"))
+    else:
+        print(describe_run(record))
+        if args.html is not None:
+            print(f"html: {args.html}")
+    return 0
+
+
+def _write_html(path: Path, html: str) -> None:
+    if path.is_dir() or not path.parent.is_dir():
+        raise ParameterError(
+            f"--html {path}: not a file in an existing folder",
+            hint="give the path of the HTML file to write, e.g. --html run.html",
+        )
+    atomic_write(path, html.encode("utf-8"))
 
 
 def runbook_runs(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import papermill
 from nexus_ops.errors import RunbookError, RunbookNotFound
 from nexus_ops.runbooks.models import ParamSpec, Runbook
 from nexus_ops.runbooks.nbio import read_notebook
+from nexus_ops.runbooks.prose import purpose
 from nexus_ops.runbooks.params import check, declared_range, parse_default, supported, within
 
 INSTALLED = Path("share") / "nexus-ops" / "runbooks"
@@ -110,7 +111,12 @@ def read_runbook(path: Path) -> Runbook:
             )
         parameters.append(_spec(path, name, type_name, info))
     return Runbook(
-        name=path.stem, title=title, description=description, path=str(path), parameters=parameters
+        name=path.stem,
+        title=title,
+        description=description,
+        purpose=purpose(description),
+        path=str(path),
+        parameters=parameters,
     )
 
 
@@ -135,10 +141,16 @@ def _spec(path: Path, name: str, type_name: str, info: dict[str, Any]) -> ParamS
 
 
 def _describe(notebook: Any) -> tuple[str, str]:
+    """The first markdown cell's heading, and its other paragraphs (blank lines kept)."""
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
             lines = [line.strip() for line in str(cell.source).splitlines()]
             title = next((ln.lstrip("# ").strip() for ln in lines if ln.startswith("#")), "")
-            body = [ln for ln in lines if ln and not ln.startswith("#")]
-            return title, " ".join(body)
+            paragraphs: list[list[str]] = [[]]
+            for line in lines:
+                if not line or line.startswith("#"):
+                    paragraphs.append([])
+                else:
+                    paragraphs[-1].append(line)
+            return title, "\n\n".join(" ".join(p) for p in paragraphs if p)
     return "", ""

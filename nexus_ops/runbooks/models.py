@@ -37,7 +37,8 @@ class Runbook(Frozen):
 
     name: str
     title: str
-    description: str = ""
+    description: str = Field("", description="Markdown, paragraphs apart by blank lines")
+    purpose: str = Field("", description="What it is for, in one plain line")
     path: str
     parameters: list[ParamSpec] = Field(default_factory=list)
 

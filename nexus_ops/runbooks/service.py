@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from nexus_ops.config import Settings
 from nexus_ops.errors import RunbookError
 from nexus_ops.paths import Layout
+from nexus_ops.redact import is_secret_name
 from nexus_ops.runbooks.models import Runbook
 from nexus_ops.store.db import Database
 from nexus_ops.store.runs import RunIndex, RunRecord
@@ -80,6 +81,21 @@ class RunbookService:
 
     def run(self, run_id: str) -> RunRecord:
         return self.index.get(run_id)
+
+    def secrets(self) -> list[str]:
+        """What must never be shown: every file of the secrets folder, secret settings."""
+        fields = type(self.settings).model_fields
+        values = [str(getattr(self.settings, n) or "") for n in fields if is_secret_name(n)]
+        folder = self.layout.secrets
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        values += [f.read_text(encoding="utf-8", errors="replace").strip() for f in files if f.is_file()]
+        return [v for v in values if v]
+
+    def notebook_html(self, run_id: str) -> str:
+        """The executed notebook of a run as sanitised HTML, secrets masked."""
+        from nexus_ops.runbooks.report import notebook_html
+
+        return notebook_html(self.notebook(run_id), self.secrets())
 
     def notebook(self, run_id: str) -> Path:
         """The executed notebook of a run (the audit record)."""
