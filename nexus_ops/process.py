@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hmac
+import itertools
 import json
 import os
 import signal
@@ -155,6 +157,34 @@ def _is_opencode(exe: Path, binary: Path | None) -> bool:
         if binary is not None and exe.resolve() == binary.resolve():
             return True
     return exe.name.startswith("opencode")
+
+
+def orphaned_server(port: int, binary: Path | None, password: str) -> ProcessRecord | None:
+    """The record of an ``opencode serve --port port`` that has no pidfile; None when none.
+
+    An agent killed between starting the server and writing its pidfile leaves it
+    running unrecorded, listening or about to. It is this install's server when it
+    passes :func:`server_problem` and its environment holds this install's server
+    password, which only this user and the agent know.
+    """
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if "serve" not in argv or not _serves_port(argv, port):
+            continue
+        try:
+            record = identify(proc.pid)
+            held = proc.environ().get("OPENCODE_SERVER_PASSWORD", "")
+        except (ProcessError, psutil.Error):
+            continue
+        if server_problem(record, binary) is None and hmac.compare_digest(
+            held.encode(), password.encode()
+        ):
+            return record
+    return None
+
+
+def _serves_port(argv: list[str], port: int) -> bool:
+    return any(a == "--port" and b == str(port) for a, b in itertools.pairwise(argv))
 
 
 def listens_on(record: ProcessRecord, port: int) -> bool:

@@ -48,6 +48,7 @@ from nexus_ops.process import (
     find_live,
     listens_on,
     load_record,
+    orphaned_server,
     pidfd,
     remove_record,
     save_record,
@@ -293,6 +294,11 @@ class Supervisor:
                     message=f"{problem}; not adopted, not signalled",
                 )
                 remove_record(self.layout.server_pidfile)
+            orphan = await self._orphaned_server()
+            if orphan is not None and await self._adoption_problem(orphan) is None:
+                save_record(self.layout.server_pidfile, orphan)
+                self._adopt(orphan, "adopted a running server that had no pidfile")
+                return
             if self.journal.get(_KEY_FATAL):
                 self._state = ServerState.FATAL
             elif self.desired == "running":
@@ -304,12 +310,7 @@ class Supervisor:
         A server the previous agent started a moment before it died may not listen
         yet: it gets ``start_timeout`` to open its port.
         """
-        try:
-            binary: Path | None = locate_binary(
-                self.settings.opencode_bin, self.layout.opencode_prefix
-            )
-        except NexusOpsError:
-            binary = None
+        binary = self._binary()
         port = self.settings.opencode_port
         deadline = self._now() + self.settings.start_timeout
         while (problem := await asyncio.to_thread(server_problem, record, binary)) is None:
@@ -320,14 +321,26 @@ class Supervisor:
             await asyncio.sleep(0.2)
         return problem
 
-    def _adopt(self, record: ProcessRecord) -> None:
+    def _binary(self) -> Path | None:
+        """The configured OpenCode binary; None when it cannot be found."""
+        try:
+            return locate_binary(self.settings.opencode_bin, self.layout.opencode_prefix)
+        except NexusOpsError:
+            return None
+
+    async def _orphaned_server(self) -> ProcessRecord | None:
+        return await asyncio.to_thread(
+            orphaned_server, self.settings.opencode_port, self._binary(), self.credentials.password
+        )
+
+    def _adopt(self, record: ProcessRecord, message: str = "adopted a running server") -> None:
         self._record = record
         self._spawned = None
         self._state = ServerState.RUNNING
         self._healthy, self._unready_detail = False, "adopted; waiting for its first probe"
         self._running_since = self._now()
         self._watch(record)
-        self.journal.record(EventKind.ADOPT, pid=record.pid, message="adopted a running server")
+        self.journal.record(EventKind.ADOPT, pid=record.pid, message=message)
         self._set_desired("running")
 
     async def _tick(self) -> None:

@@ -28,6 +28,7 @@ from conftest import (
 )
 
 from nexus_ops.models import ProcessRecord, ServerState
+from nexus_ops.paths import Layout
 from nexus_ops.process import identify
 
 pytestmark = pytest.mark.opencode
@@ -172,6 +173,38 @@ def test_killed_agent_leaves_server_and_new_agent_adopts(agent: RunningAgent) ->
         second.client.close()
         second.stop()
     assert psutil.Process(pid).is_running(), "stopping the agent leaves the server running"
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["same-password", "other-password"])
+def test_a_server_left_without_a_pidfile_is_adopted_only_with_this_install_password(
+    agent: RunningAgent, ours: bool
+) -> None:
+    """An agent killed between starting the server and writing its pidfile."""
+    pid = started_server(agent)
+    agent.stop(signal.SIGKILL)
+    Layout(agent.settings.home).server_pidfile.unlink()
+    if not ours:  # the server on the port then holds someone else's password
+        Layout(agent.settings.home).server_password_file.write_text("another-install-password\n")
+    second = start_agent(agent.env)
+    try:
+        if ours:
+            status = wait_for(lambda: second.client.ready().ready and second.client.status(), 20)
+            assert status.pid == pid  # type: ignore[attr-defined]
+            adopted = [e for e in second.client.events() if e.kind == "adopt"]
+            assert adopted and "no pidfile" in adopted[0].message and adopted[0].pid == pid
+        else:
+            wait_for(lambda: "crash" in kinds(second) or "start_failed" in kinds(second), 30)
+            assert "adopt" not in kinds(second)
+            assert second.client.status().pid != pid
+            assert f"port {agent.settings.opencode_port}" in (
+                second.client.status().last_error or ""
+            )
+        assert psutil.Process(pid).is_running(), "a server found on the port is never signalled"
+    finally:
+        second.client.close()
+        second.stop()
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
 
 
 def test_stale_pidfile_with_reused_pid_is_never_signalled(nexus_env: dict[str, str]) -> None:
