@@ -60,6 +60,7 @@ from nexus_ops.errors import (
     Unauthorized,
     UnsafeArchive,
 )
+from nexus_ops.metrics import catalogue
 from nexus_ops.metrics.exposition import CONTENT_TYPE, Exposition
 from nexus_ops.metrics.service import MetricsService
 from nexus_ops.models import (
@@ -510,7 +511,9 @@ def api_router() -> APIRouter:
     @router.get(f"{API}/metrics/query", tags=["metrics"], responses=responses(400, 502))
     def query_metrics(
         ctx: Ctx,
-        metric: Annotated[str, Query(description="Metric name, e.g. opencode_connections.")],
+        metric: Annotated[
+            str, Query(description=f"Metric name, e.g. {catalogue.CONNECTIONS.metric}.")
+        ],
         labels: Annotated[str | None, Query(description="name=value,... to match.")] = None,
         start: Annotated[str, Query(description="Epoch s, ISO 8601, or 24h ago.")] = "1h",
         end: Annotated[str, Query(description="Epoch s, ISO 8601, or now.")] = "now",

@@ -12,6 +12,7 @@ import numpy as np
 import psutil
 import pytest
 from conftest import RunningAgent, start_agent, wait_for
+from test_metrics_catalogue import assert_matches_catalogue
 
 from nexus_ops.errors import AgentError
 from nexus_ops.paths import Layout
@@ -129,6 +130,7 @@ def test_metrics_endpoint_and_store_size(sampled_agent: RunningAgent) -> None:
         "opencode_request_duration_seconds_bucket",
     ):
         assert name in text, name
+    assert_matches_catalogue(text)
     if shutil.which("promtool"):
         done = subprocess.run(
             ["promtool", "check", "metrics"],

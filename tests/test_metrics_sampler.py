@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from nexus_ops.errors import OpenCodeUnavailable
+from nexus_ops.metrics.catalogue import DESIRED_RUNNING
 from nexus_ops.metrics.exposition import SamplerCollector
-from nexus_ops.metrics.sampler import DESIRED_METRIC, Reading, Sampler, session_values
+from nexus_ops.metrics.sampler import Reading, Sampler, session_values
 from nexus_ops.models import Counters, ProcessRecord, ServerState
 from nexus_ops.process import identify
 from nexus_ops.store.samples import Retention, SampleStore
@@ -160,7 +161,7 @@ def test_a_planned_start_is_not_wanted_running_a_start_after_a_crash_is(tmp_path
 
     def desired(phase: ServerState) -> float | None:
         server.phase = phase
-        return asyncio.run(sampler.tick()).value(DESIRED_METRIC)
+        return asyncio.run(sampler.tick()).value(DESIRED_RUNNING.metric)
 
     assert desired(ServerState.STOPPED) == 1.0
     assert desired(ServerState.STARTING) == 0.0  # the operator's start

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from nexus_ops.metrics import catalogue as m
 from nexus_ops.metrics.catalogue import format_value, iec_power, iec_unit, series_name
 from nexus_ops.models import Event
 
@@ -62,24 +63,24 @@ class PanelSpec:
 STATS: dict[str, StatSpec] = {
     "server_status": StatSpec(
         "Server status",
-        "opencode_server_status",
+        m.SERVER_STATUS.metric,
         thresholds=((-np.inf, RED), (1.0, GREEN)),
         texts={0.0: "DOWN", 1.0: "UP"},
     ),
     "uptime": StatSpec(
         "Uptime",
-        "opencode_server_uptime_seconds",
+        m.SERVER_UPTIME.metric,
         unit="duration",
         thresholds=((-np.inf, ORANGE), (300.0, GREEN)),
     ),
     "restarts": StatSpec(
         "Restarts",
-        "opencode_server_starts_total",
+        m.SERVER_STARTS.metric,
         thresholds=((-np.inf, GREEN), (3.0, ORANGE), (10.0, RED)),
     ),
     "memory": StatSpec(
         "Memory",
-        "opencode_process_resident_memory_bytes",
+        m.PROCESS_MEMORY.metric,
         unit="bytes",
         decimals=1,
         thresholds=((-np.inf, GREEN), (1.5e9, ORANGE), (3e9, RED)),
@@ -89,19 +90,17 @@ STATS: dict[str, StatSpec] = {
 PANELS: dict[str, PanelSpec] = {
     "cpu": PanelSpec(
         "CPU",
-        ("opencode_process_cpu_percent", "nexus_agent_cpu_percent"),
+        (m.PROCESS_CPU_PERCENT.metric, m.AGENT_CPU_PERCENT.metric),
         "%",
     ),
     "memory": PanelSpec(
         "Resident memory",
-        ("opencode_process_resident_memory_bytes", "nexus_agent_resident_memory_bytes"),
+        (m.PROCESS_MEMORY.metric, m.AGENT_MEMORY.metric),
         "bytes",
     ),
-    "connections": PanelSpec("TCP connections by state", ("opencode_connections",), "count"),
-    "request_duration": PanelSpec(
-        "Request duration", ("opencode_request_duration_seconds",), "seconds"
-    ),
-    "sessions": PanelSpec("Sessions by status", ("opencode_sessions",), "count"),
+    "connections": PanelSpec("TCP connections by state", (m.CONNECTIONS.metric,), "count"),
+    "request_duration": PanelSpec("Request duration", (m.REQUEST_DURATION.metric,), "seconds"),
+    "sessions": PanelSpec("Sessions by status", (m.SESSIONS.metric,), "count"),
 }
 
 # Journal events drawn on time series: kind -> (marker symbol, colour).
@@ -352,7 +351,7 @@ def request_quantiles(
 
     ``frame`` holds ``opencode_request_duration_seconds`` samples (one per request).
     """
-    rows = frame[frame["metric"] == "opencode_request_duration_seconds"] if len(frame) else frame
+    rows = frame[frame["metric"] == m.REQUEST_DURATION.metric] if len(frame) else frame
     if rows.empty:
         return frame.iloc[0:0]
     paths = rows["labels"].map(_path_of)
@@ -360,7 +359,7 @@ def request_quantiles(
     grouped = rows["value"].groupby([paths, buckets]).quantile(np.asarray(quantiles))
     tidy = grouped.rename("value").reset_index()
     tidy.columns = ["path", "time", "q", "value"]
-    tidy["metric"] = "opencode_request_duration_seconds"
+    tidy["metric"] = m.REQUEST_DURATION.metric
     tidy["labels"] = (
         "q=p" + (tidy["q"] * 100).round().astype(int).astype(str) + ",path=" + tidy["path"]
     )
