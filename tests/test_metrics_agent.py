@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,9 +14,11 @@ import numpy as np
 import psutil
 import pytest
 from conftest import RunningAgent, start_agent, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 from test_metrics_catalogue import assert_matches_catalogue
 
 from nexus_ops.errors import AgentError
+from nexus_ops.metrics.catalogue import DESIRED_RUNNING
 from nexus_ops.paths import Layout
 
 pytestmark = pytest.mark.opencode
@@ -171,3 +175,43 @@ def test_stopping_the_server_is_sampled_as_down(sampled_agent: RunningAgent) -> 
     )
     stops = _latest(agent, "opencode_server_stops_total")
     assert stops >= 1
+
+
+def _exposed(agent: RunningAgent, metric: str) -> float:
+    """The unlabelled value of ``metric`` on the agent's /metrics."""
+    for family in text_string_to_metric_families(agent.client.metrics_text()):
+        for sample in family.samples:
+            if sample.name == metric and not sample.labels:
+                return float(sample.value)
+    raise AssertionError(f"{metric} is not on /metrics")
+
+
+def test_desired_running_follows_the_operator_not_the_process(
+    sampled_agent: RunningAgent,
+) -> None:
+    agent = sampled_agent
+    desired = DESIRED_RUNNING.metric
+    assert _exposed(agent, desired) == 1
+    # A crash while wanted running is an outage: the operator still wants it running.
+    pid = agent.client.status().pid
+    assert pid is not None
+    killed = time.time()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid), timeout=10, what="the killed server gone")
+    assert _exposed(agent, desired) == 1
+    wait_for(
+        lambda: agent.client.status().pid not in (None, pid) and _exposed(agent, desired) == 1,
+        timeout=60,
+        what="the server restarted after the crash, still desired",
+    )
+    # The sampler (what the built-in ServerDown rule reads) agrees in every reading
+    # since the kill, the restart's start included.
+    restarted = time.time()
+    wait_for(lambda: _sample_after(agent, desired, restarted) is not None, timeout=30)
+    frame = agent.client.query_metrics(desired, start="2m")
+    since = frame[frame["time"].astype("int64") / 1e9 > killed]["value"]
+    assert len(since) and (since == 1).all(), since.tolist()
+    assert agent.client.stop().ok
+    assert _exposed(agent, desired) == 0
+    assert agent.client.start(wait=True).ok
+    wait_for(lambda: _exposed(agent, desired) == 1, timeout=10, what="desired 1 after a start")

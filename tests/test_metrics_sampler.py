@@ -176,3 +176,25 @@ def test_a_planned_start_is_not_wanted_running_a_start_after_a_crash_is(tmp_path
     assert desired(ServerState.RUNNING) == 1.0
     server.counters.restarts_by_reason["hang"] = 1
     assert desired(ServerState.STARTING) == 1.0  # killed as hung and started at once
+
+
+def test_a_crash_right_after_a_planned_start_is_wanted_running(tmp_path: Path) -> None:
+    """The server crashed and was started again between two readings that both saw a
+    start: the second start is the crash's, not the operator's."""
+    server = StandIn({}, ready=False)
+    sampler = Sampler(SampleStore(tmp_path / "m.db"), server, port=1)
+
+    def desired(phase: ServerState) -> float | None:
+        server.phase = phase
+        return asyncio.run(sampler.tick()).value(DESIRED_RUNNING.metric)
+
+    assert desired(ServerState.STOPPED) == 1.0
+    assert desired(ServerState.STARTING) == 0.0  # the operator's start
+    server.counters.starts += 1  # it ran, crashed (killed) and was started again
+    server.counters.restarts_by_reason["crash"] += 1
+    assert desired(ServerState.STARTING) == 1.0
+    assert desired(ServerState.RUNNING) == 1.0
+    server.counters.starts += 1  # an operator's restart while starting
+    server.counters.restarts_by_reason["operator"] = 1
+    assert desired(ServerState.STARTING) == 0.0
+    assert desired(ServerState.STARTING) == 0.0

@@ -68,7 +68,7 @@ SERVER_STATUS = _declare(
 DESIRED_RUNNING = _declare(
     "opencode_server_desired_running",
     "gauge",
-    "1 while an operator wants the server running, 0 after a stop.",
+    "1 while an operator wants the server running (a crash keeps it 1), 0 after a stop.",
     "desired running",
 )
 SERVER_STATE = _declare(

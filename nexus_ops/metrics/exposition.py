@@ -55,6 +55,8 @@ class ServerCollector(Collector):
         status = self._status()
         counters = self._counters()
         yield family(m.SERVER_STATUS, 1.0 if status.healthy else 0.0)
+        # The supervisor's stored desired state, not the process's: a stop is 0 at once
+        # (the process may still be exiting), a crash while wanted running keeps it 1.
         yield family(m.DESIRED_RUNNING, 1.0 if status.desired == "running" else 0.0)
         state = family(m.SERVER_STATE)
         for value in ServerState:

@@ -122,6 +122,7 @@ class Sampler:
         self._sessions: tuple[float, int] | None = None  # (next list due, sessions listed)
         self._last_state: ServerState | None = None
         self._failures = 0  # restarts for another reason than an operator's, seen so far
+        self._starts = 0  # server processes started, seen so far
         self._planned_start = False
 
     # -- the loop ----------------------------------------------------------------
@@ -193,7 +194,10 @@ class Sampler:
         """1 while the server should be serving: wanted running and not in a planned start.
 
         A start an operator asked for (start, restart) or the agent's own start is
-        not an outage; a start after a crash, a hang or a failed start is.
+        not an outage; a start after a crash, a hang or a failed start is. A start
+        is judged when it is first seen: on entering ``starting``, or when another
+        process was started since the last reading (a server that crashed between
+        two readings that both saw ``starting``).
         """
         state, counters = self.server.state, self.server.counters
         failures = sum(
@@ -201,12 +205,13 @@ class Sampler:
             for reason, count in counters.restarts_by_reason.items()
             if reason != RestartReason.OPERATOR
         )
+        new_start = counters.starts != self._starts
         if state is not ServerState.STARTING:
             self._planned_start = False
-        elif self._last_state is not ServerState.STARTING:
+        elif self._last_state is not ServerState.STARTING or new_start:
             failing = self._last_state in (ServerState.BACKOFF, ServerState.FATAL)
             self._planned_start = failures == self._failures and not failing
-        self._last_state, self._failures = state, failures
+        self._last_state, self._failures, self._starts = state, failures, counters.starts
         planned = self._planned_start
         return 1.0 if self.server.desired == "running" and not planned else 0.0
 
