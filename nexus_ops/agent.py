@@ -61,6 +61,7 @@ from nexus_ops.errors import (
     Unauthorized,
     UnsafeArchive,
 )
+from nexus_ops.metrics import catalogue
 from nexus_ops.metrics.exposition import CONTENT_TYPE, Exposition
 from nexus_ops.metrics.service import MetricsService
 from nexus_ops.models import (
@@ -514,7 +515,9 @@ def api_router() -> APIRouter:
     @router.get(f"{API}/metrics/query", tags=["metrics"], responses=responses(400, 502))
     def query_metrics(
         ctx: Ctx,
-        metric: Annotated[str, Query(description="Metric name, e.g. opencode_connections.")],
+        metric: Annotated[
+            str, Query(description=f"Metric name, e.g. {catalogue.CONNECTIONS.metric}.")
+        ],
         labels: Annotated[str | None, Query(description="name=value,... to match.")] = None,
         start: Annotated[str, Query(description="Epoch s, ISO 8601, or 24h ago.")] = "1h",
         end: Annotated[str, Query(description="Epoch s, ISO 8601, or now.")] = "now",
@@ -574,7 +577,9 @@ SINCE_TEXT = "Epoch s: only what is new after it (a refresh that appends)."
 
 
 class MetricQueryBody(StrictBody):
-    metric: str = Field(min_length=1, description="Metric name, e.g. opencode_connections.")
+    metric: str = Field(
+        min_length=1, description=f"Metric name, e.g. {catalogue.CONNECTIONS.metric}."
+    )
     labels: str | None = Field(default=None, description="name=value,... to match.")
     start: str | float = Field(default="1h", description="Epoch s, ISO 8601, or 24h ago.")
     end: str | float = Field(default="now", description="Epoch s, ISO 8601, or now.")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,8 +18,11 @@ import pandas as pd
 import psutil
 import pytest
 from conftest import RunningAgent, points_of, start_agent, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+from test_metrics_catalogue import assert_matches_catalogue
 
 from nexus_ops.errors import AgentError
+from nexus_ops.metrics.catalogue import DESIRED_RUNNING
 from nexus_ops.metrics.frames import frame_of
 from nexus_ops.paths import Layout
 from nexus_ops.ui.metrics import append_points
@@ -154,6 +159,7 @@ def test_metrics_endpoint_and_store_size(sampled_agent: RunningAgent) -> None:
         "opencode_request_duration_seconds_bucket",
     ):
         assert name in text, name
+    assert_matches_catalogue(text)
     if shutil.which("promtool"):
         done = subprocess.run(
             ["promtool", "check", "metrics"],
@@ -247,3 +253,44 @@ def test_bad_since_and_batches_say_what_is_wrong(agent: RunningAgent) -> None:
         agent.client.query_metrics_many([{"metric": ""}])
     with pytest.raises(AgentError, match="method='m4'"):
         agent.client.query_metrics_many([{"metric": "m", "method": "m4"}])
+
+
+def _exposed(agent: RunningAgent, metric: str) -> float:
+    """The unlabelled value of ``metric`` on the agent's /metrics."""
+    for family in text_string_to_metric_families(agent.client.metrics_text()):
+        for sample in family.samples:
+            if sample.name == metric and not sample.labels:
+                return float(sample.value)
+    raise AssertionError(f"{metric} is not on /metrics")
+
+
+def test_desired_running_follows_the_operator_not_the_process(
+    sampled_agent: RunningAgent,
+) -> None:
+    agent = sampled_agent
+    desired = DESIRED_RUNNING.metric
+    # 0 while the fixture's own start runs (a planned start), 1 once a reading saw it run.
+    wait_for(lambda: _exposed(agent, desired) == 1, timeout=10, what="desired 1 once running")
+    # A crash while wanted running is an outage: the operator still wants it running.
+    pid = agent.client.status().pid
+    assert pid is not None
+    killed = time.time()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid), timeout=10, what="the killed server gone")
+    assert _exposed(agent, desired) == 1
+    wait_for(
+        lambda: agent.client.status().pid not in (None, pid) and _exposed(agent, desired) == 1,
+        timeout=60,
+        what="the server restarted after the crash, still desired",
+    )
+    # The sampler (what the built-in ServerDown rule reads) agrees in every reading
+    # since the kill, the restart's start included.
+    restarted = time.time()
+    wait_for(lambda: _sample_after(agent, desired, restarted) is not None, timeout=30)
+    frame = agent.client.query_metrics(desired, start="2m")
+    since = frame[frame["time"].astype("int64") / 1e9 > killed]["value"]
+    assert len(since) and (since == 1).all(), since.tolist()
+    assert agent.client.stop().ok
+    assert _exposed(agent, desired) == 0
+    assert agent.client.start(wait=True).ok
+    wait_for(lambda: _exposed(agent, desired) == 1, timeout=10, what="desired 1 after a start")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from nexus_ops.errors import OpenCodeUnavailable
+from nexus_ops.metrics.catalogue import DESIRED_RUNNING
 from nexus_ops.metrics.exposition import SamplerCollector
-from nexus_ops.metrics.sampler import DESIRED_METRIC, Reading, Sampler, session_values
+from nexus_ops.metrics.sampler import Reading, Sampler, session_values
 from nexus_ops.models import Counters, ProcessRecord, ServerState
 from nexus_ops.process import identify
 from nexus_ops.store.samples import Retention, SampleStore
@@ -163,10 +164,10 @@ def test_metrics_say_desired_running_as_the_sampler_judged_it_and_a_stop_at_once
     alerts: 0 in a planned start even though the operator wants the server running."""
 
     def exposed(sampled: float | None, wanted: bool) -> float:
-        reading = None if sampled is None else Reading(0.0, [(DESIRED_METRIC, {}, sampled)])
+        reading = None if sampled is None else Reading(0.0, [(DESIRED_RUNNING.metric, {}, sampled)])
         collector = SamplerCollector(lambda: reading, lambda: (0, 0), lambda: wanted)
         families = {f.name: f for f in collector.collect()}
-        return float(families[DESIRED_METRIC].samples[0].value)
+        return float(families[DESIRED_RUNNING.metric].samples[0].value)
 
     assert exposed(0.0, wanted=True) == 0.0  # an operator's start or restart runs
     assert exposed(1.0, wanted=True) == 1.0  # running, or starting again after a crash
@@ -181,7 +182,7 @@ def test_a_planned_start_is_not_wanted_running_a_start_after_a_crash_is(tmp_path
 
     def desired(phase: ServerState) -> float | None:
         server.phase = phase
-        return asyncio.run(sampler.tick()).value(DESIRED_METRIC)
+        return asyncio.run(sampler.tick()).value(DESIRED_RUNNING.metric)
 
     assert desired(ServerState.STOPPED) == 1.0
     assert desired(ServerState.STARTING) == 0.0  # the operator's start
@@ -238,3 +239,25 @@ def test_the_agents_requests_do_not_search_for_modules() -> None:
         [sys.executable, "-c", IMPORTS_PER_REQUEST], capture_output=True, text=True, check=True
     )
     assert found.stdout.strip() == "0", found.stderr
+
+
+def test_a_crash_right_after_a_planned_start_is_wanted_running(tmp_path: Path) -> None:
+    """The server crashed and was started again between two readings that both saw a
+    start: the second start is the crash's, not the operator's."""
+    server = StandIn({}, ready=False)
+    sampler = Sampler(SampleStore(tmp_path / "m.db"), server, port=1)
+
+    def desired(phase: ServerState) -> float | None:
+        server.phase = phase
+        return asyncio.run(sampler.tick()).value(DESIRED_RUNNING.metric)
+
+    assert desired(ServerState.STOPPED) == 1.0
+    assert desired(ServerState.STARTING) == 0.0  # the operator's start
+    server.counters.starts += 1  # it ran, crashed (killed) and was started again
+    server.counters.restarts_by_reason["crash"] += 1
+    assert desired(ServerState.STARTING) == 1.0
+    assert desired(ServerState.RUNNING) == 1.0
+    server.counters.starts += 1  # an operator's restart while starting
+    server.counters.restarts_by_reason["operator"] = 1
+    assert desired(ServerState.STARTING) == 0.0
+    assert desired(ServerState.STARTING) == 0.0

@@ -27,8 +27,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nexus_ops.alerts.rules import AlertRule, format_duration, format_number
+from nexus_ops.metrics import catalogue as m
 
-HISTOGRAMS = frozenset({"opencode_request_duration_seconds"})
+HISTOGRAMS = frozenset(e.metric for e in m.CATALOGUE.values() if e.kind == "histogram")
 _OVER_TIME = {"min": "min_over_time", "max": "max_over_time", "mean": "avg_over_time"}
 _QUANTILE = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 GROUP = "nexus-ops-agent"

@@ -49,13 +49,14 @@ from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, mode
 
 from nexus_ops.config import Settings
 from nexus_ops.errors import ConfigError
+from nexus_ops.metrics import catalogue as m
 from nexus_ops.models import Frozen
 
 RuleKind = Literal["threshold", "absent", "restart_rate"]
 Op = Literal[">", ">=", "<", "<="]
 Aggregate = Literal["last", "min", "max", "mean", "p50", "p90", "p95", "p99", "increase"]
 Severity = Literal["critical", "warning", "info"]
-STARTS_METRIC = "opencode_server_starts_total"
+STARTS_METRIC = m.SERVER_STARTS.metric
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$"
 )
@@ -131,7 +132,7 @@ class AlertRule(Frozen):
     only_while: str = Field(
         "",
         description="A gauge whose latest value must be 1 for the rule to hold "
-        "(e.g. opencode_server_desired_running).",
+        f"(e.g. {m.DESIRED_RUNNING.metric}).",
     )
     severity: Severity = "warning"
     summary: str = Field("", max_length=500)
@@ -151,7 +152,7 @@ class AlertRule(Frozen):
     def _consistent(self) -> AlertRule:
         for name in [self.metric] + ([self.only_while] if self.only_while else []):
             if not re.match(_METRIC_NAME, name):
-                raise ValueError(f"metric {name!r} is not a metric name (e.g. opencode_sessions)")
+                raise ValueError(f"metric {name!r} is not a metric name (e.g. {m.SESSIONS.metric})")
         if not math.isfinite(self.value):
             raise ValueError("value must be a finite number")
         if self.window <= 0:
@@ -223,10 +224,10 @@ def default_rules(settings: Settings) -> list[AlertRule]:
     return [
         AlertRule(
             name="OpenCodeServerDown",
-            metric="opencode_server_status",
+            metric=m.SERVER_STATUS.metric,
             op="<",
             value=1,
-            only_while="opencode_server_desired_running",
+            only_while=m.DESIRED_RUNNING.metric,
             for_seconds=30,
             keep_firing_for=10,
             severity="critical",
@@ -246,7 +247,7 @@ def default_rules(settings: Settings) -> list[AlertRule]:
         ),
         AlertRule(
             name="OpenCodeHighMemory",
-            metric="opencode_process_resident_memory_bytes",
+            metric=m.PROCESS_MEMORY.metric,
             value=memory * 1024 * 1024,
             for_seconds=300,
             keep_firing_for=60,
@@ -257,7 +258,7 @@ def default_rules(settings: Settings) -> list[AlertRule]:
         ),
         AlertRule(
             name="OpenCodeRequestLatency",
-            metric="opencode_request_duration_seconds",
+            metric=m.REQUEST_DURATION.metric,
             aggregate="p95",
             window=300,
             value=settings.alert_latency_p95,

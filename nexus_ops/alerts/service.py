@@ -36,13 +36,14 @@ from nexus_ops.alerts.rules import AlertRule, AlertsConfig, format_duration, loa
 from nexus_ops.alerts.window import SeriesWindow
 from nexus_ops.config import Settings
 from nexus_ops.errors import NexusOpsError
+from nexus_ops.metrics import catalogue as m
 from nexus_ops.models import Frozen
 from nexus_ops.store import Journal
 
 log = logging.getLogger(__name__)
 ALERT_EVENT = "alert"
 STATE_KEY = "alerts.tracks"
-REQUEST_METRIC = "opencode_request_duration_seconds"
+REQUEST_METRIC = m.REQUEST_DURATION.metric
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">": lambda a, b: a > b,
     ">=": lambda a, b: a >= b,

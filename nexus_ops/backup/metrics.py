@@ -1,5 +1,7 @@
 """Backup metrics for the agent's ``/metrics``, read from the backup history at scrape time.
 
+Declared in :mod:`nexus_ops.metrics.catalogue`:
+
 * ``nexus_backup_last_success_timestamp_seconds``: when the last backup succeeded
 * ``nexus_backup_last_size_bytes`` and ``nexus_backup_last_duration_seconds``: of it
 * ``nexus_backup_operations_total{operation,outcome}``: create, verify, prune, restore
@@ -10,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from nexus_ops.backup.models import BackupInfo
+from nexus_ops.metrics import catalogue as m
+from nexus_ops.metrics.exposition import family
 from nexus_ops.store.backups import BackupRuns
 
 
@@ -33,25 +37,10 @@ class BackupCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         last = self._runs.last_success("create")
-        when = GaugeMetricFamily(
-            "nexus_backup_last_success_timestamp_seconds",
-            "Unix time the last successful backup finished (0: never).",
-        )
-        when.add_metric([], last.finished if last else 0.0)
-        yield when
-        size = GaugeMetricFamily(
-            "nexus_backup_last_size_bytes", "Archive size of the last successful backup."
-        )
-        size.add_metric([], float(last.size or 0) if last else 0.0)
-        yield size
-        duration = GaugeMetricFamily(
-            "nexus_backup_last_duration_seconds", "Seconds the last successful backup took."
-        )
-        duration.add_metric([], last.duration if last else 0.0)
-        yield duration
-        operations = CounterMetricFamily(
-            "nexus_backup_operations", "Backup operations run.", labels=["operation", "outcome"]
-        )
+        yield family(m.BACKUP_LAST_SUCCESS, last.finished if last else 0.0)
+        yield family(m.BACKUP_LAST_SIZE, float(last.size or 0) if last else 0.0)
+        yield family(m.BACKUP_LAST_DURATION, last.duration if last else 0.0)
+        operations = family(m.BACKUP_OPERATIONS)
         for (operation, ok), count in sorted(self._runs.counts().items()):
             operations.add_metric([operation, "ok" if ok else "error"], float(count))
         yield operations
@@ -62,10 +51,8 @@ class BackupCollector(Collector):
         by_kind: dict[str, int] = {"manual": 0, "scheduled": 0, "pre-restore": 0}
         for info in backups:
             by_kind[info.kind] = by_kind.get(info.kind, 0) + 1
-        count = GaugeMetricFamily("nexus_backups", "Backups on disk.", labels=["kind"])
+        count = family(m.BACKUPS)
         for kind, number in sorted(by_kind.items()):
             count.add_metric([kind], float(number))
         yield count
-        total = GaugeMetricFamily("nexus_backups_size_bytes", "Bytes of all backups on disk.")
-        total.add_metric([], float(sum(info.size for info in backups)))
-        yield total
+        yield family(m.BACKUPS_SIZE, float(sum(info.size for info in backups)))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from nexus_ops.errors import ConfigError
+from nexus_ops.metrics import catalogue as m
 from nexus_ops.metrics.frames import (
     Floats,
     Points,
@@ -73,7 +74,9 @@ class MetricQuery:
 
     def __post_init__(self) -> None:
         if not self.metric:
-            raise QueryError("metric is empty", hint="name a metric, e.g. opencode_server_status")
+            raise QueryError(
+                "metric is empty", hint=f"name a metric, e.g. {m.SERVER_STATUS.metric}"
+            )
         if self.end < self.start:
             raise QueryError(
                 f"end ({self.end}) is before start ({self.start})",

@@ -1,8 +1,10 @@
-"""What each metric is called for people and what unit it counts in, and how to write it.
+"""Every metric of nexus-ops, declared once, and how to write its values for people.
 
-One place for the names the figures' legends and the alerts show, and for the
-units their numbers are written in (bytes in IEC units, seconds as ms or s,
-percentages, whole counts, durations).
+Each metric is declared here with its Prometheus name, type, help and label
+names, its name for people (the figures' legends, the alerts) and the unit its
+numbers are written in (bytes in IEC units, seconds as ms or s, percentages,
+whole counts, durations). The sampler, ``/metrics``, the figures and the alert
+rules name metrics through these declarations only.
 
 >>> format_metric("opencode_process_resident_memory_bytes", 3.99987e8)
 '381.5 MiB'
@@ -16,29 +18,251 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["gauge", "counter", "histogram"]
 
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """A metric's name for people and its unit (bytes, seconds, %, count, duration)."""
+    """One metric: its name for people and unit (bytes, seconds, %, count, duration),
+    and, for a declared one, its Prometheus name, type, help and label names.
+
+    ``exposed`` is False for a series the sampler stores but ``/metrics`` leaves
+    to PromQL (the CPU percents: ``rate()`` of the CPU seconds).
+    """
 
     name: str
     unit: str = ""
+    metric: str = ""
+    kind: Kind = "gauge"
+    help: str = ""
+    labels: tuple[str, ...] = ()
+    exposed: bool = True
 
 
-CATALOGUE: dict[str, MetricInfo] = {
-    "opencode_server_status": MetricInfo("server status", "count"),  # 1 up, 0 down
-    "opencode_server_uptime_seconds": MetricInfo("uptime", "duration"),
-    "opencode_server_starts_total": MetricInfo("starts", "count"),
-    "opencode_server_stops_total": MetricInfo("stops", "count"),
-    "opencode_process_resident_memory_bytes": MetricInfo("server", "bytes"),
-    "nexus_agent_resident_memory_bytes": MetricInfo("agent", "bytes"),
-    "opencode_process_cpu_percent": MetricInfo("server", "%"),
-    "nexus_agent_cpu_percent": MetricInfo("agent", "%"),
-    "opencode_connections": MetricInfo("connections", "count"),
-    "opencode_sessions": MetricInfo("sessions", "count"),
-    "opencode_request_duration_seconds": MetricInfo("request duration", "seconds"),
-}
+CATALOGUE: dict[str, MetricInfo] = {}
+
+
+def _declare(
+    metric: str,
+    kind: Kind,
+    help: str,
+    name: str,
+    unit: str = "",
+    labels: tuple[str, ...] = (),
+    exposed: bool = True,
+) -> MetricInfo:
+    entry = MetricInfo(name, unit, metric, kind, help, labels, exposed)
+    CATALOGUE[metric] = entry
+    return entry
+
+
+# The managed server, from the supervisor.
+SERVER_STATUS = _declare(
+    "opencode_server_status",
+    "gauge",
+    "1 when the server is running and healthy, else 0.",
+    "server status",
+    "count",
+)
+DESIRED_RUNNING = _declare(
+    "opencode_server_desired_running",
+    "gauge",
+    "1 while the server should be serving: wanted running, not in a planned start.",
+    "desired running",
+)
+SERVER_STATE = _declare(
+    "opencode_server_state",
+    "gauge",
+    "1 for the server's current state.",
+    "server state",
+    labels=("state",),
+)
+SERVER_STARTS = _declare(
+    "opencode_server_starts_total", "counter", "Server processes started.", "starts", "count"
+)
+SERVER_STOPS = _declare(
+    "opencode_server_stops_total", "counter", "Server processes that ended.", "stops", "count"
+)
+SERVER_RESTARTS = _declare(
+    "opencode_server_restarts_total",
+    "counter",
+    "Restarts by reason.",
+    "restarts",
+    "count",
+    labels=("reason",),
+)
+SERVER_UPTIME = _declare(
+    "opencode_server_uptime_seconds",
+    "gauge",
+    "Seconds since the server process started.",
+    "uptime",
+    "duration",
+)
+REQUEST_DURATION = _declare(
+    "opencode_request_duration_seconds",
+    "histogram",
+    "Duration of the agent's requests to the OpenCode server.",
+    "request duration",
+    "seconds",
+    labels=("path", "outcome"),
+)
+
+# The server's process tree, its sockets and sessions, from the sampler.
+PROCESS_CPU_SECONDS = _declare(
+    "opencode_process_cpu_seconds_total",
+    "counter",
+    "CPU time of the server's process tree.",
+    "server CPU time",
+    "seconds",
+)
+PROCESS_CPU_PERCENT = _declare(
+    "opencode_process_cpu_percent",
+    "gauge",
+    "CPU of the server's process tree, percent of one core.",
+    "server",
+    "%",
+    exposed=False,
+)
+PROCESS_MEMORY = _declare(
+    "opencode_process_resident_memory_bytes",
+    "gauge",
+    "Resident memory of the server's process tree.",
+    "server",
+    "bytes",
+)
+PROCESS_THREADS = _declare(
+    "opencode_process_threads",
+    "gauge",
+    "Threads of the server's process tree.",
+    "threads",
+    "count",
+)
+PROCESS_OPEN_FDS = _declare(
+    "opencode_process_open_fds",
+    "gauge",
+    "Open file descriptors of the server's process tree.",
+    "open files",
+    "count",
+)
+PROCESS_CHILDREN = _declare(
+    "opencode_process_children",
+    "gauge",
+    "Descendant processes of the server.",
+    "children",
+    "count",
+)
+CONNECTIONS = _declare(
+    "opencode_connections",
+    "gauge",
+    "TCP sockets of the server on its port, by state.",
+    "connections",
+    "count",
+    labels=("state",),
+)
+SESSIONS = _declare(
+    "opencode_sessions",
+    "gauge",
+    "Sessions of the server by status (idle, busy, retry).",
+    "sessions",
+    "count",
+    labels=("status",),
+)
+
+# The agent itself.
+AGENT_INFO = _declare(
+    "nexus_agent_info", "gauge", "Agent version.", "agent version", labels=("version",)
+)
+AGENT_CPU_SECONDS = _declare(
+    "nexus_agent_cpu_seconds_total", "counter", "Agent CPU time.", "agent CPU time", "seconds"
+)
+AGENT_CPU_PERCENT = _declare(
+    "nexus_agent_cpu_percent",
+    "gauge",
+    "CPU of the agent, percent of one core.",
+    "agent",
+    "%",
+    exposed=False,
+)
+AGENT_MEMORY = _declare(
+    "nexus_agent_resident_memory_bytes", "gauge", "Agent resident memory.", "agent", "bytes"
+)
+AGENT_UPTIME = _declare(
+    "nexus_agent_uptime_seconds",
+    "gauge",
+    "Seconds since the agent started.",
+    "agent uptime",
+    "duration",
+)
+METRICS_STORE_BYTES = _declare(
+    "nexus_agent_metrics_store_bytes",
+    "gauge",
+    "Size of metrics.db on disk.",
+    "metrics.db",
+    "bytes",
+)
+SAMPLES_DROPPED = _declare(
+    "nexus_agent_metrics_samples_dropped_total",
+    "counter",
+    "Samples refused (out of order or NaN).",
+    "samples dropped",
+    "count",
+)
+STORE_PROBLEMS = _declare(
+    "nexus_agent_store_problems_total",
+    "counter",
+    "Databases of the agent found deleted, replaced or damaged (and rebuilt).",
+    "store problems",
+    "count",
+    labels=("store",),
+)
+
+# Backups, from the backup history and the backups on disk.
+BACKUP_LAST_SUCCESS = _declare(
+    "nexus_backup_last_success_timestamp_seconds",
+    "gauge",
+    "Unix time the last successful backup finished (0: never).",
+    "last backup",
+)
+BACKUP_LAST_SIZE = _declare(
+    "nexus_backup_last_size_bytes",
+    "gauge",
+    "Archive size of the last successful backup.",
+    "last backup size",
+    "bytes",
+)
+BACKUP_LAST_DURATION = _declare(
+    "nexus_backup_last_duration_seconds",
+    "gauge",
+    "Seconds the last successful backup took.",
+    "last backup duration",
+    "seconds",
+)
+BACKUP_OPERATIONS = _declare(
+    "nexus_backup_operations_total",
+    "counter",
+    "Backup operations run.",
+    "backup operations",
+    "count",
+    labels=("operation", "outcome"),
+)
+BACKUPS = _declare(
+    "nexus_backups", "gauge", "Backups on disk.", "backups", "count", labels=("kind",)
+)
+BACKUPS_SIZE = _declare(
+    "nexus_backups_size_bytes",
+    "gauge",
+    "Bytes of all backups on disk.",
+    "backups size",
+    "bytes",
+)
+
+
+def exposed() -> list[MetricInfo]:
+    """The catalogue's metrics that ``/metrics`` shows."""
+    return [entry for entry in CATALOGUE.values() if entry.exposed]
+
 
 # The server's paths the agent asks, by what the requests are for.
 REQUEST_PATHS = {

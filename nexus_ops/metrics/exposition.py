@@ -14,12 +14,32 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from nexus_ops.metrics.sampler import DESIRED_METRIC, Reading
+from nexus_ops.metrics import catalogue as m
+from nexus_ops.metrics.catalogue import MetricInfo
+from nexus_ops.metrics.sampler import Reading
 from nexus_ops.models import Counters, ServerState, ServerStatus
 from nexus_ops.process import self_usage
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def family(
+    entry: MetricInfo, value: float | None = None
+) -> GaugeMetricFamily | CounterMetricFamily:
+    """An empty family of a catalogue's gauge or counter (its name, help and labels);
+    with ``value``, one unlabelled sample of it.
+
+    >>> family(m.SERVER_STARTS, 3.0).samples[0].name
+    'opencode_server_starts_total'
+    """
+    kind = CounterMetricFamily if entry.kind == "counter" else GaugeMetricFamily
+    made: GaugeMetricFamily | CounterMetricFamily = kind(
+        entry.metric, entry.help, labels=list(entry.labels) or None
+    )
+    if value is not None:
+        made.add_metric([], value)
+    return made
 
 
 class ServerCollector(Collector):
@@ -34,34 +54,18 @@ class ServerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         status = self._status()
         counters = self._counters()
-        up = GaugeMetricFamily(
-            "opencode_server_status", "1 when the server is running and healthy, else 0."
-        )
-        up.add_metric([], 1.0 if status.healthy else 0.0)
-        yield up
-        state = GaugeMetricFamily(
-            "opencode_server_state", "1 for the server's current state.", labels=["state"]
-        )
+        yield family(m.SERVER_STATUS, 1.0 if status.healthy else 0.0)
+        state = family(m.SERVER_STATE)
         for value in ServerState:
             state.add_metric([value.value], 1.0 if status.state is value else 0.0)
         yield state
-        starts = CounterMetricFamily("opencode_server_starts", "Server processes started.")
-        starts.add_metric([], float(counters.starts))
-        yield starts
-        stops = CounterMetricFamily("opencode_server_stops", "Server processes that ended.")
-        stops.add_metric([], float(counters.stops))
-        yield stops
-        restarts = CounterMetricFamily(
-            "opencode_server_restarts", "Restarts by reason.", labels=["reason"]
-        )
+        yield family(m.SERVER_STARTS, float(counters.starts))
+        yield family(m.SERVER_STOPS, float(counters.stops))
+        restarts = family(m.SERVER_RESTARTS)
         for reason, count in sorted(counters.restarts_by_reason.items()):
             restarts.add_metric([reason], float(count))
         yield restarts
-        uptime = GaugeMetricFamily(
-            "opencode_server_uptime_seconds", "Seconds since the server process started."
-        )
-        uptime.add_metric([], status.uptime_seconds)
-        yield uptime
+        yield family(m.SERVER_UPTIME, status.uptime_seconds)
 
 
 class AgentCollector(Collector):
@@ -73,18 +77,12 @@ class AgentCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         cpu_seconds, rss = self_usage()
-        info = GaugeMetricFamily("nexus_agent_info", "Agent version.", labels=["version"])
+        info = family(m.AGENT_INFO)
         info.add_metric([self._version], 1.0)
         yield info
-        cpu_total = CounterMetricFamily("nexus_agent_cpu_seconds", "Agent CPU time.")
-        cpu_total.add_metric([], cpu_seconds)
-        yield cpu_total
-        memory = GaugeMetricFamily("nexus_agent_resident_memory_bytes", "Agent resident memory.")
-        memory.add_metric([], float(rss))
-        yield memory
-        uptime = GaugeMetricFamily("nexus_agent_uptime_seconds", "Seconds since the agent started.")
-        uptime.add_metric([], time.time() - self._started)
-        yield uptime
+        yield family(m.AGENT_CPU_SECONDS, cpu_seconds)
+        yield family(m.AGENT_MEMORY, float(rss))
+        yield family(m.AGENT_UPTIME, time.time() - self._started)
 
 
 class Exposition:
@@ -104,16 +102,16 @@ class Exposition:
         self.registry.register(ServerCollector(status, counters))
         self.registry.register(AgentCollector(version))
         self.request_duration = Histogram(
-            "opencode_request_duration_seconds",
-            "Duration of the agent's requests to the OpenCode server.",
-            labelnames=["path", "outcome"],
+            m.REQUEST_DURATION.metric,
+            m.REQUEST_DURATION.help,
+            labelnames=m.REQUEST_DURATION.labels,
             buckets=REQUEST_BUCKETS,
             registry=self.registry,
         )
         self.store_problems = Counter(
-            "nexus_agent_store_problems",
-            "Databases of the agent found deleted, replaced or damaged (and rebuilt).",
-            labelnames=["store"],
+            m.STORE_PROBLEMS.metric,
+            m.STORE_PROBLEMS.help,
+            labelnames=m.STORE_PROBLEMS.labels,
             registry=self.registry,
         )
         for store in ("nexus.db", "metrics.db"):
@@ -138,11 +136,14 @@ class SamplerCollector(Collector):
     ``rate()``.
     """
 
-    GAUGES = (
-        ("opencode_process_resident_memory_bytes", "Resident memory of the server's process tree."),
-        ("opencode_process_threads", "Threads of the server's process tree."),
-        ("opencode_process_open_fds", "Open file descriptors of the server's process tree."),
-        ("opencode_process_children", "Descendant processes of the server."),
+    FROM_READING = (
+        m.PROCESS_CPU_SECONDS,
+        m.PROCESS_MEMORY,
+        m.PROCESS_THREADS,
+        m.PROCESS_OPEN_FDS,
+        m.PROCESS_CHILDREN,
+        m.CONNECTIONS,
+        m.SESSIONS,
     )
 
     def __init__(
@@ -160,54 +161,21 @@ class SamplerCollector(Collector):
         values = reading.values if reading else []
         # Wanted running now (a stop counts at once) and, at the last sample, not in a
         # start that an operator or the agent asked for: those are no outage.
-        desired = GaugeMetricFamily(
-            DESIRED_METRIC,
-            "1 while the server should be serving: wanted running, not in a planned start.",
-        )
-        sampled = reading.value(DESIRED_METRIC) if reading else None
-        desired.add_metric([], 1.0 if self._wanted() and sampled == 1.0 else 0.0)
-        yield desired
-        cpu = CounterMetricFamily(
-            "opencode_process_cpu_seconds", "CPU time of the server's process tree."
-        )
-        for metric, _, value in values:
-            if metric == "opencode_process_cpu_seconds_total":
-                cpu.add_metric([], value)
-        yield cpu
-        for name, text in self.GAUGES:
-            gauge = GaugeMetricFamily(name, text)
-            for metric, _, value in values:
-                if metric == name:
-                    gauge.add_metric([], value)
-            yield gauge
-        yield _labelled(
-            values,
-            "opencode_connections",
-            "state",
-            "TCP sockets of the server on its port, by state.",
-        )
-        yield _labelled(
-            values,
-            "opencode_sessions",
-            "status",
-            "Sessions of the server by status (idle, busy, retry).",
-        )
+        sampled = reading.value(m.DESIRED_RUNNING.metric) if reading else None
+        yield family(m.DESIRED_RUNNING, 1.0 if self._wanted() and sampled == 1.0 else 0.0)
+        for entry in self.FROM_READING:
+            yield _from_reading(values, entry)
         size, dropped = self._store()
-        store = GaugeMetricFamily("nexus_agent_metrics_store_bytes", "Size of metrics.db on disk.")
-        store.add_metric([], float(size))
-        yield store
-        lost = CounterMetricFamily(
-            "nexus_agent_metrics_samples_dropped", "Samples refused (out of order or NaN)."
-        )
-        lost.add_metric([], float(dropped))
-        yield lost
+        yield family(m.METRICS_STORE_BYTES, float(size))
+        yield family(m.SAMPLES_DROPPED, float(dropped))
 
 
-def _labelled(
-    values: list[tuple[str, dict[str, str], float]], name: str, label: str, text: str
-) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, text, labels=[label])
+def _from_reading(
+    values: list[tuple[str, dict[str, str], float]], entry: MetricInfo
+) -> GaugeMetricFamily | CounterMetricFamily:
+    """The family of ``entry`` holding the reading's samples of it (by the entry's labels)."""
+    made = family(entry)
     for metric, labels, value in values:
-        if metric == name:
-            family.add_metric([labels.get(label, "")], value)
-    return family
+        if metric == entry.metric:
+            made.add_metric([labels.get(label, "") for label in entry.labels], value)
+    return made

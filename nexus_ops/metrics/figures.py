@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from nexus_ops.metrics import catalogue as m
 from nexus_ops.metrics.catalogue import format_value, iec_power, iec_unit, series_name
 from nexus_ops.models import Event, ServerState
 
@@ -63,11 +64,10 @@ class PanelSpec:
     unit: str = ""
 
 
-STATUS = "opencode_server_status"
 STATS: dict[str, StatSpec] = {
     "server_status": StatSpec(
         "Server status",
-        STATUS,
+        m.SERVER_STATUS.metric,
         thresholds=((-np.inf, RED), (1.0, GREEN)),
         texts={0.0: "DOWN", 1.0: "UP"},
         notes=("red: down", "green: up"),
@@ -75,21 +75,21 @@ STATS: dict[str, StatSpec] = {
     ),
     "uptime": StatSpec(
         "Uptime",
-        "opencode_server_uptime_seconds",
+        m.SERVER_UPTIME.metric,
         unit="duration",
         thresholds=((-np.inf, ORANGE), (300.0, GREEN)),
         notes=("orange: up less than 5 min", "green: up 5 min or more"),
     ),
     "restarts": StatSpec(
         "Restarts",
-        "opencode_server_starts_total",
+        m.SERVER_STARTS.metric,
         thresholds=((-np.inf, GREEN), (3.0, ORANGE), (10.0, RED)),
         notes=("green: fewer than 3", "orange: 3 to 9", "red: 10 or more"),
         steps=True,
     ),
     "memory": StatSpec(
         "Memory",
-        "opencode_process_resident_memory_bytes",
+        m.PROCESS_MEMORY.metric,
         unit="bytes",
         decimals=1,
         thresholds=((-np.inf, GREEN), (1.5e9, ORANGE), (3e9, RED)),
@@ -104,19 +104,17 @@ STATS: dict[str, StatSpec] = {
 PANELS: dict[str, PanelSpec] = {
     "cpu": PanelSpec(
         "CPU",
-        ("opencode_process_cpu_percent", "nexus_agent_cpu_percent"),
+        (m.PROCESS_CPU_PERCENT.metric, m.AGENT_CPU_PERCENT.metric),
         "%",
     ),
     "memory": PanelSpec(
         "Resident memory",
-        ("opencode_process_resident_memory_bytes", "nexus_agent_resident_memory_bytes"),
+        (m.PROCESS_MEMORY.metric, m.AGENT_MEMORY.metric),
         "bytes",
     ),
-    "connections": PanelSpec("TCP connections by state", ("opencode_connections",), "count"),
-    "request_duration": PanelSpec(
-        "Request duration", ("opencode_request_duration_seconds",), "seconds"
-    ),
-    "sessions": PanelSpec("Sessions by status", ("opencode_sessions",), "count"),
+    "connections": PanelSpec("TCP connections by state", (m.CONNECTIONS.metric,), "count"),
+    "request_duration": PanelSpec("Request duration", (m.REQUEST_DURATION.metric,), "seconds"),
+    "sessions": PanelSpec("Sessions by status", (m.SESSIONS.metric,), "count"),
 }
 
 # Journal events drawn on time series: kind -> (marker symbol, colour).
@@ -197,7 +195,11 @@ def stat_note(value: float, spec: StatSpec) -> str:
 
 def stat_rules(spec: StatSpec) -> str:
     """Every colour of ``spec``'s stat and what it means, one a line (its tooltip)."""
-    notes = [note for _, _, note in STATES.values()] if spec.metric == STATUS else spec.notes
+    notes = (
+        [note for _, _, note in STATES.values()]
+        if spec.metric == m.SERVER_STATUS.metric
+        else spec.notes
+    )
     return "\n".join([*notes, "grey: no data"]) if notes else ""
 
 
@@ -450,7 +452,7 @@ def request_quantiles(
 
     ``frame`` holds ``opencode_request_duration_seconds`` samples (one per request).
     """
-    rows = frame[frame["metric"] == "opencode_request_duration_seconds"] if len(frame) else frame
+    rows = frame[frame["metric"] == m.REQUEST_DURATION.metric] if len(frame) else frame
     if rows.empty:
         return frame.iloc[0:0]
     paths = rows["labels"].map(_path_of)
@@ -458,7 +460,7 @@ def request_quantiles(
     grouped = rows["value"].groupby([paths, buckets]).quantile(np.asarray(quantiles))
     tidy = grouped.rename("value").reset_index()
     tidy.columns = ["path", "time", "q", "value"]
-    tidy["metric"] = "opencode_request_duration_seconds"
+    tidy["metric"] = m.REQUEST_DURATION.metric
     tidy["labels"] = (
         "q=p" + (tidy["q"] * 100).round().astype(int).astype(str) + ",path=" + tidy["path"]
     )

@@ -32,6 +32,7 @@ import httpx
 import numpy as np
 
 from nexus_ops.errors import NexusOpsError
+from nexus_ops.metrics import catalogue as m
 from nexus_ops.metrics.backends import MetricQuery
 from nexus_ops.metrics.frames import (
     Floats,
@@ -48,13 +49,11 @@ if TYPE_CHECKING:
 # Metrics the sample store keeps that Prometheus computes from counters: the CPU
 # percents, and the request durations (one sample per request in the store; the
 # mean over a minute from the histogram here).
+_DURATION = m.REQUEST_DURATION.metric
 DERIVED: dict[str, str] = {
-    "opencode_process_cpu_percent": "100 * rate(opencode_process_cpu_seconds_total{sel}[1m])",
-    "nexus_agent_cpu_percent": "100 * rate(nexus_agent_cpu_seconds_total{sel}[1m])",
-    "opencode_request_duration_seconds": (
-        "rate(opencode_request_duration_seconds_sum{sel}[1m])"
-        " / rate(opencode_request_duration_seconds_count{sel}[1m])"
-    ),
+    m.PROCESS_CPU_PERCENT.metric: f"100 * rate({m.PROCESS_CPU_SECONDS.metric}{{sel}}[1m])",
+    m.AGENT_CPU_PERCENT.metric: f"100 * rate({m.AGENT_CPU_SECONDS.metric}{{sel}}[1m])",
+    _DURATION: f"rate({_DURATION}_sum{{sel}}[1m]) / rate({_DURATION}_count{{sel}}[1m])",
 }
 _STEPS = {"1m": 60.0, "1h": 3600.0}
 _OVER_TIME = {"mean": "avg", "min": "min", "max": "max", "sum": "sum", "count": "count"}

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nexus_ops.errors import NexusOpsError
+from nexus_ops.metrics import catalogue as m
 from nexus_ops.metrics.proctree import SelfMeter, TreeMeter, TreeStats
 from nexus_ops.models import Counters, ProcessRecord, RestartReason, ServerState
 from nexus_ops.store.samples import SampleStore
@@ -38,7 +39,6 @@ from nexus_ops.store.samples import SampleStore
 log = logging.getLogger(__name__)
 
 SESSION_STATUSES = ("idle", "busy", "retry")
-REQUEST_METRIC = "opencode_request_duration_seconds"
 
 Sample = tuple[str, dict[str, str], float]
 RequestObserver = Callable[[str, float, bool], None]
@@ -74,10 +74,6 @@ class ServerView(Protocol):
     request_observers: list[RequestObserver]
 
 
-# 1 while an operator wants the server running: "down" alerts hold only then.
-DESIRED_METRIC = "opencode_server_desired_running"
-
-
 @dataclass(frozen=True)
 class Reading:
     """One sample of everything, all at the same time (epoch seconds)."""
@@ -88,7 +84,7 @@ class Reading:
     def value(self, metric: str, labels: Mapping[str, str] | None = None) -> float | None:
         """The value of one series in this reading, or None."""
         wanted = dict(labels or {})
-        return next((v for m, lab, v in self.values if m == metric and lab == wanted), None)
+        return next((v for name, lab, v in self.values if name == metric and lab == wanted), None)
 
 
 class Sampler:
@@ -126,6 +122,7 @@ class Sampler:
         self._sessions: tuple[float, int] | None = None  # (next list due, sessions listed)
         self._last_state: ServerState | None = None
         self._failures = 0  # restarts for another reason than an operator's, seen so far
+        self._starts = 0  # server processes started, seen so far
         self._planned_start = False
 
     # -- the loop ----------------------------------------------------------------
@@ -183,21 +180,24 @@ class Sampler:
         up = 1.0 if self.server.ready else 0.0
         uptime = max(0.0, now - record.create_time) if record else 0.0
         values: list[Sample] = [
-            ("opencode_server_status", {}, up),
-            (DESIRED_METRIC, {}, self._desired_running()),
-            ("opencode_server_uptime_seconds", {}, uptime),
-            ("opencode_server_starts_total", {}, float(counters.starts)),
-            ("opencode_server_stops_total", {}, float(counters.stops)),
+            (m.SERVER_STATUS.metric, {}, up),
+            (m.DESIRED_RUNNING.metric, {}, self._desired_running()),
+            (m.SERVER_UPTIME.metric, {}, uptime),
+            (m.SERVER_STARTS.metric, {}, float(counters.starts)),
+            (m.SERVER_STOPS.metric, {}, float(counters.stops)),
         ]
         for reason, count in sorted(counters.restarts_by_reason.items()):
-            values.append(("opencode_server_restarts_total", {"reason": reason}, float(count)))
+            values.append((m.SERVER_RESTARTS.metric, {"reason": reason}, float(count)))
         return values
 
     def _desired_running(self) -> float:
         """1 while the server should be serving: wanted running and not in a planned start.
 
         A start an operator asked for (start, restart) or the agent's own start is
-        not an outage; a start after a crash, a hang or a failed start is.
+        not an outage; a start after a crash, a hang or a failed start is. A start
+        is judged when it is first seen: on entering ``starting``, or when another
+        process was started since the last reading (a server that crashed between
+        two readings that both saw ``starting``).
         """
         state, counters = self.server.state, self.server.counters
         failures = sum(
@@ -205,12 +205,13 @@ class Sampler:
             for reason, count in counters.restarts_by_reason.items()
             if reason != RestartReason.OPERATOR
         )
+        new_start = counters.starts != self._starts
         if state is not ServerState.STARTING:
             self._planned_start = False
-        elif self._last_state is not ServerState.STARTING:
+        elif self._last_state is not ServerState.STARTING or new_start:
             failing = self._last_state in (ServerState.BACKOFF, ServerState.FATAL)
             self._planned_start = failures == self._failures and not failing
-        self._last_state, self._failures = state, failures
+        self._last_state, self._failures, self._starts = state, failures, counters.starts
         planned = self._planned_start
         return 1.0 if self.server.desired == "running" and not planned else 0.0
 
@@ -245,10 +246,12 @@ class Sampler:
     def observe_request(self, path: str, seconds: float, ok: bool) -> None:
         """Store one request's duration (every observer of the supervisor calls this)."""
         labels = {"path": path, "outcome": "ok" if ok else "error"}
-        self.store.append_rows([(self._sid(REQUEST_METRIC, labels), self._clock(), seconds)])
+        self.store.append_rows(
+            [(self._sid(m.REQUEST_DURATION.metric, labels), self._clock(), seconds)]
+        )
 
     def write(self, reading: Reading) -> None:
-        rows = [(self._sid(m, labels), reading.time, v) for m, labels, v in reading.values]
+        rows = [(self._sid(name, labels), reading.time, v) for name, labels, v in reading.values]
         self.store.append_rows(rows)
 
     def _sid(self, metric: str, labels: dict[str, str]) -> int:
@@ -264,16 +267,15 @@ def tree_values(tree: TreeStats | None) -> list[Sample]:
     if tree is None:
         return []
     values: list[Sample] = [
-        ("opencode_process_cpu_seconds_total", {}, tree.cpu_seconds_total),
-        ("opencode_process_cpu_percent", {}, tree.cpu_percent),
-        ("opencode_process_resident_memory_bytes", {}, float(tree.rss_bytes)),
-        ("opencode_process_threads", {}, float(tree.threads)),
-        ("opencode_process_open_fds", {}, float(tree.open_fds)),
-        ("opencode_process_children", {}, float(tree.children)),
+        (m.PROCESS_CPU_SECONDS.metric, {}, tree.cpu_seconds_total),
+        (m.PROCESS_CPU_PERCENT.metric, {}, tree.cpu_percent),
+        (m.PROCESS_MEMORY.metric, {}, float(tree.rss_bytes)),
+        (m.PROCESS_THREADS.metric, {}, float(tree.threads)),
+        (m.PROCESS_OPEN_FDS.metric, {}, float(tree.open_fds)),
+        (m.PROCESS_CHILDREN.metric, {}, float(tree.children)),
     ]
     values += [
-        ("opencode_connections", {"state": s}, float(n))
-        for s, n in sorted(tree.connections.items())
+        (m.CONNECTIONS.metric, {"state": s}, float(n)) for s, n in sorted(tree.connections.items())
     ]
     return values
 
@@ -286,13 +288,13 @@ def session_values(total: int, statuses: Mapping[str, Any]) -> list[Sample]:
         if kind in counts and kind != "idle":
             counts[str(kind)] += 1
     counts["idle"] = max(0, total - counts["busy"] - counts["retry"])
-    return [("opencode_sessions", {"status": s}, float(n)) for s, n in counts.items()]
+    return [(m.SESSIONS.metric, {"status": s}, float(n)) for s, n in counts.items()]
 
 
 def agent_values(cpu_seconds: float, cpu_percent: float, rss: float) -> list[Sample]:
     values: list[Sample] = [
-        ("nexus_agent_cpu_seconds_total", {}, cpu_seconds),
-        ("nexus_agent_cpu_percent", {}, cpu_percent),
-        ("nexus_agent_resident_memory_bytes", {}, float(rss)),
+        (m.AGENT_CPU_SECONDS.metric, {}, cpu_seconds),
+        (m.AGENT_CPU_PERCENT.metric, {}, cpu_percent),
+        (m.AGENT_MEMORY.metric, {}, float(rss)),
     ]
     return [v for v in values if math.isfinite(v[2])]

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from nexus_ops.metrics import catalogue as m
 from nexus_ops.metrics import figures
 from nexus_ops.metrics.frames import Points, concat_frames, empty_frame, frame_of
 from nexus_ops.models import Event, ServerState
@@ -33,7 +34,7 @@ RANGES: dict[str, str] = {"15 min": "15m", "1 h": "1h", "24 h": "24h", "7 d": "7
 RANGE_SECONDS: dict[str, float] = {"15m": 900.0, "1h": 3600.0, "24h": 86400.0, "7d": 604800.0}
 STAT_KEYS = ("server_status", "uptime", "restarts", "memory")
 SERIES_KEYS = ("cpu", "memory", "connections", "request_duration", "sessions")
-REQUESTS = "opencode_request_duration_seconds"
+REQUESTS = m.REQUEST_DURATION.metric
 # The duration of the requests the server answered (a failed one lasts as long as the
 # timeout says, which tells nothing of the server's speed; failures show as restarts).
 ANSWERED = {"outcome": "ok"}
@@ -66,14 +67,16 @@ def stat_spec(key: str) -> figures.StatSpec:
     """The stat of ``key``; the count of server starts is called what it is (the
     Server tab shows the restarts)."""
     spec = figures.STATS[key]
-    return replace(spec, title="Starts") if spec.metric == "opencode_server_starts_total" else spec
+    return replace(spec, title="Starts") if spec.metric == m.SERVER_STARTS.metric else spec
 
 
 def wanted_metrics() -> dict[str, int]:
     """Every metric the panel shows (request durations aside), with the points it needs."""
     wanted = {figures.STATS[k].metric: STAT_POINTS for k in STAT_KEYS}
     for key in SERIES_KEYS:
-        wanted.update({m: MAX_POINTS for m in figures.PANELS[key].metrics if m != REQUESTS})
+        wanted.update(
+            {name: MAX_POINTS for name in figures.PANELS[key].metrics if name != REQUESTS}
+        )
     return wanted
 
 
@@ -330,7 +333,7 @@ class MetricsPanel(Panel[MetricsData]):
     def _frame_of(self, key: str, data: MetricsData) -> pd.DataFrame:
         if key == "request_duration":
             return break_gaps(data.requests)
-        frames = [data.frames[m] for m in figures.PANELS[key].metrics if m in data.frames]
+        frames = [data.frames[name] for name in figures.PANELS[key].metrics if name in data.frames]
         return break_gaps(concat_frames(frames)) if frames else empty_frame()
 
     def close(self) -> None:
