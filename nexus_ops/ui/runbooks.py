@@ -279,7 +279,10 @@ class RunbooksPanel(Panel[RunsView]):
             with self.ctx.lock:
                 self.books = {b.name: b for b in books}
                 self.choice.options = list(self.books)
-                self._chosen()
+                if self.books:  # the first runbook is chosen (its observer shows it)
+                    self.choice.value = next(iter(self.books))
+                else:
+                    self._chosen()
         runs = self.agent.runs(20)
         shown = self.shown_run(runs)
         if shown is None or shown.status == "running" or shown.id == self.page_of:
