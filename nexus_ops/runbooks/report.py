@@ -24,12 +24,22 @@ from nbconvert import HTMLExporter
 from nexus_ops.redact import redact
 from nexus_ops.runbooks.nbio import read_notebook
 
-# JupyterLab's page without the blocks that load scripts.
+# JupyterLab's page without the blocks that load scripts; on a phone, lines wrap.
 PAGE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block extra_css -%}
+<style>
+/* A narrow window (a phone): long code lines and table cells wrap, nothing is cut. */
+@media (max-width: 700px) {
+  .jp-Notebook pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+  .jp-Notebook td, .jp-Notebook th { overflow-wrap: anywhere; }
+  .jp-Notebook td:first-child { overflow-wrap: normal; }  /* a key: its words whole */
+}
+</style>
+{%- endblock extra_css -%}
 """
 TAGS = frozenset(
     {"a", "abbr", "b", "blockquote", "br", "caption", "code", "dd", "del", "details", "div"}

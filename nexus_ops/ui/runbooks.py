@@ -227,6 +227,7 @@ class RunbooksPanel(Panel[RunsView]):
 
     def build(self) -> widgets.Widget:
         self.choice = widgets.Dropdown(description="Runbook", options=[], layout={"width": "460px"})
+        self.choice.add_class("nx-runbook-choice")
         self.choice.observe(self.guarded(self._chosen), names="value")
         self.about = widgets.HTML()
         self.about.add_class("nx-runbook-about")
@@ -250,6 +251,7 @@ class RunbooksPanel(Panel[RunsView]):
         self.run_choice = widgets.Dropdown(
             description="Show run", options=[], layout={"width": "460px"}
         )
+        self.run_choice.add_class("nx-run-choice")
         self.run_choice.observe(self.guarded(self._picked), names="value")
         self.detail = widgets.HTML()
         self.detail.add_class("nx-run-detail")
