@@ -53,6 +53,16 @@ FIGURES_SHOW_15_MINUTES = """
 })
 """
 
+# The elements of an executed notebook's page that run past its right edge or scroll.
+CUT_IN_THE_NOTEBOOK = """
+(main) => [...main.querySelectorAll('*')].filter((e) =>
+  e.getBoundingClientRect().right > innerWidth + 1
+  || (e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0
+      && getComputedStyle(e).overflowX !== 'visible')
+).map((e) => `${e.tagName.toLowerCase()}.${e.className} "${e.textContent.slice(0, 30)}"`)
+ .slice(0, 5)
+"""
+
 
 @dataclass
 class Served:
@@ -219,6 +229,42 @@ def test_the_password_is_shown_only_on_request(page: Page, served: Served) -> No
     page.locator("button.nx-show-password").click()
     expect(page.locator(".nx-password-value")).to_have_count(0, timeout=10_000)
     assert password not in page.content()
+
+
+def test_runbooks_tab_runs_a_runbook_and_shows_any_run_in_full(page: Page, served: Served) -> None:
+    with served.client() as client:  # a run made elsewhere, before the page ran one
+        earlier = client.wait_run(client.start_run("restore", {}, who="cron").id, timeout=300)
+    assert earlier.status == "succeeded", earlier.error
+    tab(page, "Runbooks")
+    panel = page.locator(".nx-runbooks")
+    about = panel.locator(".nx-runbook-about")
+    expect(about).to_contain_text("Application failure", timeout=30_000)  # the first, chosen
+    expect(panel.locator("button.nx-runbook-run")).to_be_enabled()
+    panel.locator(".nx-runbook-choice select").select_option("backup")
+    expect(about).to_contain_text("Purpose. Show the state of the backups", timeout=30_000)
+    panel.locator("button.nx-runbook-run").click()
+    expect(panel.locator(".nx-banner")).to_contain_text(
+        re.compile(r"backup finished: (un)?healthy: .*\(run \S+-backup-"), timeout=120_000
+    )
+    notebook = page.frame_locator("iframe.nx-run-notebook")
+    expect(notebook.locator("h1").first).to_contain_text("Backup", timeout=30_000)
+    expect(notebook.locator("main")).to_contain_text("would back up")
+    expect(panel.locator(".nx-run-detail")).to_contain_text("api:console")
+    read = notebook.locator("main").inner_text()
+    assert "<p>" not in read and "<th>" not in read and "**" not in read, read[:500]
+    shot(page, "runbooks-run")
+
+    runs = panel.locator(".nx-run-choice select")
+    picked = runs.locator("option", has_text="restore").inner_text()
+    runs.select_option(label=picked)
+    expect(panel.locator(".nx-run-detail")).to_contain_text(earlier.id, timeout=30_000)
+    expect(notebook.locator("h1").first).to_contain_text("Restore", timeout=30_000)
+    expect(panel.locator(".nx-run-detail")).to_contain_text("api:cron")
+
+    page.set_viewport_size({"width": 412, "height": 915})  # a phone: the notebook wraps
+    expect(notebook.locator("main")).to_contain_text("backup_id")
+    cut = notebook.locator("main").evaluate(CUT_IN_THE_NOTEBOOK)
+    assert not cut, f"cut off in the notebook on a phone: {cut}"
 
 
 def test_every_figure_renders_with_data(page: Page) -> None:

@@ -85,6 +85,9 @@ def test_runbooks_tab_runs_a_dry_run_at_once_and_asks_before_repairs(
     panel = RunbooksPanel(PanelContext(client=running.client, run=in_line))
     assert panel.refresh()
     assert "backup" in panel.choice.options and "No runbook has run yet" in panel.runs.value
+    chosen = panel.choice.options[0]  # chosen when the list arrives: Run can be pressed
+    assert panel.choice.value == chosen and not panel.run_button.disabled
+    assert panel.books[chosen].title in panel.about.value
     panel.choice.value = "backup"
     assert "Backup" in panel.about.value
     assert panel.fields["dry_run"].value is True

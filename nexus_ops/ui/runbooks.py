@@ -227,6 +227,7 @@ class RunbooksPanel(Panel[RunsView]):
 
     def build(self) -> widgets.Widget:
         self.choice = widgets.Dropdown(description="Runbook", options=[], layout={"width": "460px"})
+        self.choice.add_class("nx-runbook-choice")
         self.choice.observe(self.guarded(self._chosen), names="value")
         self.about = widgets.HTML()
         self.about.add_class("nx-runbook-about")
@@ -250,6 +251,7 @@ class RunbooksPanel(Panel[RunsView]):
         self.run_choice = widgets.Dropdown(
             description="Show run", options=[], layout={"width": "460px"}
         )
+        self.run_choice.add_class("nx-run-choice")
         self.run_choice.observe(self.guarded(self._picked), names="value")
         self.detail = widgets.HTML()
         self.detail.add_class("nx-run-detail")
@@ -279,7 +281,10 @@ class RunbooksPanel(Panel[RunsView]):
             with self.ctx.lock:
                 self.books = {b.name: b for b in books}
                 self.choice.options = list(self.books)
-                self._chosen()
+                if self.books:  # the first runbook is chosen (its observer shows it)
+                    self.choice.value = next(iter(self.books))
+                else:
+                    self._chosen()
         runs = self.agent.runs(20)
         shown = self.shown_run(runs)
         if shown is None or shown.status == "running" or shown.id == self.page_of:

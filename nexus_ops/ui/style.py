@@ -77,6 +77,11 @@ CSS = (
 /* A stat is one number: Plotly's toolbar would only cover its title. */
 .nx-stat .modebar-container { display: none; }
 .nx-table td { overflow-wrap: anywhere; }
+/* The short columns of the recent runs keep their words whole (not "succeed|ed"). */
+@media (min-width: 701px) {
+  .nx-runs-table td:nth-child(-n+3), .nx-runs-table td:nth-child(n+5):nth-child(-n+7) {
+    overflow-wrap: normal; white-space: nowrap; }
+}
 /* A widget 100% wide keeps its margins: without them it fits. */
 .nx-console .nx-panel .widget-inline-hbox {
   max-width: calc(100% - 2 * var(--jp-widgets-margin, 2px)); }
