@@ -4,9 +4,12 @@ Measures, against the real OpenCode binary, in a private HOME:
 - OpenCode's own cold start (launch to first healthy answer), the baseline;
 - kill -9 of the server to healthy again, through the agent;
 - SIGSTOP of the server (hung) to healthy again;
-- the agent's CPU (% of one core) and resident memory over a window of supervising.
+- the agent's CPU (% of one core) and resident memory over a window of supervising;
+- with ``--flood``: the probe interval (mean and jitter, probes at 0.2 s) while
+  clients keep the agent's API busy with long journal reads, and kill -9 to healthy
+  under that load.
 
-Usage: python benchmarks/bench_supervisor.py [--runs 5] [--window 60]
+Usage: python benchmarks/bench_supervisor.py [--runs 5] [--window 60] [--flood 10]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,14 +122,91 @@ def agent_cost(pid: int, window: float) -> tuple[float, float]:
     return 100.0 * cpu / (time.perf_counter() - started), peak / 2**20
 
 
+def probes_sent(client: AgentClient) -> float:
+    """Health probes the agent has sent so far (its request histogram)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in client.metrics_text().splitlines()
+        if line.startswith("opencode_request_duration_seconds_count") and "/global/health" in line
+    )
+
+
+def flood(client: AgentClient, token: str, stop: threading.Event, workers: int = 6) -> None:
+    """Clients that keep the agent's main loop busy with long journal reads."""
+    url = f"{client.base_url}/api/v1/events?limit=10000"
+
+    def hammer() -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
+            while not stop.is_set():
+                http.get(url)
+
+    for _ in range(workers):
+        threading.Thread(target=hammer, daemon=True).start()
+
+
+def fill_journal(home: Path, events: int) -> None:
+    from nexus_ops.paths import Layout
+    from nexus_ops.store import Database, Journal
+
+    db = Database(Layout(home).ensure().database)
+    Journal(db)
+    row = (time.time(), "note", None, "x" * 200, None, "{}")
+    db.executemany(
+        "INSERT INTO events (time, kind, reason, message, pid, details) VALUES (?, ?, ?, ?, ?, ?)",
+        [row] * events,
+    )
+    db.close()
+
+
+def flooded(binary: Path, root: Path, window: float) -> tuple[float, float, float, float]:
+    """(mean probe interval, its jitter: stdev over 1 s slices, worst slice, kill -9 to
+    healthy) with probes every 0.2 s while the API is flooded."""
+    env = {**environment(root, binary), "NEXUS_PROBE_INTERVAL": "0.2"}
+    fill_journal(Path(env["NEXUS_HOME"]), 30000)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "nexus_ops", "agent", "run"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    client = AgentClient.from_settings(load_settings(env), timeout=120)
+    stop = threading.Event()
+    try:
+        poll(lambda: client.health() is not None)
+        client.start()
+        poll(lambda: probes_sent(client) > 0)
+        token = (Path(env["NEXUS_HOME"]) / "secrets" / "agent.token").read_text().strip()
+        flood(client, token, stop)
+        intervals = []
+        count, at = probes_sent(client), time.perf_counter()
+        started = at
+        while at - started < window:
+            time.sleep(1.0)
+            now_count, now = probes_sent(client), time.perf_counter()
+            intervals.append((now - at) / max(now_count - count, 1))
+            count, at = now_count, now
+        crash = recovery(client, signal.SIGKILL, 0.0)
+    finally:
+        stop.set()
+        agent.terminate()
+        agent.wait(timeout=60)
+    return statistics.mean(intervals), statistics.pstdev(intervals), max(intervals), crash
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--flood", type=float, default=0.0, help="seconds of API flood")
     args = parser.parse_args()
     binary = native_binary_in(ROOT / ".cache" / "opencode" / "node_modules")
     if binary is None:
         sys.exit("no OpenCode binary: run `make opencode` first")
+    if args.flood:
+        with tempfile.TemporaryDirectory() as tmp:
+            mean, jitter, worst, crash = flooded(binary, Path(tmp), args.flood)
+        print(f"probe interval (0.2 s) under an API flood, over {args.flood:.0f} s: "
+              f"mean {mean:.3f} s, jitter (stdev of 1 s slices) {jitter:.3f} s, "
+              f"worst slice {worst:.3f} s; kill -9 -> healthy {crash:.2f} s")  # fmt: skip
+        return
     with tempfile.TemporaryDirectory() as tmp:
         env = environment(Path(tmp), binary)
         colds = [cold_start(binary, env) for _ in range(args.runs)]

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -92,6 +92,7 @@ from nexus_ops.store.runs import RunRecord
 from nexus_ops.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 API = "/api/v1"
 
 # Extra jobs (samplers, schedulers) that start with the agent: each gets the
@@ -115,7 +116,8 @@ class AgentContext:
     alerts: AlertService | None = None
     backups: BackupService | None = None
     runbooks: RunbookService | None = None
-    loop: asyncio.AbstractEventLoop | None = None
+    # The supervisor's own event loop (the main one when the agent does not supervise).
+    supervisor_loop: asyncio.AbstractEventLoop | None = None
     store_problems: list[str] = field(default_factory=list)
 
 
@@ -156,7 +158,7 @@ def create_app(
         ctx.backups = BackupService(settings, database, journal)
         exposition.registry.register(ctx.backups.collector())
         ctx.runbooks = RunbookService(settings, database)
-        ctx.loop = asyncio.get_running_loop()
+        ctx.supervisor_loop = asyncio.new_event_loop() if manage else asyncio.get_running_loop()
         app.state.ctx = ctx
         journal.record(EventKind.AGENT_START, pid=os.getpid(), message=f"agent {__version__}")
         for store in stores(ctx):
@@ -170,7 +172,7 @@ def create_app(
         tasks.append(asyncio.create_task(ctx.backups.run_schedule()))
         tasks.append(asyncio.create_task(watch_stores(ctx)))
         if manage:
-            tasks.append(asyncio.create_task(supervisor.run()))
+            tasks.append(asyncio.create_task(supervise(ctx)))
         # What starting made lives as long as the agent: out of the collector's passes,
         # which otherwise walk all of it again and again while the agent idles.
         gc.freeze()
@@ -182,7 +184,8 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            await supervisor.shutdown()
+            if not manage:
+                await supervisor.shutdown()
             await asyncio.to_thread(ctx.metrics.close)
             journal.record(EventKind.AGENT_STOP, pid=os.getpid(), message="agent stopped")
             database.close()
@@ -469,17 +472,17 @@ def api_router() -> APIRouter:
     @router.post(f"{API}/server/start", tags=["server"], responses=responses(409, 424))
     async def start(ctx: Ctx, wait: bool = True) -> ActionResult:
         """Start the server (and clear a fatal state); waits until healthy unless wait=false."""
-        return await ctx.supervisor.start(wait=wait)
+        return await on_supervisor(ctx, ctx.supervisor.start(wait=wait))
 
     @router.post(f"{API}/server/stop", tags=["server"])
     async def stop(ctx: Ctx) -> ActionResult:
         """Stop the server and keep it stopped."""
-        return await ctx.supervisor.stop()
+        return await on_supervisor(ctx, ctx.supervisor.stop())
 
     @router.post(f"{API}/server/restart", tags=["server"], responses=responses(409, 424))
     async def restart(ctx: Ctx, wait: bool = True) -> ActionResult:
         """Restart the server now."""
-        return await ctx.supervisor.restart(wait=wait)
+        return await on_supervisor(ctx, ctx.supervisor.restart(wait=wait))
 
     @router.get(f"{API}/events", tags=["journal"])
     async def events(
@@ -743,7 +746,7 @@ def recovery_router() -> APIRouter:
 
 def supervisor_control(ctx: AgentContext) -> CallbackControl:
     """The ServerControl of a restore run by the agent: its own supervisor, from a thread."""
-    loop = ctx.loop
+    loop = ctx.supervisor_loop
     assert loop is not None
 
     def call(coro: Coroutine[Any, Any, ActionResult]) -> ActionResult:
@@ -838,10 +841,38 @@ async def evaluate_alerts(ctx: AgentContext) -> None:
     )
 
 
-async def in_own_loop(make: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
-    """Run ``make()`` on a new event loop in a new thread until it ends, or until this
-    coroutine is cancelled: then it is cancelled too, and waited for."""
-    loop = asyncio.new_event_loop()
+async def supervise(ctx: AgentContext) -> None:
+    """The supervisor's probes, restarts and actions, on an event loop and a thread of
+    their own: a main loop busy with the API or the sampler never delays a probe or a
+    restart. The API hands its actions over with :func:`on_supervisor`."""
+    supervisor = ctx.supervisor
+
+    async def run() -> None:
+        try:
+            await supervisor.run()
+        finally:
+            await supervisor.shutdown()  # on its own loop: the pidfd reader and the client
+
+    await in_own_loop(run, "nexus-supervisor", ctx.supervisor_loop)
+
+
+async def on_supervisor(ctx: AgentContext, action: Coroutine[Any, Any, T]) -> T:
+    """Run one of the supervisor's coroutines on the supervisor's loop; wait for it here."""
+    loop = ctx.supervisor_loop
+    if loop is None or loop is asyncio.get_running_loop():
+        return await action
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(action, loop))
+
+
+async def in_own_loop(
+    make: Callable[[], Coroutine[Any, Any, None]],
+    name: str,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> None:
+    """Run ``make()`` on a new event loop (or ``loop``, not running yet) in a new thread
+    until it ends, or until this coroutine is cancelled: then it is cancelled too, and
+    waited for."""
+    loop = loop or asyncio.new_event_loop()
     task = loop.create_task(make())
 
     def body() -> None:

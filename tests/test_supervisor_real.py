@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -516,3 +517,71 @@ def test_a_storm_of_concurrent_actions_ends_consistent(agent: RunningAgent) -> N
         assert servers_on(port) == []
     last = [e for e in agent.client.events(limit=1000) if e.kind in ("start", "stop")][-1]
     assert last.kind == ("start" if status.desired == "running" else "stop")
+
+
+def fill_journal(env: dict[str, str], events: int) -> None:
+    """A long synthetic history: what makes ``/api/v1/events`` an expensive route."""
+    from nexus_ops.paths import Layout
+    from nexus_ops.store import Database, Journal
+
+    db = Database(Layout(Path(env["NEXUS_HOME"])).ensure().database)
+    Journal(db)  # its schema
+    rows = [(time.time(), "note", None, "x" * 200, None, "{}") for _ in range(events)]
+    db.executemany(
+        "INSERT INTO events (time, kind, reason, message, pid, details) VALUES (?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    db.close()
+
+
+def probes_counted(agent: RunningAgent) -> float:
+    """How many health probes the agent has sent (its own request histogram)."""
+    text = agent.client.metrics_text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("opencode_request_duration_seconds_count") and "/global/health" in line
+    )
+
+
+def flood(agent: RunningAgent, stop: threading.Event, workers: int = 6) -> list[threading.Thread]:
+    """Keep the agent's main loop busy: long journal reads, back to back, from many clients."""
+    import httpx
+
+    token = (agent.settings.home / "secrets" / "agent.token").read_text().strip()
+    url = f"{agent.client.base_url}/api/v1/events?limit=10000"
+
+    def hammer() -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
+            while not stop.is_set():
+                http.get(url)
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_probes_and_restarts_keep_their_pace_while_the_api_is_flooded(
+    nexus_env: dict[str, str],
+) -> None:
+    fill_journal(nexus_env, 30000)
+    nexus_env.update(NEXUS_PROBE_INTERVAL="0.2", NEXUS_PROBE_FAILURES="2")
+    agent = start_agent(nexus_env)
+    stop = threading.Event()
+    try:
+        pid = started_server(agent)
+        wait_for(lambda: probes_counted(agent), what="a first probe")
+        flood(agent, stop)
+        before, started = probes_counted(agent), time.monotonic()
+        time.sleep(4.0)  # a window of supervising under load (no assertion on time)
+        probes = probes_counted(agent) - before
+        expected = (time.monotonic() - started) / 0.2
+        assert probes >= expected * 0.6, (probes, expected)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: running_with_new_pid(agent, pid), timeout=60, what="a restart")
+        assert "hung" not in kinds(agent)
+    finally:
+        stop.set()
+        agent.client.close()
+        agent.stop()
