@@ -165,7 +165,11 @@ def voila_config(
             "file_allowlist": [re.escape(ASSET)],
             "multi_kernel_manager_class": f"{__name__}.ConsoleKernelManager",
         },
-        "ConsoleVoila": {"allowed_hosts": settings.extra_hosts},
+        "ConsoleVoila": {
+            "allowed_hosts": settings.extra_hosts,
+            "token_file": shown_token_file(settings, host),
+            "token_given": options.token is not None,
+        },
         "VoilaKernelManager": {"fill_delay": 0.5},
         "MappingKernelManager": {
             "cull_idle_timeout": int(settings.console_cull_timeout),
@@ -180,6 +184,13 @@ def cull_interval(settings: Settings, options: ConsoleOptions) -> float:
     if options.cull_interval is not None:
         return options.cull_interval
     return min(30.0, max(5.0, settings.console_cull_timeout / 4))
+
+
+def shown_token_file(settings: Settings, host: str) -> str:
+    """The token file the login page shows: its path when the console listens on
+    loopback; "" (the page then says ``$NEXUS_HOME/secrets/console.token``) when it
+    listens beyond, where it would tell strangers the user's folders."""
+    return str(token_file(settings)) if is_loopback(host) else ""
 
 
 def console_url(host: str, port: int, token: str) -> str:
