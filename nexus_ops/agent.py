@@ -367,6 +367,13 @@ _MEANING = {
 }
 
 
+def json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The errors of a route that answers other than JSON: still JSON bodies."""
+    meaning = {**_MEANING, 401: ERRORS[401]["description"], 500: ERRORS[500]["description"]}
+    schema = {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+    return {c: {"description": meaning[c], "content": {"application/json": schema}} for c in codes}
+
+
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI entries of the errors a route answers beside 401 and 500."""
     return {code: {"model": ErrorBody, "description": _MEANING[code]} for code in codes}
@@ -735,7 +742,12 @@ def recovery_router() -> APIRouter:
         path = runbooks(ctx).notebook(run_id)
         return FileResponse(path, media_type="application/x-ipynb+json", filename=path.name)
 
-    @router.get(f"{API}/runs/{{run_id}}/html", tags=["runbooks"], response_class=HTMLResponse)
+    @router.get(
+        f"{API}/runs/{{run_id}}/html",
+        tags=["runbooks"],
+        response_class=HTMLResponse,
+        responses=json_errors(401, 404, 500),
+    )
     def run_html(ctx: Ctx, run_id: str) -> HTMLResponse:
         """The executed notebook as one HTML page: sanitised, secrets masked, no scripts."""
         html = runbooks(ctx).notebook_html(run_id)

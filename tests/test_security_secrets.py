@@ -98,7 +98,7 @@ def planted_agent(
     running.stop()
 
 
-def invocations(tmp: Path, backup_id: str) -> dict[str, list[list[str]]]:
+def invocations(tmp: Path, backup_id: str, run_id: str) -> dict[str, list[list[str]]]:
     """How to run each command (several ways for some); the agent is stopped last."""
     return {
         "config show": [["config", "show"], ["config", "show", "--json"]],
@@ -136,6 +136,10 @@ def invocations(tmp: Path, backup_id: str) -> dict[str, list[list[str]]]:
             ["runbook", "run", "application_failure", "--json"],
         ],
         "runbook runs": [["runbook", "runs", "--json"]],
+        "runbook show-run": [
+            ["runbook", "show-run", run_id],
+            ["runbook", "show-run", run_id, "--html", str(tmp / "run.html")],
+        ],
         "server stop": [["server", "stop"]],
         "agent stop": [["agent", "stop"]],
     }
@@ -154,6 +158,9 @@ def api_calls(backup_id: str, run_id: str, tmp: Path) -> dict[tuple[str, str], d
         ("GET", "/api/v1/events"): {"params": {"limit": 10000}},
         ("GET", "/api/v1/logs"): {"params": {"lines": 10000}},
         ("GET", "/api/v1/metrics/query"): {"params": {"metric": "opencode_server_status"}},
+        ("POST", "/api/v1/metrics/queries"): {
+            "json": {"queries": [{"metric": "opencode_server_status"}]}
+        },
         ("GET", "/api/v1/metrics/names"): {},
         ("GET", "/api/v1/metrics/store"): {},
         ("GET", "/api/v1/config"): {},
@@ -175,6 +182,7 @@ def api_calls(backup_id: str, run_id: str, tmp: Path) -> dict[tuple[str, str], d
         ("GET", "/api/v1/runs"): {},
         ("GET", f"/api/v1/runs/{run_id}"): {},
         ("GET", f"/api/v1/runs/{run_id}/notebook"): {},
+        ("GET", f"/api/v1/runs/{run_id}/html"): {},
         ("GET", "/api/v1/openapi.json"): {},
     }
 
@@ -266,7 +274,7 @@ def test_no_secret_in_any_output(
 
     # Every command of the CLI, the agent stopped last.
     backup_id = created["id"]
-    runs = invocations(tmp_path, backup_id)
+    runs = invocations(tmp_path, backup_id, run["id"])
     commands = leaves(build_parser())
     assert sorted(commands) == sorted(runs), "give every command an invocation in invocations()"
     cli_env = {**env, "HTTPS_PROXY": f"http://127.0.0.1:{free_port()}"}  # the audit offline
