@@ -20,6 +20,7 @@ from nexus_ops.errors import ParameterError, RunbookError
 from nexus_ops.paths import Layout
 from nexus_ops.runbooks import ParamSpec, RunbookCatalog, RunbookRunner, validate
 from nexus_ops.runbooks.catalog import candidate_folders, locate
+from nexus_ops.runbooks.kernel import kernel_log_path
 from nexus_ops.runbooks.prose import markdown_html, markdown_text
 from nexus_ops.runbooks.report import notebook_html
 from nexus_ops.runbooks.service import RunbookService
@@ -254,6 +255,28 @@ def test_the_kernel_listens_on_private_unix_sockets_not_tcp(runner: RunbookRunne
     transport, mode, folder = notebook.cells[-1].outputs[0]["text"].split()
     assert (transport, mode) == ("ipc", "0o700")
     assert not Path(folder).exists(), "the sockets' folder goes with the run"
+
+
+def test_the_kernels_own_output_goes_to_its_log_not_the_terminal(
+    folder: Path, runner: RunbookRunner, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """What the kernel process itself prints (its log; a traceback of ipykernel's
+    while it shuts down) is kept beside the run, not shown to whoever runs it."""
+    write_notebook(
+        folder,
+        "noisy",
+        "dry_run: bool = True  # only look\nn: int = 1  # a number",
+        "import os\nfrom ipykernel.kernelapp import IPKernelApp\n"
+        "IPKernelApp.instance().log.error('the kernel logs this')\n"
+        "os.write(2, b'Traceback: written to the kernel fd 2\\n')",
+        VERDICT_CELL.format(name="noisy"),
+    )
+    record = runner.run("noisy")
+    assert record.status == "succeeded", record.error
+    shown = "".join(capfd.readouterr())
+    assert "the kernel logs this" not in shown and "Traceback" not in shown
+    log = kernel_log_path(Path(record.notebook)).read_text()
+    assert "the kernel logs this" in log and "written to the kernel fd 2" in log
 
 
 def test_an_unhealthy_verdict_is_recorded(runner: RunbookRunner) -> None:

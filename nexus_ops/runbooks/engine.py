@@ -17,9 +17,8 @@ import errno
 import getpass
 import secrets
 import socket
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,12 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.exceptions import PapermillExecutionError
 from papermill.execute import raise_for_execution_errors
-from traitlets.config import Config
 
 from nexus_ops.errors import NexusOpsError, RunbookError, StorageFull
 from nexus_ops.locks import FileLock, LockBusy
 from nexus_ops.paths import atomic_write
 from nexus_ops.runbooks.catalog import RunbookCatalog
+from nexus_ops.runbooks.kernel import private_kernel_config
 from nexus_ops.runbooks.models import Runbook
 from nexus_ops.runbooks.nbio import error_output, read_notebook
 from nexus_ops.runbooks.params import validate
@@ -70,14 +69,6 @@ class _ProgressEngine(NBClientEngine):  # type: ignore[misc]
 
 
 papermill_engines.register(ENGINE, _ProgressEngine)
-
-
-@contextlib.contextmanager
-def private_kernel_config() -> Iterator[Config]:
-    """A runbook's kernel speaks over Unix sockets in a private (0700) folder, not over
-    loopback TCP where any local user may knock; the folder goes with the run."""
-    with tempfile.TemporaryDirectory(prefix="nexus-ops-kernel-") as folder:
-        yield Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "k")}})
 
 
 def default_who() -> str:
@@ -127,7 +118,7 @@ class PreparedRun:
         output = Path(self.record.notebook)
         index, run_id = self.runner.index, self.record.id
         try:
-            with private_kernel_config() as config:
+            with private_kernel_config(output) as config:
                 papermill.execute_notebook(
                     self.runbook.path,
                     str(output),
