@@ -10,7 +10,14 @@ import pytest
 import yaml
 from conftest import nexus_cli, private_env
 
-from nexus_ops.alerts import AlertRule, AlertsConfig, AlertService, AlertTrack, export_rules
+from nexus_ops.alerts import (
+    AlertRule,
+    AlertsConfig,
+    AlertService,
+    AlertTrack,
+    describe_rule_status,
+    export_rules,
+)
 from nexus_ops.alerts.rules import default_rules, load_config, parse_duration
 from nexus_ops.alerts.window import SeriesWindow, aggregate_values, increase
 from nexus_ops.config import load_settings
@@ -189,6 +196,31 @@ def test_state_survives_a_restart_of_the_agent(tmp_path: Path) -> None:
     events = journal.events(kinds=["alert"])
     assert [e.reason for e in events] == ["firing"]
     assert events[0].details["rule"] == "Down"
+
+
+def test_journal_and_list_write_values_and_thresholds_in_their_units(tmp_path: Path) -> None:
+    journal = Journal(Database(tmp_path / "nexus.db"))
+    memory = AlertRule(
+        name="Big", metric="opencode_process_resident_memory_bytes", op=">", value=3221225472
+    )
+    slow = AlertRule(name="Slow", metric="opencode_request_duration_seconds", op=">", value=1)
+    service = AlertService(AlertsConfig(rules=[memory, slow]), journal)
+    readings = [
+        ("opencode_process_resident_memory_bytes", {}, 3.99987e9),
+        ("opencode_request_duration_seconds", {}, 1.0424714),
+    ]
+    service.window.add_reading(1000.0, readings)
+    service.evaluate(now=1000.5)
+    messages = sorted(e.message for e in journal.events(kinds=["alert"]))
+    assert messages == [
+        "Big: inactive -> firing (value 3.7 GiB): opencode_process_resident_memory_bytes > 3.0 GiB",
+        "Slow: inactive -> firing (value 1.0 s): opencode_request_duration_seconds > 1.0 s",
+    ]
+    listed = [describe_rule_status(status) for status in service.view().rules]
+    assert "3.7 GiB  opencode_process_resident_memory_bytes > 3.0 GiB" in listed[0]
+    assert listed[1].endswith("1.0 s  opencode_request_duration_seconds > 1.0 s")
+    # Prometheus and the rules' exact form keep the plain numbers.
+    assert service.view().rules[0].expression.endswith("> 3221225472")
 
 
 def test_a_rule_holds_only_while_its_gauge_is_one(tmp_path: Path) -> None:

@@ -187,7 +187,7 @@ class Notifier:
             rule=rule.name,
             status=status,
             severity=rule.severity,
-            summary=rule.summary or rule.describe(),
+            summary=rule.summary or rule.readable(),
             value=value,
         )
         self.recent.append(record)
@@ -366,7 +366,7 @@ def alert_body(
 ) -> dict[str, Any]:
     """One alert of Alertmanager's webhook body (version 4)."""
     labels = {"alertname": rule.name, "severity": rule.severity, "instance": source, **rule.labels}
-    annotations = {"summary": rule.summary or rule.describe(), "description": rule.description}
+    annotations = {"summary": rule.summary or rule.readable(), "description": rule.description}
     return {
         "status": status,
         "labels": labels,

@@ -179,6 +179,14 @@ class AlertRule(Frozen):
             text += f" while {self.only_while} == 1"
         return text + (f" for {format_duration(self.for_seconds)}" if self.for_seconds else "")
 
+    def readable(self) -> str:
+        """The rule with its threshold in its metric's unit, for people (``> 3.0 GiB``)."""
+        return self.describe(number=self.format_value)
+
+    def format_value(self, value: float) -> str:
+        """A value of the rule's metric in its unit: ``4.2e8`` -> ``400.5 MiB``."""
+        return m.format_metric(self.metric, value)
+
 
 def _matchers(match: Mapping[str, str]) -> str:
     if not match:

@@ -206,11 +206,11 @@ class AlertService:
         return value, holds
 
     def _apply(self, rule: AlertRule, change: Transition) -> None:
-        shown = "" if change.value is None else f" (value {change.value:.6g})"
+        shown = "" if change.value is None else f" (value {rule.format_value(change.value)})"
         if change.frm == change.to:
             message = f"{rule.name}: flapping ended, {change.notify} sent{shown}"
         else:
-            message = f"{rule.name}: {change.frm} -> {change.to}{shown}: {rule.describe()}"
+            message = f"{rule.name}: {change.frm} -> {change.to}{shown}: {rule.readable()}"
             if change.flapping and change.to in ("firing", "resolved"):
                 message += "; flapping, not notified"
         self.journal.record(
@@ -296,11 +296,9 @@ class AlertService:
 
 def describe_rule_status(status: RuleStatus) -> str:
     """One line for `nexus-ops alerts list`."""
-    value = "-" if status.value is None else f"{status.value:.6g}"
+    value = "-" if status.value is None else status.rule.format_value(status.value)
     since = ""
     if status.since is not None:
         since = f" for {format_duration(max(0.0, time.time() - status.since))}"
     flap = " (flapping)" if status.flapping else ""
-    return (
-        f"{status.rule.name:<28} {status.state + since + flap:<22} {value:>12}  {status.expression}"
-    )
+    return f"{status.rule.name:<28} {status.state + since + flap:<22} {value:>12}  {status.rule.readable()}"

@@ -16,7 +16,6 @@ import ipywidgets as widgets
 
 from nexus_ops.alerts import AlertsView, ReceiverStatus, RuleStatus
 from nexus_ops.alerts.notify import NotificationRecord
-from nexus_ops.metrics.catalogue import format_metric
 from nexus_ops.ui.base import Panel, table_html
 from nexus_ops.ui.style import esc
 
@@ -41,21 +40,15 @@ def rules_html(rules: list[RuleStatus]) -> str:
             f"<b>{esc(r.rule.name)}</b>",
             esc(r.state + (" (flapping)" if r.flapping else "")),
             _when(r.since),
-            esc(None if r.value is None else format_metric(r.rule.metric, r.value)),
+            esc(None if r.value is None else r.rule.format_value(r.value)),
             esc(r.rule.severity),
-            f"<code title='{esc(r.expression)}'>{esc(_condition(r))}</code>",
+            f"<code title='{esc(r.expression)}'>{esc(r.rule.readable())}</code>",
             esc(r.rule.summary),
         ]
         for r in ranked
     ]
     headers = ["rule", "state", "since", "value", "severity", "condition", "summary"]
     return table_html(headers, rows, "nx-alerts-table", [state_class(r.state) for r in ranked])
-
-
-def _condition(status: RuleStatus) -> str:
-    """The rule with its threshold in the metric's unit (``> 3.0 GiB``)."""
-    rule = status.rule
-    return rule.describe(number=lambda value: format_metric(rule.metric, value))
 
 
 def receivers_html(receivers: list[ReceiverStatus]) -> str:
