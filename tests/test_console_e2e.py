@@ -54,6 +54,11 @@ FIGURES_SHOW_15_MINUTES = """
 """
 
 # The elements of an executed notebook's page that run past its right edge or scroll.
+# The legend names of every figure's lines (Plotly's trace names, as drawn).
+LEGEND_NAMES = """
+() => [...document.querySelectorAll('.nx-figure .legendtext')].map((e) => e.textContent)
+"""
+
 CUT_IN_THE_NOTEBOOK = """
 (main) => [...main.querySelectorAll('*')].filter((e) =>
   e.getBoundingClientRect().right > innerWidth + 1
@@ -277,6 +282,10 @@ def test_every_figure_renders_with_data(page: Page) -> None:
     # Plotly draws a figure 700 px wide; the console makes it fill its half of the page.
     page.wait_for_function(FIGURES_FILL_THEIR_BOXES, timeout=30_000)
     assert "1.79" not in text_of(page, ".nx-series-cpu"), "the time axis shows dates"
+    names = page.evaluate(LEGEND_NAMES)
+    assert "agent" in names and "p95 · health checks" in names, names
+    raw = [n for n in names if any(c in n for c in ",=/{") or not n.strip()]
+    assert not raw, f"legend names for machines, not people: {raw}"
     shot(page, "metrics")
 
 
