@@ -76,6 +76,27 @@ def test_verify_passes_then_catches_a_changed_archive(
     assert "checksum differs" in report.problems[0]
 
 
+def test_verify_names_each_member_whose_bytes_differ_from_the_manifest(
+    repo: BackupRepository, locations: OpenCodeLocations
+) -> None:
+    # The archive is intact (its checksum matches), but the manifest says other bytes
+    # for two members, the database among them: each is named, the rest pass.
+    manifest = create_backup(repo, BackupSources.of(locations))
+    fields = manifest.model_dump()
+    changed = {"data/auth.json", "data/opencode.db"}
+    for entry in fields["files"]:
+        if entry["path"] in changed:
+            entry["sha256"] = "0" * 64
+    repo.manifest_path(manifest.id).write_text(json.dumps(fields))
+    report = verify_backup(repo, manifest.id)
+    assert not report.ok
+    assert sorted(report.problems) == [
+        f"{path}: size or checksum differs from the manifest" for path in sorted(changed)
+    ]
+    assert report.integrity == {"data/opencode.db": "ok"}  # the copy was still checked
+    assert report.checked_files == len(manifest.files)
+
+
 def test_verify_runs_integrity_check_on_the_database_copy(
     repo: BackupRepository, locations: OpenCodeLocations, tmp_path: Path
 ) -> None:
