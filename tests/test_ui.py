@@ -632,6 +632,16 @@ def test_invalid_settings_give_a_console_that_says_what_to_fix(
     assert "NEXUS_PROBE_TIMEOUT" in made.panels["Server"].banner.widget.value
 
 
+def test_the_header_says_demo_only_for_a_demo(agent: FakeAgent, tmp_path: Path) -> None:
+    def header_text(settings: dict[str, str]) -> str:
+        made = Console(agent, load_settings({"NEXUS_HOME": str(tmp_path), **settings}))
+        return " ".join(str(getattr(w, "value", "")) for w in made.widget.children[1].children)
+
+    demo = header_text({"NEXUS_DEMO": "true"})
+    assert ">DEMO</span>" in demo and "scripted model, synthetic workload" in demo
+    assert "DEMO" not in header_text({})
+
+
 def test_console_displays_as_its_widget(agent: FakeAgent) -> None:
     made = Console(agent)
     bundle = made._repr_mimebundle_()

@@ -30,6 +30,10 @@ CSS = (
 .nx-header { align-items: center; gap: 16px; padding: 4px 0 8px 0; }
 .nx-title { font-size: 20px; font-weight: 600; white-space: nowrap; }
 .nx-agent, .nx-updated { color: #555; }
+.nx-demo { display: inline-block; padding: 2px 8px; border-radius: 4px; font-weight: 700;
+  letter-spacing: 0.08em; background: #b45309; color: #fff; }
+.nx-demo-note { margin-left: 8px; color: #92400e; white-space: nowrap; }
+@media (max-width: 600px) { .nx-demo-note { display: none; } }
 .nx-light { display: inline-block; width: 12px; height: 12px; border-radius: 50%;
   margin-right: 6px; vertical-align: middle; }
 """
