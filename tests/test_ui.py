@@ -736,7 +736,25 @@ def test_alert_values_are_written_in_their_metric_unit_and_no_webhooks_says_what
     assert "381.5 MiB" in rows and "42 ms" in rows
     assert "3.99987e+08" not in rows and "0.0425" not in rows
     empty = receivers_html([])
-    assert "Set <code>NEXUS_ALERT_WEBHOOK_URLS</code>" in empty and "docs/alerts.md" in empty
+    assert "NEXUS_ALERT_WEBHOOK_URLS=https://hooks.example.com/" in empty
+    assert "restart the agent" in empty and "docs/alerts.md" in empty
+
+
+def test_a_notice_without_a_summary_shows_its_condition_for_people() -> None:
+    from nexus_ops.alerts import RuleStatus
+    from nexus_ops.alerts.notify import NotificationRecord
+    from nexus_ops.alerts.rules import AlertRule
+    from nexus_ops.ui.alerts import recent_html
+
+    rule = AlertRule(name="Mem", metric="opencode_process_resident_memory_bytes", value=3221225472)
+    status = RuleStatus(rule=rule, expression=rule.describe(), state="firing")
+    notice = NotificationRecord(
+        time=1.0, rule="Mem", status="firing", severity="warning", summary=rule.describe()
+    )
+    html = recent_html([notice], [status])
+    assert "&gt; 3 GiB" in html and "3221225472" not in html
+    told = notice.model_copy(update={"summary": "Memory is high"})
+    assert "Memory is high" in recent_html([told], [status])
 
 
 def test_alert_conditions_write_thresholds_for_people() -> None:
@@ -747,9 +765,13 @@ def test_alert_conditions_write_thresholds_for_people() -> None:
     rule = AlertRule(name="Mem", metric="opencode_process_resident_memory_bytes", value=3221225472)
     html = rules_html([RuleStatus(rule=rule, expression=rule.describe(), state="inactive")])
     assert (
-        "&gt; 3.0 GiB" in html
+        "&gt; 3 GiB" in html
         and "title='opencode_process_resident_memory_bytes &gt; 3221225472'" in html
     )
+    cpu = AlertRule(name="Cpu", metric="opencode_process_cpu_percent", value=90)
+    slow = AlertRule(name="Slow", metric="opencode_request_duration_seconds", value=2.5)
+    html = rules_html([RuleStatus(rule=r, expression="", state="inactive") for r in (cpu, slow)])
+    assert "&gt; 90%" in html and "&gt; 2.5 s" in html
     starts = AlertRule(name="Loop", kind="restart_rate", value=3, window=900)
     assert "more than 3 starts" in rules_html(
         [RuleStatus(rule=starts, expression="", state="inactive")]

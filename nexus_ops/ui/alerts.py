@@ -10,6 +10,7 @@ agent.
 
 from __future__ import annotations
 
+import re
 import time
 
 import ipywidgets as widgets
@@ -53,19 +54,39 @@ def rules_html(rules: list[RuleStatus]) -> str:
 
 
 def _condition(status: RuleStatus) -> str:
-    """The rule with its threshold in the metric's unit (``> 3.0 GiB``)."""
+    """The rule with its threshold in the metric's unit (``> 3 GiB``)."""
     rule = status.rule
-    return rule.describe(number=lambda value: format_metric(rule.metric, value))
+    return rule.describe(number=lambda value: threshold(rule.metric, value))
+
+
+def threshold(metric: str, value: float) -> str:
+    """A threshold in ``metric``'s unit, without the decimals of a whole one.
+
+    >>> threshold("opencode_process_resident_memory_bytes", 3221225472)
+    '3 GiB'
+    >>> threshold("opencode_process_cpu_percent", 90), threshold("x_seconds", 2.5)
+    ('90%', '2.5 s')
+    """
+    text = format_metric(metric, value)
+    return re.sub(r"^(-?[\d,]+)\.0+(?=\D|$)", r"\1", text)
+
+
+NO_WEBHOOKS = (
+    "<div class='nx-muted nx-no-webhooks'>"
+    "<p>No webhooks: alerts show here but notify no one. To add one, set the URLs to "
+    "notify (comma-separated) in the agent's environment or <code>.env</code>, then "
+    "restart the agent (<code>nexus-ops agent stop</code>, <code>nexus-ops agent "
+    "start</code>):</p>"
+    "<code class='nx-example'>NEXUS_ALERT_WEBHOOK_URLS=https://hooks.example.com/nexus-ops</code>"
+    "<p>A bearer token goes in <code>NEXUS_ALERT_WEBHOOK_TOKEN</code>; webhooks with tokens "
+    "and headers of their own go under <code>webhooks:</code> in the YAML file named by "
+    "<code>NEXUS_ALERTS_FILE</code>. See docs/alerts.md (Notifications).</p></div>"
+)
 
 
 def receivers_html(receivers: list[ReceiverStatus]) -> str:
     if not receivers:
-        return (
-            "<p class='nx-muted nx-no-webhooks'>No webhooks: alerts show here but notify no one. "
-            "Set <code>NEXUS_ALERT_WEBHOOK_URLS</code> to the URLs to notify (comma-separated), "
-            "or list webhooks in the YAML file named by <code>NEXUS_ALERTS_FILE</code>, then "
-            "restart the agent; see docs/alerts.md.</p>"
-        )
+        return NO_WEBHOOKS
     rows = [
         [esc(r.receiver), esc(r.delivered), esc(r.failed), _when(r.last_attempt), esc(r.last_error)]
         for r in receivers
@@ -75,22 +96,31 @@ def receivers_html(receivers: list[ReceiverStatus]) -> str:
     return table_html(headers, rows, "nx-receivers-table", classes)
 
 
-def recent_html(recent: list[NotificationRecord]) -> str:
+def recent_html(recent: list[NotificationRecord], rules: list[RuleStatus] | None = None) -> str:
+    """The notifications, newest first; a rule without a summary by its condition for people."""
     if not recent:
         return "<p class='nx-muted'>No notification sent yet.</p>"
     newest_first = list(reversed(recent))
+    by_name = {status.rule.name: status for status in rules or []}
     rows = [
         [
             _when(n.time),
             esc(n.rule),
             esc(n.status),
-            esc(n.summary),
+            esc(_summary(n, by_name.get(n.rule))),
             esc(", ".join(n.failed) or None),
         ]
         for n in newest_first
     ]
     classes = [state_class("firing" if n.status == "firing" else "inactive") for n in newest_first]
     return table_html(["time", "rule", "sent", "summary", "failed to"], rows, "nx-recent", classes)
+
+
+def _summary(notice: NotificationRecord, status: RuleStatus | None) -> str:
+    """The notice's summary; the rule's exact condition (its default) in the metric's unit."""
+    if status is not None and notice.summary == status.rule.describe():
+        return _condition(status)
+    return notice.summary
 
 
 class AlertsPanel(Panel[AlertsView]):
@@ -125,7 +155,7 @@ class AlertsPanel(Panel[AlertsView]):
         for widget, html in (
             (self.rules, rules_html(data.rules)),
             (self.receivers, receivers_html(data.receivers)),
-            (self.recent, recent_html(data.recent)),
+            (self.recent, recent_html(data.recent, data.rules)),
         ):
             if widget.value != html:
                 widget.value = html
