@@ -86,3 +86,13 @@ OVERFLOWING = """
 def shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def check_on_a_phone(page: Page, name: str, selector: str) -> None:
+    """At a phone's width (412 px) ``selector`` shows and nothing is cut off; a screenshot."""
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 412, "height": 915})
+    expect(page.locator(selector)).to_be_visible()
+    assert page.evaluate(OVERFLOWING) == []
+    shot(page, name)

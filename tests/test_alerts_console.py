@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser import OVERFLOWING, shot
+from browser import OVERFLOWING, check_on_a_phone, shot
 from conftest import free_port, kill_everything_of, private_env, wait_for
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, expect
@@ -135,10 +135,7 @@ def test_the_alerts_tab_in_chromium_writes_values_for_people(
         assert page.evaluate(WRAPPED_SHORT_CELLS) == []
         assert page.evaluate(OVERFLOWING) == []
         shot(page, "alerts-1280")
-        page.set_viewport_size({"width": 412, "height": 915})
-        expect(page.locator(".nx-no-webhooks")).to_be_visible()
-        assert page.evaluate(OVERFLOWING) == []
-        shot(page, "alerts-412")
+        check_on_a_phone(page, "alerts-412", ".nx-no-webhooks")
         page.close()
     finally:
         with contextlib.suppress(Exception):

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from browser import shot
+from browser import check_on_a_phone, shot
 from conftest import free_port, kill_everything_of, private_env, wait_for
 from playwright.sync_api import Browser, expect
 from test_console_e2e import LOAD, serve
@@ -104,6 +104,7 @@ def test_demo_shows_activity_labelled_demo_and_ctrl_c_stops_everything(
         expect(page.locator(".nx-agent-state")).to_have_text("agent connected", timeout=30_000)
         expect(page.locator(".nx-server-state")).to_have_text("running", timeout=30_000)
         shot(page, "demo")
+        check_on_a_phone(page, "demo-412", ".nx-header .nx-demo")
         page.close()
 
         agent = running_agent(settings)
