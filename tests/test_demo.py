@@ -3,7 +3,6 @@ marked DEMO in real Chromium, and Ctrl-C that leaves nothing behind."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -12,7 +11,7 @@ import httpx
 import psutil
 import pytest
 from browser import check_on_a_phone, shot
-from conftest import free_port, kill_everything_of, private_env, wait_for
+from conftest import free_port, kill_everything_of, private_env, processes_of, wait_for
 from playwright.sync_api import Browser, expect
 from test_console_e2e import LOAD, serve
 
@@ -116,21 +115,12 @@ def test_demo_shows_activity_labelled_demo_and_ctrl_c_stops_everything(
         assert "demo stopped" in "".join(served.output)
         left = psutil.wait_procs(watched, timeout=30)[1]
         assert left == [], f"left running: {left}"
-        assert still_running(str(home)) == [], "no process of the demo's NEXUS_HOME"
+        assert processes_of(demo_env) == [], "no process of the demo's NEXUS_HOME"
     finally:
         if served.process.poll() is None:
             served.process.kill()
         kill_everything_of(demo_env)
         kill_everything_of(env)
-
-
-def still_running(home: str) -> list[int]:
-    found = []
-    for proc in psutil.process_iter(["pid", "environ"]):
-        with contextlib.suppress(psutil.Error):
-            if (proc.info["environ"] or {}).get("NEXUS_HOME") == home:
-                found.append(proc.pid)
-    return found
 
 
 def test_the_demo_refuses_the_real_nexus_home(tmp_path: Path) -> None:
