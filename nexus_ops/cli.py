@@ -421,6 +421,53 @@ def console_run(args: argparse.Namespace) -> int:
     return run_console(settings(), options, say=lambda line: print(line, flush=True))
 
 
+# ---- demo -----------------------------------------------------------------------------
+
+
+def demo_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = groups.add_parser(
+        "demo",
+        help="the console on a server with a scripted model and a steady workload",
+        description="Start a scripted model, the agent and its server wired to it, a light "
+        "steady workload and the web console, all in a NEXUS_HOME of their own (OpenCode's "
+        "HOME and XDG folders inside it); print the console's URL. Ctrl-C stops all of it.",
+    )
+    demo.add_argument(
+        "--home",
+        type=Path,
+        default=Path("~/.local/share/nexus-ops-demo"),
+        help="the demo's NEXUS_HOME (default ~/.local/share/nexus-ops-demo; never your real one)",
+    )
+    demo.add_argument("--port", type=int, help="console port (default: NEXUS_CONSOLE_PORT)")
+    demo.add_argument(
+        "--sessions", type=int, default=2, help="sessions sending prompts at once (default 2)"
+    )
+    demo.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between a session's prompts (5)"
+    )
+    demo.add_argument(
+        "--no-console",
+        action="store_true",
+        help="no web console: the agent, server and workload only (open the console notebook "
+        "with NEXUS_HOME and NEXUS_DEMO=true set)",
+    )
+    demo.set_defaults(handler=demo_run)
+
+
+def demo_run(args: argparse.Namespace) -> int:
+    from nexus_ops.console import ConsoleOptions
+    from nexus_ops.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        home=args.home,
+        console=not args.no_console,
+        sessions=args.sessions,
+        interval=args.interval,
+        console_options=ConsoleOptions(port=args.port),
+    )
+    return run_demo(options, say=lambda line: print(line, flush=True))
+
+
 # ---- alerts ---------------------------------------------------------------------------
 
 
@@ -522,6 +569,7 @@ COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParse
     server_commands,
     events_commands,
     console_commands,
+    demo_commands,
     alerts_commands,
     security_commands,
     backup_commands,

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         ge=10,
         description="Seconds after which the kernel of a closed console page is shut down.",
     )
+    demo: bool = Field(
+        False,
+        description="Mark the console as a demo (set by `nexus-ops demo`: a scripted model "
+        "and a synthetic workload).",
+    )
 
     # Liveness and restart policy.
     probe_interval: float = Field(1.0, gt=0, description="Seconds between liveness probes.")

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -322,16 +322,19 @@ def stop_console(server: ConsoleServer, grace: float = 10.0) -> list[int]:
     return survivors
 
 
-def start_agent(settings: Settings, timeout: float = 60.0) -> str:
+def start_agent(
+    settings: Settings, timeout: float = 60.0, environ: Mapping[str, str] | None = None
+) -> str:
     """Start the agent unless one answers; what happened, as a line to show.
 
     Through ``nexus-ops agent start`` in a child that exits at once, so that the
     agent is not a child of this long-lived process (whose zombie it would stay
-    once stopped by someone else).
+    once stopped by someone else). ``environ`` (default: this process's) is the
+    environment it inherits besides the settings, the server's too.
     """
     if answers(settings):
         return f"agent running at {settings.agent_base_url}"
-    env = child_environment(settings)
+    env = child_environment(settings, environ)
     try:
         done = subprocess.run(
             [sys.executable, "-m", "nexus_ops", "agent", "start"],

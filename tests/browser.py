@@ -86,3 +86,19 @@ OVERFLOWING = """
 def shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def check_on_a_phone(page: Page, name: str, selector: str) -> None:
+    """At a phone's width (412 px) ``selector`` shows and nothing is cut off; a screenshot."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 412, "height": 915})
+    expect(page.locator(selector)).to_be_visible()
+    try:  # the widgets lay themselves out again after the resize
+        page.wait_for_function(f"() => ({OVERFLOWING})().length === 0", timeout=10_000)
+    except PlaywrightTimeout:
+        found = page.evaluate(OVERFLOWING)
+        shot(page, name)
+        raise AssertionError(f"cut off or scrolling sideways at 412 px: {found}") from None
+    shot(page, name)

@@ -94,10 +94,11 @@ def nexus_env(tmp_path: Path, opencode_bin: Path) -> Iterator[dict[str, str]]:
     kill_everything_of(env)
 
 
-def kill_everything_of(env: dict[str, str]) -> None:
-    """Kill the agent and any server that a test's environment left running."""
+def processes_of(env: dict[str, str]) -> list[psutil.Process]:
+    """The processes of a test's environment: its NEXUS_HOME's, and servers on its ports."""
     marker_ports = {env["NEXUS_OPENCODE_PORT"], env["NEXUS_AGENT_PORT"]}
     home = env["NEXUS_HOME"]
+    found = []
     for proc in psutil.process_iter(["pid", "cmdline", "environ"]):
         with contextlib.suppress(psutil.Error):
             cmd = proc.info["cmdline"] or []
@@ -106,9 +107,16 @@ def kill_everything_of(env: dict[str, str]) -> None:
                 "serve" in cmd and any(port in cmd for port in marker_ports)
             )
             if ours and proc.pid != os.getpid():
-                with contextlib.suppress(psutil.Error):
-                    proc.send_signal(signal.SIGCONT)
-                proc.kill()
+                found.append(proc)
+    return found
+
+
+def kill_everything_of(env: dict[str, str]) -> None:
+    """Kill the agent and any server that a test's environment left running."""
+    for proc in processes_of(env):
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
 
 
 @dataclass

@@ -213,12 +213,12 @@ def test_journal_and_list_write_values_and_thresholds_in_their_units(tmp_path: P
     service.evaluate(now=1000.5)
     messages = sorted(e.message for e in journal.events(kinds=["alert"]))
     assert messages == [
-        "Big: inactive -> firing (value 3.7 GiB): opencode_process_resident_memory_bytes > 3.0 GiB",
-        "Slow: inactive -> firing (value 1.0 s): opencode_request_duration_seconds > 1.0 s",
+        "Big: inactive -> firing (value 3.7 GiB): opencode_process_resident_memory_bytes > 3 GiB",
+        "Slow: inactive -> firing (value 1.0 s): opencode_request_duration_seconds > 1 s",
     ]
     listed = [describe_rule_status(status) for status in service.view().rules]
-    assert "3.7 GiB  opencode_process_resident_memory_bytes > 3.0 GiB" in listed[0]
-    assert listed[1].endswith("1.0 s  opencode_request_duration_seconds > 1.0 s")
+    assert "3.7 GiB  opencode_process_resident_memory_bytes > 3 GiB" in listed[0]
+    assert listed[1].endswith("1.0 s  opencode_request_duration_seconds > 1 s")
     # Prometheus and the rules' exact form keep the plain numbers.
     assert service.view().rules[0].expression.endswith("> 3221225472")
 

@@ -113,10 +113,12 @@ def console_env(root: Path, opencode_bin: Path, **extra: str) -> dict[str, str]:
     )
 
 
-def serve(env: dict[str, str], timeout: float = 120.0) -> Served:
-    """Start ``nexus-ops console`` as an operator would; wait for the URL it prints."""
+def serve(
+    env: dict[str, str], timeout: float = 120.0, command: tuple[str, ...] = ("console",)
+) -> Served:
+    """Start ``nexus-ops console`` (or ``command``) as an operator would; wait for the URL it prints."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "nexus_ops", "console"],
+        [sys.executable, "-m", "nexus_ops", *command],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -139,7 +141,7 @@ def serve(env: dict[str, str], timeout: float = 120.0) -> Served:
             line = lines.get(timeout=0.5)
         except queue.Empty:
             if process.poll() is not None:
-                pytest.fail(f"nexus-ops console exited: {''.join(output)}")
+                pytest.fail(f"nexus-ops {command[0]} exited: {''.join(output)}")
             continue
         if line.startswith("console: "):
             url = line.split(" ", 1)[1].strip()

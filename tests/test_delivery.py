@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from conftest import ROOT, free_port, kill_everything_of, private_env, wait_for
+from conftest import ROOT, free_port, kill_everything_of, private_env, processes_of, wait_for
 
 from nexus_ops.config import DEFAULT_OPENCODE_VERSION, Settings, load_settings
 
@@ -578,6 +578,57 @@ def test_binder_environment_and_post_build(tmp_path: Path) -> None:
     commands = post_build.read_text()
     assert "pip install --no-cache-dir ." in commands
     assert "nexus-ops opencode install" in commands
+
+
+# What the notebook server that binder/start hands over to sees: the demo's agent.
+BINDER_KERNEL_CHECK = """
+from nexus_ops.client import AgentClient
+from nexus_ops.config import load_settings
+from nexus_ops.errors import NexusOpsError
+import os, time
+settings = load_settings()
+print("home", settings.home, "demo", settings.demo, "given", os.environ["NEXUS_HOME"])
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        with AgentClient.from_settings(settings) as client:
+            if client.status().state.value == "running":
+                print("server running")
+                break
+    except NexusOpsError:
+        pass
+    time.sleep(0.5)
+"""
+
+
+@pytest.mark.opencode
+def test_binder_start_runs_the_demo_for_the_notebook_server(
+    tmp_path: Path, opencode_bin: Path
+) -> None:
+    start = BINDER / "start"
+    assert os.access(start, os.X_OK)
+    assert_passes(run(tool("shellcheck"), str(start)))
+    env = private_env(tmp_path, {"NEXUS_OPENCODE_BIN": str(opencode_bin)})
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    demo_home = Path(env["HOME"]) / ".local" / "share" / "nexus-ops-demo"
+    try:
+        done = run(str(start), sys.executable, "-c", BINDER_KERNEL_CHECK, env=env)
+        assert_passes(done)
+        assert f"home {demo_home} demo True given {demo_home}" in done.stdout, done.stdout
+        assert "server running" in done.stdout, (demo_home / "demo.log").read_text()
+        demo = next(
+            p for p in psutil.process_iter(["cmdline"])
+            if "demo" in (p.info["cmdline"] or []) and str(demo_home) in p.info["cmdline"]
+        )  # fmt: skip
+        demo_env = {**env, "NEXUS_HOME": str(demo_home)}
+        started = processes_of(demo_env)  # the agent and the server
+        assert len(started) >= 2, started
+        demo.send_signal(signal.SIGTERM)
+        assert psutil.wait_procs([demo, *started], timeout=90)[1] == []
+        assert "demo stopped" in (demo_home / "demo.log").read_text()
+        assert processes_of(demo_env) == []
+    finally:
+        kill_everything_of({**env, "NEXUS_HOME": str(demo_home)})
 
 
 def environment_sharing_dependencies(venv: Path) -> Path:

@@ -632,6 +632,16 @@ def test_invalid_settings_give_a_console_that_says_what_to_fix(
     assert "NEXUS_PROBE_TIMEOUT" in made.panels["Server"].banner.widget.value
 
 
+def test_the_header_says_demo_only_for_a_demo(agent: FakeAgent, tmp_path: Path) -> None:
+    def header_text(settings: dict[str, str]) -> str:
+        made = Console(agent, load_settings({"NEXUS_HOME": str(tmp_path), **settings}))
+        return " ".join(str(getattr(w, "value", "")) for w in made.widget.children[1].children)
+
+    demo = header_text({"NEXUS_DEMO": "true"})
+    assert ">DEMO</span>" in demo and "scripted model, synthetic workload" in demo
+    assert "DEMO" not in header_text({})
+
+
 def test_console_displays_as_its_widget(agent: FakeAgent) -> None:
     made = Console(agent)
     bundle = made._repr_mimebundle_()
@@ -726,7 +736,24 @@ def test_alert_values_are_written_in_their_metric_unit_and_no_webhooks_says_what
     assert "381.5 MiB" in rows and "42 ms" in rows
     assert "3.99987e+08" not in rows and "0.0425" not in rows
     empty = receivers_html([])
-    assert "Set <code>NEXUS_ALERT_WEBHOOK_URLS</code>" in empty and "docs/alerts.md" in empty
+    assert "NEXUS_ALERT_WEBHOOK_URLS=https://hooks.example.com/" in empty
+    assert "restart the agent" in empty and "docs/alerts.md" in empty
+
+
+def test_a_notice_without_a_summary_shows_its_condition_for_people(tmp_path: Path) -> None:
+    from nexus_ops.alerts import Notifier
+    from nexus_ops.alerts.rules import AlertRule
+    from nexus_ops.store import Database, Journal
+    from nexus_ops.ui.alerts import recent_html
+
+    rule = AlertRule(name="Mem", metric="opencode_process_resident_memory_bytes", value=3221225472)
+    notifier = Notifier([], Journal(Database(tmp_path / "nexus.db")))
+    notice = notifier.send(rule, "firing", 3.5e9, None)
+    assert notice.summary == "opencode_process_resident_memory_bytes > 3 GiB"
+    html = recent_html([notice])
+    assert "&gt; 3 GiB" in html and "3221225472" not in html
+    told = notifier.send(rule.model_copy(update={"summary": "Memory is high"}), "firing", 1, None)
+    assert "Memory is high" in recent_html([told])
 
 
 def test_alert_conditions_write_thresholds_for_people() -> None:
@@ -737,9 +764,13 @@ def test_alert_conditions_write_thresholds_for_people() -> None:
     rule = AlertRule(name="Mem", metric="opencode_process_resident_memory_bytes", value=3221225472)
     html = rules_html([RuleStatus(rule=rule, expression=rule.describe(), state="inactive")])
     assert (
-        "&gt; 3.0 GiB" in html
+        "&gt; 3 GiB" in html
         and "title='opencode_process_resident_memory_bytes &gt; 3221225472'" in html
     )
+    cpu = AlertRule(name="Cpu", metric="opencode_process_cpu_percent", value=90)
+    slow = AlertRule(name="Slow", metric="opencode_request_duration_seconds", value=2.5)
+    html = rules_html([RuleStatus(rule=r, expression="", state="inactive") for r in (cpu, slow)])
+    assert "&gt; 90%" in html and "&gt; 2.5 s" in html
     starts = AlertRule(name="Loop", kind="restart_rate", value=3, window=900)
     assert "more than 3 starts" in rules_html(
         [RuleStatus(rule=starts, expression="", state="inactive")]

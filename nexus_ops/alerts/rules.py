@@ -180,12 +180,24 @@ class AlertRule(Frozen):
         return text + (f" for {format_duration(self.for_seconds)}" if self.for_seconds else "")
 
     def readable(self) -> str:
-        """The rule with its threshold in its metric's unit, for people (``> 3.0 GiB``)."""
-        return self.describe(number=self.format_value)
+        """The rule with its threshold in its metric's unit, for people (``> 3 GiB``)."""
+        return self.describe(number=lambda value: format_threshold(self.metric, value))
 
     def format_value(self, value: float) -> str:
         """A value of the rule's metric in its unit: ``4.2e8`` -> ``400.5 MiB``."""
         return m.format_metric(self.metric, value)
+
+
+def format_threshold(metric: str, value: float) -> str:
+    """A threshold in ``metric``'s unit, without the decimals of a whole one.
+
+    >>> format_threshold("opencode_process_resident_memory_bytes", 3221225472)
+    '3 GiB'
+    >>> format_threshold("opencode_process_cpu_percent", 90), format_threshold("x_seconds", 2.5)
+    ('90%', '2.5 s')
+    """
+    text = m.format_metric(metric, value)
+    return re.sub(r"^(-?[\d,]+)\.0+(?=\D|$)", r"\1", text)
 
 
 def _matchers(match: Mapping[str, str]) -> str:

@@ -51,14 +51,22 @@ def rules_html(rules: list[RuleStatus]) -> str:
     return table_html(headers, rows, "nx-alerts-table", [state_class(r.state) for r in ranked])
 
 
+NO_WEBHOOKS = (
+    "<div class='nx-muted nx-no-webhooks'>"
+    "<p>No webhooks: alerts show here but notify no one. To add one, set the URLs to "
+    "notify (comma-separated) in the agent's environment or <code>.env</code>, then "
+    "restart the agent (<code>nexus-ops agent stop</code>, <code>nexus-ops agent "
+    "start</code>):</p>"
+    "<code class='nx-example'>NEXUS_ALERT_WEBHOOK_URLS=https://hooks.example.com/nexus-ops</code>"
+    "<p>A bearer token goes in <code>NEXUS_ALERT_WEBHOOK_TOKEN</code>; webhooks with tokens "
+    "and headers of their own go under <code>webhooks:</code> in the YAML file named by "
+    "<code>NEXUS_ALERTS_FILE</code>. See docs/alerts.md (Notifications).</p></div>"
+)
+
+
 def receivers_html(receivers: list[ReceiverStatus]) -> str:
     if not receivers:
-        return (
-            "<p class='nx-muted nx-no-webhooks'>No webhooks: alerts show here but notify no one. "
-            "Set <code>NEXUS_ALERT_WEBHOOK_URLS</code> to the URLs to notify (comma-separated), "
-            "or list webhooks in the YAML file named by <code>NEXUS_ALERTS_FILE</code>, then "
-            "restart the agent; see docs/alerts.md.</p>"
-        )
+        return NO_WEBHOOKS
     rows = [
         [esc(r.receiver), esc(r.delivered), esc(r.failed), _when(r.last_attempt), esc(r.last_error)]
         for r in receivers
@@ -69,6 +77,7 @@ def receivers_html(receivers: list[ReceiverStatus]) -> str:
 
 
 def recent_html(recent: list[NotificationRecord]) -> str:
+    """The notifications, newest first."""
     if not recent:
         return "<p class='nx-muted'>No notification sent yet.</p>"
     newest_first = list(reversed(recent))

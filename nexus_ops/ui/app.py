@@ -89,7 +89,8 @@ class Console:
         self.updated = widgets.HTML()
         self.updated.add_class("nx-updated")
         title = widgets.HTML("<span class='nx-title'>nexus-ops</span>")
-        header = widgets.HBox([title, self.agent, self.updated])
+        marks = [demo_label()] if settings is not None and settings.demo else []
+        header = widgets.HBox([title, *marks, self.agent, self.updated])
         header.add_class("nx-header")
         self.watch = PageWatch()
         self.widget = widgets.VBox([style_widget(), header, self.tabs, self.watch])
@@ -254,6 +255,17 @@ class BrokenClient:
             raise self.error
 
         return fail
+
+
+def demo_label() -> widgets.HTML:
+    """The header's mark of a demo console (``NEXUS_DEMO``): nothing here is real work."""
+    label = widgets.HTML(
+        "<span class='nx-demo' title='A demo: a scripted model answers a synthetic "
+        "workload (nexus-ops demo)'>DEMO</span>"
+        "<span class='nx-demo-note'>scripted model, synthetic workload</span>"
+    )
+    label.add_class("nx-demo-mark")
+    return label
 
 
 def read_password(settings: Settings) -> str:

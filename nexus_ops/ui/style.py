@@ -30,6 +30,10 @@ CSS = (
 .nx-header { align-items: center; gap: 16px; padding: 4px 0 8px 0; }
 .nx-title { font-size: 20px; font-weight: 600; white-space: nowrap; }
 .nx-agent, .nx-updated { color: #555; }
+.nx-demo { display: inline-block; padding: 2px 8px; border-radius: 4px; font-weight: 700;
+  letter-spacing: 0.08em; background: #b45309; color: #fff; }
+.nx-demo-note { margin-left: 8px; color: #92400e; white-space: nowrap; }
+@media (max-width: 600px) { .nx-demo-note { display: none; } }
 .nx-light { display: inline-block; width: 12px; height: 12px; border-radius: 50%;
   margin-right: 6px; vertical-align: middle; }
 """
@@ -66,6 +70,9 @@ CSS = (
 .nx-confirm { background: #fff4e5; padding: 6px 10px; align-items: center; gap: 8px; }
 .nx-password code, .nx-url code { font-size: 13px; }
 .nx-commands code { font-size: 12px; white-space: pre-wrap; word-break: break-all; }
+.nx-no-webhooks p { margin: 4px 0; }
+.nx-no-webhooks .nx-example { display: block; margin: 4px 0; padding: 4px 8px; color: #222;
+  background: #f3f4f6; font-size: 12px; white-space: pre-wrap; word-break: break-all; }
 .nx-commands > div { margin: 2px 0 6px; }
 .nx-qr svg { display: block; }
 /* A figure takes its box's width (Plotly's autosize reads the element's own width; as
@@ -77,9 +84,11 @@ CSS = (
 /* A stat is one number: Plotly's toolbar would only cover its title. */
 .nx-stat .modebar-container { display: none; }
 .nx-table td { overflow-wrap: anywhere; }
-/* The short columns of the recent runs keep their words whole (not "succeed|ed"). */
+/* The short columns of the recent runs and of the alert rules keep their words whole
+   (not "succeed|ed", "inactiv|e"). */
 @media (min-width: 701px) {
-  .nx-runs-table td:nth-child(-n+3), .nx-runs-table td:nth-child(n+5):nth-child(-n+7) {
+  .nx-runs-table td:nth-child(-n+3), .nx-runs-table td:nth-child(n+5):nth-child(-n+7),
+  .nx-alerts-table td:nth-child(-n+5) {
     overflow-wrap: normal; white-space: nowrap; }
 }
 /* A widget 100% wide keeps its margins: without them it fits. */
