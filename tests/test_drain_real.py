@@ -1,0 +1,198 @@
+"""Session-aware supervision against the real OpenCode on the scripted model provider:
+soft restarts wait for busy sessions, hard faults record the prompts they cut.
+
+One agent and one server serve the whole module; a test that needs other settings
+starts a new agent with them, which adopts the running server (a second or two)
+instead of starting a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from backup_helpers import install_config
+from conftest import RunningAgent, kill_everything_of, nexus_cli, private_env, start_agent, wait_for
+
+from nexus_ops.models import Event, ServerState
+from nexus_ops.paths import Layout
+from nexus_ops.ui.base import PanelContext
+from nexus_ops.ui.server import ServerPanel
+from nexus_ops.workload.config import write_provider_config
+from nexus_ops.workload.provider import ScriptedProvider
+from nexus_ops.workload.script import Rule, Script, bash
+
+pytestmark = pytest.mark.opencode
+
+SHORT, LONG = "sleep eight", "sleep long"
+SCRIPT = Script(
+    rules=[Rule(when=SHORT, then=bash("sleep 8")), Rule(when=LONG, then=bash("sleep 60"))]
+)
+
+
+@dataclass
+class Stage:
+    """The module's agent, its settings, and the OpenCode server it supervises."""
+
+    env: dict[str, str]
+    agent: RunningAgent
+    settings: dict[str, str]
+
+    def with_settings(self, **settings: str) -> RunningAgent:
+        """The agent, started anew (adopting the server) when its settings differ."""
+        if settings != self.settings:
+            self.agent.client.close()
+            self.agent.stop()
+            env = {k: v for k, v in self.env.items() if k not in self.settings}
+            self.agent = start_agent({**env, **settings})
+            self.settings = settings
+            wait_for(lambda: self.agent.client.status().healthy, 30, what="the adopted server")
+        return self.agent
+
+    def opencode(self, method: str, path: str, body: object = None) -> httpx.Response:
+        """A request to the OpenCode server itself, as its clients send them."""
+        password = Layout(Path(self.env["NEXUS_HOME"])).server_password_file.read_text().strip()
+        url = f"http://127.0.0.1:{self.env['NEXUS_OPENCODE_PORT']}{path}"
+        return httpx.request(method, url, json=body, auth=("opencode", password), timeout=10)
+
+
+DRAIN = {"NEXUS_DRAIN_TIMEOUT": "30"}
+
+
+@pytest.fixture(scope="module")
+def stage(
+    opencode_bin: Path, opencode_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stage]:
+    root = tmp_path_factory.mktemp("drain")
+    env = private_env(root, {"NEXUS_OPENCODE_BIN": str(opencode_bin)})
+    install_config(opencode_config, env)
+    with ScriptedProvider(SCRIPT) as provider:
+        write_provider_config(Path(env["HOME"]), provider.base_url, Path(env["XDG_CONFIG_HOME"]))
+        running = start_agent({**env, **DRAIN})
+        current = Stage(env, running, dict(DRAIN))
+        try:
+            assert running.client.start().ok
+            yield current
+        finally:
+            current.agent.client.close()
+            with contextlib.suppress(Exception):
+                current.agent.stop()
+            kill_everything_of(env)
+
+
+def busy_prompt(stage: Stage, agent: RunningAgent, text: str) -> str:
+    """A new session sent ``text``; returned once the agent has seen it busy."""
+    session = str(stage.opencode("POST", "/session", {}).json()["id"])
+    parts = {"parts": [{"type": "text", "text": text}]}
+    sent = stage.opencode("POST", f"/session/{session}/prompt_async", parts)
+    assert sent.status_code == 204, sent.text
+    wait_for(
+        lambda: session in agent.client.status().busy_sessions,
+        30,
+        what=f"the agent to see session {session} busy",
+    )
+    return session
+
+
+def event_ids(agent: RunningAgent) -> set[int]:
+    return {e.id for e in agent.client.events(limit=1000)}
+
+
+def events_of(agent: RunningAgent, kind: str, before: set[int]) -> list[Event]:
+    """The events of ``kind`` journaled since ``before`` (the ids there were then)."""
+    return [e for e in agent.client.events(limit=1000) if e.kind == kind and e.id not in before]
+
+
+def new_healthy_pid(agent: RunningAgent, old: int) -> int | None:
+    status = agent.client.status()
+    if status.state is ServerState.RUNNING and status.healthy and status.pid not in (None, old):
+        return status.pid
+    return None
+
+
+def messages_of(stage: Stage, session: str) -> list[dict[str, Any]]:
+    return list(stage.opencode("GET", f"/session/{session}/message").json())
+
+
+def test_restart_when_idle_waits_for_the_busy_prompt_then_restarts(stage: Stage) -> None:
+    agent = stage.with_settings(**DRAIN)
+    pid = agent.client.status().pid
+    assert pid is not None
+    before = event_ids(agent)
+    session = busy_prompt(stage, agent, f"please {SHORT}")
+
+    ran = nexus_cli(stage.agent.env, "server", "restart", "--when-idle")
+    assert ran.returncode == 0, ran.stderr
+    assert "restart waiting for 1 busy session(s)" in ran.stdout and session in ran.stdout
+
+    status = agent.client.status()
+    assert status.pid == pid, "the server is not restarted while its session is busy"
+    assert status.pending_restart is not None
+    assert status.pending_restart.reason == "operator"
+    assert status.pending_restart.sessions == [session]
+    [waiting] = events_of(agent, "restart_waiting", before)
+    assert waiting.details["sessions"] == [session] and waiting.pid == pid
+    panel = ServerPanel(PanelContext(client=agent.client, run=lambda work: None))
+    assert panel.refresh()
+    assert "Restart waiting" in panel.details.value
+    assert f"operator restart waits for {session}" in panel.details.value
+
+    new_pid = wait_for(lambda: new_healthy_pid(agent, pid), 40, what="the restart after the prompt")
+    [drained] = events_of(agent, "restart_drained", before)
+    assert drained.details["sessions"] == [session]
+    assert not events_of(agent, "drain_timeout", before)
+    assert not events_of(agent, "prompt_cut", before)
+    # The prompt ran to its end on the old server: its tool call completed, then the answer.
+    messages = messages_of(stage, session)
+    tools = [p["state"]["status"] for m in messages for p in m["parts"] if p["type"] == "tool"]
+    assert tools == ["completed"]
+    answer = messages[-1]
+    assert answer["info"]["role"] == "assistant" and not answer["info"].get("error")
+    assert "Done." in [p.get("text") for p in answer["parts"] if p["type"] == "text"]
+    assert answer["info"]["time"]["completed"] / 1000 <= drained.time
+    assert agent.client.status().pending_restart is None
+    assert new_pid != pid
+
+
+def test_a_kill_9_during_a_busy_prompt_records_the_cut_prompt(stage: Stage) -> None:
+    agent = stage.with_settings(**DRAIN)
+    pid = agent.client.status().pid
+    assert pid is not None
+    before = event_ids(agent)
+    session = busy_prompt(stage, agent, f"please {LONG}")
+    time.sleep(1.5)  # busy for a while, as seen by more than one poll
+    os.kill(pid, signal.SIGKILL)
+
+    wait_for(lambda: new_healthy_pid(agent, pid), 40, what="the restart after kill -9")
+    [cut] = events_of(agent, "prompt_cut", before)
+    assert cut.details["session"] == session and cut.pid == pid and cut.reason == "crash"
+    assert cut.details["busy_seconds"] >= 1.0
+    assert session in cut.message
+    assert not events_of(agent, "restart_waiting", before)
+
+
+def test_the_drain_timeout_restarts_anyway_and_names_the_cut_session(stage: Stage) -> None:
+    agent = stage.with_settings(NEXUS_DRAIN_TIMEOUT="2")
+    pid = agent.client.status().pid
+    assert pid is not None
+    before = event_ids(agent)
+    session = busy_prompt(stage, agent, f"please {LONG}")
+
+    result = agent.client.restart(when_idle=True)
+    assert result.ok and result.status.pending_restart is not None
+
+    wait_for(lambda: new_healthy_pid(agent, pid), 40, what="the restart after the drain limit")
+    [timeout] = events_of(agent, "drain_timeout", before)
+    assert timeout.details["sessions"] == [session]
+    assert session in timeout.message and "restarting anyway" in timeout.message
+    assert timeout.details["busy_seconds"][session] >= 2
+    [cut] = events_of(agent, "prompt_cut", before)
+    assert cut.details["session"] == session and cut.pid == pid and cut.reason == "operator"
