@@ -832,6 +832,8 @@ class Supervisor:
             if self._record != record:
                 return
             self._cancel_waiting(f"{reason.value}: the server is restarted at once")
+            if reason is RestartReason.MEMORY:
+                await self._poll_sessions()  # it still answers: name what it cuts exactly
             kind = _UNHEALTHY_EVENT[reason]
             self.journal.record(kind, reason=reason.value, pid=record.pid, message=detail)
             await self._terminate(reason)

@@ -54,6 +54,8 @@ class Stage:
             env = {k: v for k, v in self.env.items() if k not in self.settings}
             self.agent = start_agent({**env, **settings})
             self.settings = settings
+            if self.agent.client.status().state in (ServerState.FATAL, ServerState.STOPPED):
+                assert self.agent.client.start().ok
             wait_for(lambda: self.agent.client.status().healthy, 30, what="the adopted server")
         return self.agent
 
@@ -72,7 +74,9 @@ def stage(
     opencode_bin: Path, opencode_config: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stage]:
     root = tmp_path_factory.mktemp("drain")
-    env = private_env(root, {"NEXUS_OPENCODE_BIN": str(opencode_bin)})
+    # Patient probes: on a loaded machine a busy server must not be taken for a hung one.
+    patient = {"NEXUS_PROBE_TIMEOUT": "3", "NEXUS_PROBE_FAILURES": "5"}
+    env = private_env(root, {"NEXUS_OPENCODE_BIN": str(opencode_bin), **patient})
     install_config(opencode_config, env)
     with ScriptedProvider(SCRIPT) as provider:
         write_provider_config(Path(env["HOME"]), provider.base_url, Path(env["XDG_CONFIG_HOME"]))
@@ -95,8 +99,13 @@ def busy_prompt(stage: Stage, agent: RunningAgent, text: str) -> str:
     sent = stage.opencode("POST", f"/session/{session}/prompt_async", parts)
     assert sent.status_code == 204, sent.text
     wait_for(
+        lambda: session in stage.opencode("GET", "/session/status").json(),
+        60,
+        what=f"OpenCode to say session {session} is busy",
+    )
+    wait_for(
         lambda: session in agent.client.status().busy_sessions,
-        30,
+        10,
         what=f"the agent to see session {session} busy",
     )
     return session
@@ -196,3 +205,42 @@ def test_the_drain_timeout_restarts_anyway_and_names_the_cut_session(stage: Stag
     assert timeout.details["busy_seconds"][session] >= 2
     [cut] = events_of(agent, "prompt_cut", before)
     assert cut.details["session"] == session and cut.pid == pid and cut.reason == "operator"
+
+
+def test_the_soft_memory_limit_waits_for_the_busy_prompt(stage: Stage) -> None:
+    agent = stage.with_settings(**DRAIN)
+    pid = agent.client.status().pid
+    before = event_ids(agent)
+    session = busy_prompt(stage, agent, f"please {SHORT}")
+    # An agent with a soft limit far below what any server holds adopts this one.
+    agent = stage.with_settings(
+        **DRAIN, NEXUS_MEMORY_LIMIT_MB="64", NEXUS_MEMORY_LIMIT_DURATION="0.5"
+    )
+    waiting = wait_for(lambda: events_of(agent, "restart_waiting", before), 20, what="waiting")
+    [event] = waiting  # type: ignore[misc]
+    assert event.reason == "memory" and event.details["sessions"] == [session]
+    assert event.pid == pid
+    [limit] = events_of(agent, "memory_limit", before)
+    assert "restarting once no session is busy" in limit.message
+    wait_for(lambda: events_of(agent, "restart_drained", before), 30, what="the drained restart")
+    assert not events_of(agent, "prompt_cut", before)
+    stage.with_settings(**DRAIN)  # the next servers are over the limit too: restarted idle
+    answer = messages_of(stage, session)[-1]
+    assert answer["info"]["role"] == "assistant" and not answer["info"].get("error")
+
+
+def test_the_hard_memory_limit_restarts_at_once_and_records_the_cut_prompt(
+    stage: Stage,
+) -> None:
+    agent = stage.with_settings(**DRAIN)
+    pid = agent.client.status().pid
+    before = event_ids(agent)
+    session = busy_prompt(stage, agent, f"please {LONG}")
+    agent = stage.with_settings(**DRAIN, NEXUS_MEMORY_HARD_LIMIT_MB="64")
+    cuts = wait_for(lambda: events_of(agent, "prompt_cut", before), 20, what="the cut prompt")
+    [cut] = [e for e in cuts if e.pid == pid]  # type: ignore[attr-defined]
+    assert cut.details["session"] == session and cut.reason == "memory"
+    assert not events_of(agent, "restart_waiting", before)
+    hard = [e for e in events_of(agent, "memory_limit", before) if e.pid == pid]
+    assert hard and "over the hard limit of 64 MiB" in hard[0].message
+    stage.with_settings(**DRAIN)
