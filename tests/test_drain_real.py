@@ -131,12 +131,18 @@ def messages_of(stage: Stage, session: str) -> list[dict[str, Any]]:
     return list(stage.opencode("GET", f"/session/{session}/message").json())
 
 
-def test_restart_when_idle_waits_for_the_busy_prompt_then_restarts(stage: Stage) -> None:
-    agent = stage.with_settings(**DRAIN)
+def busy_agent(stage: Stage, text: str, **settings: str) -> tuple[RunningAgent, int, set[int], str]:
+    """The agent with ``settings``, its server's pid, the events so far, and a session
+    kept busy by ``text``."""
+    agent = stage.with_settings(**settings)
     pid = agent.client.status().pid
     assert pid is not None
     before = event_ids(agent)
-    session = busy_prompt(stage, agent, f"please {SHORT}")
+    return agent, pid, before, busy_prompt(stage, agent, text)
+
+
+def test_restart_when_idle_waits_for_the_busy_prompt_then_restarts(stage: Stage) -> None:
+    agent, pid, before, session = busy_agent(stage, f"please {SHORT}", **DRAIN)
 
     ran = nexus_cli(stage.agent.env, "server", "restart", "--when-idle")
     assert ran.returncode == 0, ran.stderr
@@ -172,11 +178,7 @@ def test_restart_when_idle_waits_for_the_busy_prompt_then_restarts(stage: Stage)
 
 
 def test_a_kill_9_during_a_busy_prompt_records_the_cut_prompt(stage: Stage) -> None:
-    agent = stage.with_settings(**DRAIN)
-    pid = agent.client.status().pid
-    assert pid is not None
-    before = event_ids(agent)
-    session = busy_prompt(stage, agent, f"please {LONG}")
+    agent, pid, before, session = busy_agent(stage, f"please {LONG}", **DRAIN)
     time.sleep(1.5)  # busy for a while, as seen by more than one poll
     os.kill(pid, signal.SIGKILL)
 
@@ -189,11 +191,7 @@ def test_a_kill_9_during_a_busy_prompt_records_the_cut_prompt(stage: Stage) -> N
 
 
 def test_the_drain_timeout_restarts_anyway_and_names_the_cut_session(stage: Stage) -> None:
-    agent = stage.with_settings(NEXUS_DRAIN_TIMEOUT="2")
-    pid = agent.client.status().pid
-    assert pid is not None
-    before = event_ids(agent)
-    session = busy_prompt(stage, agent, f"please {LONG}")
+    agent, pid, before, session = busy_agent(stage, f"please {LONG}", NEXUS_DRAIN_TIMEOUT="2")
 
     result = agent.client.restart(when_idle=True)
     assert result.ok and result.status.pending_restart is not None
@@ -208,10 +206,7 @@ def test_the_drain_timeout_restarts_anyway_and_names_the_cut_session(stage: Stag
 
 
 def test_the_soft_memory_limit_waits_for_the_busy_prompt(stage: Stage) -> None:
-    agent = stage.with_settings(**DRAIN)
-    pid = agent.client.status().pid
-    before = event_ids(agent)
-    session = busy_prompt(stage, agent, f"please {SHORT}")
+    agent, pid, before, session = busy_agent(stage, f"please {SHORT}", **DRAIN)
     # An agent with a soft limit far below what any server holds adopts this one.
     agent = stage.with_settings(
         **DRAIN, NEXUS_MEMORY_LIMIT_MB="64", NEXUS_MEMORY_LIMIT_DURATION="0.5"
@@ -232,10 +227,7 @@ def test_the_soft_memory_limit_waits_for_the_busy_prompt(stage: Stage) -> None:
 def test_the_hard_memory_limit_restarts_at_once_and_records_the_cut_prompt(
     stage: Stage,
 ) -> None:
-    agent = stage.with_settings(**DRAIN)
-    pid = agent.client.status().pid
-    before = event_ids(agent)
-    session = busy_prompt(stage, agent, f"please {LONG}")
+    agent, pid, before, session = busy_agent(stage, f"please {LONG}", **DRAIN)
     agent = stage.with_settings(**DRAIN, NEXUS_MEMORY_HARD_LIMIT_MB="64")
     cuts = wait_for(lambda: events_of(agent, "prompt_cut", before), 20, what="the cut prompt")
     [cut] = [e for e in cuts if e.pid == pid]  # type: ignore[attr-defined]
