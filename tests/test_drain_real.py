@@ -20,7 +20,18 @@ from typing import Any
 import httpx
 import pytest
 from backup_helpers import install_config
-from conftest import RunningAgent, kill_everything_of, nexus_cli, private_env, start_agent, wait_for
+from browser import shot
+from conftest import (
+    RunningAgent,
+    free_port,
+    kill_everything_of,
+    nexus_cli,
+    private_env,
+    start_agent,
+    wait_for,
+)
+from playwright.sync_api import Browser, expect
+from test_console_e2e import interrupt, open_console, serve
 
 from nexus_ops.models import Event, ServerState
 from nexus_ops.paths import Layout
@@ -67,6 +78,7 @@ class Stage:
 
 
 DRAIN = {"NEXUS_DRAIN_TIMEOUT": "30"}
+FAST_REFRESH = {"NEXUS_CONSOLE_REFRESH": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +248,26 @@ def test_the_hard_memory_limit_restarts_at_once_and_records_the_cut_prompt(
     hard = [e for e in events_of(agent, "memory_limit", before) if e.pid == pid]
     assert hard and "over the hard limit of 64 MiB" in hard[0].message
     stage.with_settings(**DRAIN)
+
+
+@pytest.mark.browser
+def test_the_console_server_tab_shows_the_waiting_restart_in_chromium(
+    stage: Stage, browser: Browser
+) -> None:
+    agent = stage.with_settings(**DRAIN)
+    console = serve({**agent.env, "NEXUS_CONSOLE_PORT": str(free_port()), **FAST_REFRESH})
+    try:
+        page = open_console(browser, console.url)
+        agent, _, before, session = busy_agent(stage, f"please {SHORT}", **DRAIN)
+        expect(page.locator(".nx-server-busy")).to_contain_text(session, timeout=30_000)
+        assert agent.client.restart(when_idle=True).status.pending_restart is not None
+        waiting = page.locator(".nx-server-waiting")
+        expect(waiting).to_contain_text(f"operator restart waits for {session}", timeout=30_000)
+        shot(page, "server-restart-waiting")
+        expect(waiting).to_be_hidden(timeout=60_000)  # drained, restarted
+        expect(page.locator(".nx-server-state")).to_have_text("running", timeout=60_000)
+        assert events_of(agent, "restart_drained", before)
+        page.close()
+    finally:
+        with contextlib.suppress(Exception):
+            interrupt(console)
