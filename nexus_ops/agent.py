@@ -487,9 +487,19 @@ def api_router() -> APIRouter:
         return await on_supervisor(ctx, ctx.supervisor.stop())
 
     @router.post(f"{API}/server/restart", tags=["server"], responses=responses(409, 424))
-    async def restart(ctx: Ctx, wait: bool = True) -> ActionResult:
-        """Restart the server now."""
-        return await on_supervisor(ctx, ctx.supervisor.restart(wait=wait))
+    async def restart(
+        ctx: Ctx,
+        wait: bool = True,
+        when_idle: Annotated[
+            bool,
+            Query(
+                description="Wait until no session is busy (at most NEXUS_DRAIN_TIMEOUT); "
+                "a restart that has to wait answers at once, its sessions in the status."
+            ),
+        ] = False,
+    ) -> ActionResult:
+        """Restart the server: now, or with when_idle=true once no session is busy."""
+        return await on_supervisor(ctx, ctx.supervisor.restart(wait=wait, when_idle=when_idle))
 
     @router.get(f"{API}/events", tags=["journal"])
     async def events(

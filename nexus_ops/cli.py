@@ -28,7 +28,7 @@ from nexus_ops.config import (
 )
 from nexus_ops.daemon import answers, running_agent, start_daemon, stop_daemon
 from nexus_ops.errors import AgentUnavailable, ConfigError, NexusOpsError
-from nexus_ops.models import ActionResult, Event, ServerState, ServerStatus
+from nexus_ops.models import ActionResult, Event, PendingRestart, ServerState, ServerStatus
 from nexus_ops.opencode import (
     attach_environment,
     binary_version,
@@ -277,6 +277,13 @@ def server_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser])
     for verb, help_text in SERVER_ACTIONS.items():
         action = sub.add_parser(verb, help=help_text)
         action.set_defaults(handler=server_action, verb=verb)
+        if verb == "restart":
+            action.add_argument(
+                "--when-idle",
+                action="store_true",
+                help="wait until no session is busy (at most NEXUS_DRAIN_TIMEOUT s); "
+                "the command returns at once and the status shows the waiting restart",
+            )
     status = sub.add_parser("status", help="state, pid, version, port, uptime, restarts")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=server_status)
@@ -297,7 +304,10 @@ SERVER_ACTIONS = {
 def server_action(args: argparse.Namespace) -> int:
     # Stopping needs no new agent: one started now would first bring back the server.
     with connect(autostart=args.verb != "stop") as client:
-        result: ActionResult = getattr(client, args.verb)()
+        if getattr(args, "when_idle", False):
+            result: ActionResult = client.restart(when_idle=True)
+        else:
+            result = getattr(client, args.verb)()
     print(f"{result.message}; {describe_status(result.status)}")
     return 0 if result.ok else 1
 
@@ -327,7 +337,19 @@ def describe_status(status: ServerStatus) -> str:
         parts.append(f"last exit: {status.last_exit}")
     if status.last_error:
         parts.append(f"last error: {status.last_error}")
+    if status.busy_sessions:
+        parts.append(f"busy sessions: {', '.join(status.busy_sessions)}")
+    if status.pending_restart:
+        parts.append(f"restart waiting: {describe_pending(status.pending_restart)}")
     return ", ".join(parts)
+
+
+def describe_pending(pending: PendingRestart) -> str:
+    """``operator, for ses_a, 12 s so far, at most 588 s more``."""
+    return (
+        f"{pending.reason}, for {', '.join(pending.sessions)}, "
+        f"{pending.waiting_seconds:g} s so far, at most {pending.timeout_in:g} s more"
+    )
 
 
 def describe_uptime(status: ServerStatus) -> str:

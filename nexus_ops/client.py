@@ -124,11 +124,13 @@ class AgentClient:
     def stop(self) -> ActionResult:
         return ActionResult.model_validate(self.json("POST", f"{API}/server/stop", timeout=60))
 
-    def restart(self, wait: bool = True) -> ActionResult:
-        return self._action("restart", wait)
+    def restart(self, wait: bool = True, when_idle: bool = False) -> ActionResult:
+        """Restart the server: now, or with ``when_idle`` once no session is busy."""
+        return self._action("restart", wait, when_idle=when_idle)
 
-    def _action(self, verb: str, wait: bool) -> ActionResult:
+    def _action(self, verb: str, wait: bool, **flags: bool) -> ActionResult:
         params = {"wait": str(wait).lower()}
+        params.update({name: str(value).lower() for name, value in flags.items() if value})
         body = self.json("POST", f"{API}/server/{verb}", params=params, timeout=90)
         return ActionResult.model_validate(body)
 

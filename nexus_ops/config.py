@@ -156,10 +156,26 @@ class Settings(BaseSettings):
         5, ge=1, description="Automatic restarts within the window before the state is fatal."
     )
     memory_limit_mb: int = Field(
-        0, ge=0, description="Restart when resident memory stays above this (0: off)."
+        0,
+        ge=0,
+        description="Soft memory limit (MiB): when resident memory stays above it, restart "
+        "once no session is busy (at most NEXUS_DRAIN_TIMEOUT later; 0: off).",
     )
     memory_limit_duration: float = Field(
         60.0, gt=0, description="Seconds memory must stay over the limit before a restart."
+    )
+    memory_hard_limit_mb: int = Field(
+        0,
+        ge=0,
+        description="Hard memory limit (MiB): above it, restart at once, busy sessions or "
+        "not (0: off; must be above NEXUS_MEMORY_LIMIT_MB).",
+    )
+    drain_timeout: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="Seconds a soft restart waits for busy sessions to finish before it "
+        "restarts anyway.",
     )
 
     # Logs.
@@ -297,6 +313,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"is more than NEXUS_PROBE_TIMEOUT ({probe_timeout:g} s): a probe that has "
                 "failed cannot still be waited for; lower it or raise NEXUS_PROBE_TIMEOUT"
+            )
+        return value
+
+    @field_validator("memory_hard_limit_mb", mode="after")
+    @classmethod
+    def _hard_limit(cls, value: int, info: ValidationInfo) -> int:
+        soft = info.data.get("memory_limit_mb")
+        if value and soft and value <= soft:
+            raise ValueError(
+                f"is not above NEXUS_MEMORY_LIMIT_MB ({soft} MiB; the staging and production "
+                "profiles set 4096): the hard limit restarts at once, the soft one first waits "
+                "for busy sessions; raise it above the soft limit, lower NEXUS_MEMORY_LIMIT_MB, "
+                "or set it to 0 (off)"
             )
         return value
 

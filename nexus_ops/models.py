@@ -41,6 +41,11 @@ class EventKind(StrEnum):
     AGENT_START = "agent_start"
     AGENT_STOP = "agent_stop"
     STORE_PROBLEM = "store_problem"
+    RESTART_WAITING = "restart_waiting"
+    RESTART_DRAINED = "restart_drained"
+    DRAIN_TIMEOUT = "drain_timeout"
+    RESTART_CANCELLED = "restart_cancelled"
+    PROMPT_CUT = "prompt_cut"
 
 
 class RestartReason(StrEnum):
@@ -101,6 +106,17 @@ class ExitInfo(Frozen):
         return f"{self.reason}: pid {self.pid} exited with {how}"
 
 
+class PendingRestart(Frozen):
+    """A soft restart waiting for the server's busy sessions to finish."""
+
+    reason: str = Field(description="memory or operator")
+    sessions: list[str] = Field(description="The sessions it waits for.")
+    waiting_seconds: float = Field(description="Seconds it has waited so far.")
+    timeout_in: float = Field(
+        description="Seconds until it restarts anyway (NEXUS_DRAIN_TIMEOUT), cutting them."
+    )
+
+
 class ServerStatus(Frozen):
     """What the agent knows of the managed server right now."""
 
@@ -119,6 +135,10 @@ class ServerStatus(Frozen):
     last_error: str | None = None
     next_restart_in: float | None = None
     rss_bytes: int | None = None
+    busy_sessions: list[str] = Field(
+        default_factory=list, description="Sessions busy at the latest look at the server."
+    )
+    pending_restart: PendingRestart | None = None
 
 
 class Event(Frozen):

@@ -246,6 +246,15 @@ class AsyncOpenCodeClient:
         body = await self.get("/global/health")
         return parse_health(body, time.perf_counter() - started)
 
+    async def session_status(self) -> dict[str, Any]:
+        """``GET /session/status``: the sessions that are not idle, by id."""
+        body = await self.get("/session/status")
+        if not isinstance(body, Mapping):
+            raise OpenCodeUnavailable(
+                f"GET {self.base_url}/session/status answered {body!r:.200}, not a JSON object"
+            )
+        return dict(body)
+
 
 def parse_health(body: Any, seconds: float) -> Health:
     if not isinstance(body, Mapping) or body.get("healthy") is not True:

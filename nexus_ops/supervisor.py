@@ -5,7 +5,13 @@ so a crash is seen at once), probes ``/global/health`` to catch a server that is
 alive but hung (SIGSTOP included), restarts it with capped exponential backoff
 and jitter, gives up (``fatal``) after too many automatic restarts in a window,
 and adopts a server that a previous agent left running. Every transition goes to
-the journal. The desired state (running or stopped) is stored, so an operator's
+the journal.
+
+It also follows which sessions are busy (``GET /session/status`` at each probe).
+A soft restart (the soft memory limit, an operator's restart ``when_idle``) waits
+until none is, at most ``NEXUS_DRAIN_TIMEOUT``, in a task of its own that takes the
+lock only for the restart itself; a hard fault restarts at once, and every prompt a
+restart or an exit cut is journaled (``prompt_cut``). The desired state (running or stopped) is stored, so an operator's
 stop is never undone and a new agent restores it.
 
 >>> from nexus_ops.supervisor import backoff_delay
@@ -22,12 +28,15 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nexus_ops import logs
 from nexus_ops.backup.sources import OpenCodeLocations
 from nexus_ops.config import Settings
+from nexus_ops.drain import BusySessions, Drain, decide, describe_sessions
 from nexus_ops.errors import NexusOpsError, OpenCodeUnavailable
 from nexus_ops.models import (
     ActionResult,
@@ -35,6 +44,7 @@ from nexus_ops.models import (
     Desired,
     EventKind,
     ExitInfo,
+    PendingRestart,
     ProcessRecord,
     RestartReason,
     ServerState,
@@ -73,6 +83,7 @@ _KEY_FATAL = "fatal"
 _KEY_RESTARTS = "restarts"
 # What the server creates (opencode.db, its WAL, its logs) is for this user alone.
 _SERVER_UMASK = 0o077
+_MIB = 1024 * 1024
 
 
 def stored_desired(journal: Journal) -> Desired:
@@ -82,6 +93,16 @@ def stored_desired(journal: Journal) -> Desired:
 
 def store_desired(journal: Journal, desired: Desired) -> None:
     journal.put(_KEY_DESIRED, desired)
+
+
+@dataclass
+class _Waiting:
+    """A soft restart waiting for busy sessions: why, for which server, since when."""
+
+    reason: RestartReason
+    record: ProcessRecord
+    started: float
+    sessions: list[str]
 
 
 def backoff_delay(attempt: int, *, initial: float, cap: float, jitter: float) -> float:
@@ -134,6 +155,10 @@ class Supervisor:
         self._last_exit: ExitInfo | None = None
         self._last_error: str | None = None
         self._ready_event = asyncio.Event()
+        self._busy = BusySessions()
+        self._poll_task: asyncio.Task[None] | None = None
+        self._waiting: _Waiting | None = None
+        self._drain_task: asyncio.Task[None] | None = None
         password = read_or_create_secret(self.layout.server_password_file)
         self.credentials = Credentials(settings.opencode_username, password)
         self.client = AsyncOpenCodeClient(
@@ -190,6 +215,20 @@ class Supervisor:
             last_error=self._last_error,
             next_restart_in=next_in,
             rss_bytes=tree_rss(record) if record else None,
+            busy_sessions=self._busy.ids(),
+            pending_restart=self._pending(),
+        )
+
+    def _pending(self) -> PendingRestart | None:
+        waiting = self._waiting
+        if waiting is None:
+            return None
+        waited = self._now() - waiting.started
+        return PendingRestart(
+            reason=waiting.reason.value,
+            sessions=list(waiting.sessions),
+            waiting_seconds=round(waited, 1),
+            timeout_in=round(max(0.0, self.settings.drain_timeout - waited), 1),
         )
 
     # ---- operator actions ------------------------------------------------------
@@ -219,14 +258,23 @@ class Supervisor:
             self._set_desired("stopped")
             self.journal.put(_KEY_FATAL, "")
             self._cancel_restart()
+            self._cancel_waiting("the server was stopped")
             survivors = await self._terminate(RestartReason.OPERATOR)
             self._state = ServerState.STOPPED
         message = "stopped" if not survivors else f"stopped; survivors: {survivors}"
         return self._result(not survivors, message, survivors)
 
-    async def restart(self, wait: bool = True) -> ActionResult:
-        """Stop and start the server now (counted as a restart by the operator)."""
+    async def restart(self, wait: bool = True, when_idle: bool = False) -> ActionResult:
+        """Stop and start the server (counted as a restart by the operator): now, or with
+        ``when_idle`` once no session is busy (at most ``NEXUS_DRAIN_TIMEOUT`` later).
+
+        A restart that has to wait returns at once, saying for which sessions."""
+        if when_idle:
+            waiting = await self._wait_for_idle(RestartReason.OPERATOR)
+            if waiting is not None:
+                return self._result(True, waiting)
         async with self._lock:
+            self._cancel_waiting("an operator restarted the server at once")
             self._cancel_restart()
             self.journal.put(_KEY_FATAL, "")
             await self._terminate(RestartReason.OPERATOR)
@@ -273,6 +321,7 @@ class Supervisor:
     async def shutdown(self, stop_server: bool = False) -> None:
         """Leave the server running (unless asked) and release what the agent holds."""
         self._cancel_restart()
+        self._cancel_waiting("the agent stopped")
         if self._ready_task is not None:
             self._ready_task.cancel()
         if stop_server:
@@ -355,6 +404,7 @@ class Supervisor:
             return
         await self._probe(record)
         self._check_memory(record)
+        self._poll_sessions_soon()
         if (
             self._running_since is not None
             and self._now() - self._running_since >= self.settings.stable_period
@@ -408,22 +458,186 @@ class Supervisor:
             observer(path, seconds, ok)
 
     def _check_memory(self, record: ProcessRecord) -> None:
-        limit = self.settings.memory_limit_mb * 1024 * 1024
-        if not limit:
+        """Over the hard limit: restart at once. Over the soft one for
+        ``memory_limit_duration``: restart once no session is busy."""
+        soft, hard = self.settings.memory_limit_mb, self.settings.memory_hard_limit_mb
+        if not soft and not hard:
             return
         rss = tree_rss(record) or 0
-        if rss <= limit:
+        if hard and rss > hard * _MIB:
+            self._over_memory_since = None
+            detail = f"resident memory {rss // _MIB} MiB over the hard limit of {hard} MiB"
+            self._in_background(self._restart_unhealthy(record, RestartReason.MEMORY, detail))
+            return
+        if not soft or rss <= soft * _MIB:
             self._over_memory_since = None
             return
+        if self._waiting is not None:
+            return  # a restart already waits for the busy sessions
         if self._over_memory_since is None:
             self._over_memory_since = self._now()
         elif self._now() - self._over_memory_since >= self.settings.memory_limit_duration:
             self._over_memory_since = None
-            detail = f"resident memory {rss // 2**20} MiB over {self.settings.memory_limit_mb} MiB"
-            task = asyncio.get_running_loop().create_task(
-                self._restart_unhealthy(record, RestartReason.MEMORY, detail)
+            detail = f"resident memory {rss // _MIB} MiB over {soft} MiB"
+            self._in_background(self._soft_memory_restart(record, detail))
+
+    async def _soft_memory_restart(self, record: ProcessRecord, detail: str) -> None:
+        self.journal.record(
+            EventKind.MEMORY_LIMIT,
+            reason=RestartReason.MEMORY.value,
+            pid=record.pid,
+            message=f"{detail}; restarting once no session is busy",
+        )
+        if await self._wait_for_idle(RestartReason.MEMORY) is None:
+            async with self._lock:
+                if self._record == record:
+                    await self._terminate(RestartReason.MEMORY)
+                    await self._schedule_restart(RestartReason.MEMORY)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        task.add_done_callback(_log_failure)
+        return task
+
+    # ---- busy sessions and soft restarts ---------------------------------------------
+
+    def _poll_sessions_soon(self) -> None:
+        """Ask for the busy sessions beside the probes (never in their way); a waiting
+        restart asks by itself."""
+        if self._waiting is not None or not self._healthy:
+            return
+        if self._poll_task is None or self._poll_task.done():
+            self._poll_task = self._in_background(self._poll_quietly())
+
+    async def _poll_quietly(self) -> None:
+        await self._poll_sessions()
+
+    async def _poll_sessions(self) -> list[str] | None:
+        """The busy sessions now (and remember since when); None if the server did not say."""
+        try:
+            statuses = await self.client.session_status()
+        except OpenCodeUnavailable as exc:
+            log.debug("session status: %s", exc)
+            return None
+        if self._record is None:
+            return []
+        return self._busy.update(statuses, self._now())
+
+    async def _wait_for_idle(self, reason: RestartReason) -> str | None:
+        """Start waiting for the busy sessions before a restart; say so, or return None
+        when the restart may go ahead now (none busy, no server, or it does not say)."""
+        if self._waiting is not None:
+            waiting = self._waiting
+            return f"a restart is already waiting for {describe_sessions(waiting.sessions)}"
+        record = self._record
+        if record is None or self._state is not ServerState.RUNNING:
+            return None
+        busy = await self._poll_sessions()
+        if not busy or self._record != record:
+            return None
+        if self._waiting is not None:  # another one began while we asked
+            return f"a restart is already waiting for {describe_sessions(self._waiting.sessions)}"
+        self._waiting = _Waiting(reason, record, self._now(), busy)
+        limit = self.settings.drain_timeout
+        self.journal.record(
+            EventKind.RESTART_WAITING,
+            reason=reason.value,
+            pid=record.pid,
+            message=f"restart waits for {len(busy)} busy session(s): {describe_sessions(busy)} "
+            f"(at most {limit:g} s, NEXUS_DRAIN_TIMEOUT)",
+            details={"sessions": busy, "drain_timeout": limit},
+        )
+        self._drain_task = self._in_background(self._drain(self._waiting))
+        return (
+            f"restart waiting for {len(busy)} busy session(s): {describe_sessions(busy)}; it goes "
+            f"ahead once they are idle, or after {limit:g} s (NEXUS_DRAIN_TIMEOUT)"
+        )
+
+    async def _drain(self, waiting: _Waiting) -> None:
+        """Poll the sessions until none is busy or the drain limit passed, then restart.
+
+        The lock is taken only for the restart, so probes, stops and hard faults are
+        never delayed by the waiting; they cancel it (:meth:`_cancel_waiting`)."""
+        limit = self.settings.drain_timeout
+        while True:
+            await asyncio.sleep(min(self.settings.probe_interval, 1.0))
+            known = await self._poll_sessions()
+            busy = self._busy.ids() if known is None else known
+            if busy:
+                waiting.sessions = busy
+            outcome = decide(busy, self._now() - waiting.started, limit)
+            if outcome is Drain.WAIT:
+                continue
+            async with self._lock:
+                if self._waiting is not waiting or self._record != waiting.record:
+                    return
+                if outcome is Drain.DRAINED and await self._poll_sessions():
+                    continue  # a prompt began in between: wait for it too
+                self._waiting, self._drain_task = None, None
+                self._journal_drain_end(waiting, outcome)
+                await self._restart_after_drain(waiting.reason)
+                return
+
+    def _journal_drain_end(self, waiting: _Waiting, outcome: Drain) -> None:
+        waited = round(self._now() - waiting.started, 1)
+        pid = waiting.record.pid
+        if outcome is Drain.DRAINED:
+            self.journal.record(
+                EventKind.RESTART_DRAINED,
+                reason=waiting.reason.value,
+                pid=pid,
+                message=f"no session busy after {waited:g} s; restarting",
+                details={"waited_seconds": waited, "sessions": waiting.sessions},
             )
-            task.add_done_callback(_log_failure)
+            return
+        cut = self._busy.durations(self._now())
+        self.journal.record(
+            EventKind.DRAIN_TIMEOUT,
+            reason=waiting.reason.value,
+            pid=pid,
+            message=f"{len(cut)} session(s) still busy after {waited:g} s "
+            f"(NEXUS_DRAIN_TIMEOUT): {describe_sessions(list(cut))}; restarting anyway",
+            details={"waited_seconds": waited, "sessions": list(cut), "busy_seconds": cut},
+        )
+
+    async def _restart_after_drain(self, reason: RestartReason) -> None:
+        """The waited-for restart, under the lock."""
+        if reason is RestartReason.OPERATOR:
+            self._cancel_restart()
+            self.journal.put(_KEY_FATAL, "")
+            await self._terminate(reason)
+            self._count_restart(reason)
+            self._set_desired("running")
+            await self._spawn_or_backoff(reason)
+            return
+        await self._terminate(reason)
+        await self._schedule_restart(reason)
+
+    def _cancel_waiting(self, why: str) -> None:
+        """Drop a waiting restart (a stop, a hard fault or an immediate restart came first)."""
+        waiting, task = self._waiting, self._drain_task
+        self._waiting, self._drain_task = None, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        if waiting is not None:
+            self.journal.record(
+                EventKind.RESTART_CANCELLED,
+                reason=waiting.reason.value,
+                pid=waiting.record.pid,
+                message=f"the restart waiting for busy sessions is dropped: {why}",
+            )
+
+    def _journal_cut_prompts(self, pid: int, reason: str) -> None:
+        """Every prompt the end of server ``pid`` cut: its session, how long it was busy."""
+        for session, seconds in self._busy.durations(self._now()).items():
+            self.journal.record(
+                EventKind.PROMPT_CUT,
+                reason=reason,
+                pid=pid,
+                message=f"session {session} was busy for {seconds:g} s when the server went",
+                details={"session": session, "busy_seconds": seconds},
+            )
+        self._busy.clear()
 
     # ---- spawning and readiness --------------------------------------------------
 
@@ -545,6 +759,7 @@ class Supervisor:
         async with self._lock:
             if self._record != record:
                 return
+            self._cancel_waiting("the server exited; it is restarted at once")
             spawned = self._spawned
             code, sig = await asyncio.to_thread(wait_status, spawned.popen if spawned else None)
             # What it forked and left behind (a port held by an orphan, say) goes too.
@@ -565,6 +780,9 @@ class Supervisor:
 
     def _forget_process(self, info: ExitInfo) -> None:
         self._unwatch()
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        self._journal_cut_prompts(info.pid, info.reason)
         self._last_exit = info
         self.counters.stops += 1
         self.journal.record(
@@ -613,6 +831,9 @@ class Supervisor:
         async with self._lock:
             if self._record != record:
                 return
+            self._cancel_waiting(f"{reason.value}: the server is restarted at once")
+            if reason is RestartReason.MEMORY:
+                await self._poll_sessions()  # it still answers: name what it cuts exactly
             kind = _UNHEALTHY_EVENT[reason]
             self.journal.record(kind, reason=reason.value, pid=record.pid, message=detail)
             await self._terminate(reason)

@@ -70,6 +70,26 @@ def test_readiness_cannot_wait_longer_than_a_probe(tmp_path: Path) -> None:
     assert "NEXUS_READY_TIMEOUT='2'" in text and "more than NEXUS_PROBE_TIMEOUT (1 s)" in text
 
 
+def test_the_hard_memory_limit_must_be_above_the_soft_one(tmp_path: Path) -> None:
+    both = {"NEXUS_MEMORY_LIMIT_MB": "1000", "NEXUS_MEMORY_HARD_LIMIT_MB": "1500"}
+    settings = load_settings(both, directory=tmp_path)
+    assert (settings.memory_limit_mb, settings.memory_hard_limit_mb) == (1000, 1500)
+    assert load_settings({"NEXUS_MEMORY_HARD_LIMIT_MB": "500"}, directory=tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**both, "NEXUS_MEMORY_HARD_LIMIT_MB": "1000"}, directory=tmp_path)
+    text = str(caught.value)
+    assert "NEXUS_MEMORY_HARD_LIMIT_MB='1000'" in text
+    assert "is not above NEXUS_MEMORY_LIMIT_MB (1000 MiB" in text and "set it to 0" in text
+    # The staging and production profiles set a soft limit of 4096 MiB.
+    with pytest.raises(ConfigError, match=r"not above NEXUS_MEMORY_LIMIT_MB \(4096 MiB"):
+        load_settings(
+            {"NEXUS_ENV": "production", "NEXUS_MEMORY_HARD_LIMIT_MB": "3000"}, directory=tmp_path
+        )
+    for bad, expected in (("0", "greater than 0"), ("-1", "greater than 0"), ("x", "seconds")):
+        with pytest.raises(ConfigError, match=rf"NEXUS_DRAIN_TIMEOUT='{bad}'.*{expected}"):
+            load_settings({"NEXUS_DRAIN_TIMEOUT": bad}, directory=tmp_path)
+
+
 def test_config_check_exits_non_zero_with_a_clear_message(tmp_path: Path) -> None:
     env = private_env(tmp_path, {"NEXUS_PROBE_TIMEOUT": "abc"})
     done = nexus_cli(env, "config", "check")

@@ -21,7 +21,7 @@ from nexus_ops.ui.base import Panel, PanelContext, table_html
 from nexus_ops.ui.style import esc
 
 KEEP = 200
-PROBLEMS = {"hung", "fatal", "start_failed", "memory_limit"}
+PROBLEMS = {"hung", "fatal", "start_failed", "memory_limit", "drain_timeout", "prompt_cut"}
 
 
 def highlight(event: Event) -> str:

@@ -16,7 +16,7 @@ import segno
 
 from nexus_ops.errors import AgentUnavailable, NexusOpsError
 from nexus_ops.metrics.catalogue import format_value
-from nexus_ops.models import ActionResult, ServerState, ServerStatus
+from nexus_ops.models import ActionResult, PendingRestart, ServerState, ServerStatus
 from nexus_ops.opencode import client_commands
 from nexus_ops.security.tokens import is_loopback
 from nexus_ops.ui.base import Panel, PanelContext, table_html
@@ -184,6 +184,10 @@ class ServerPanel(Panel[ServerStatus]):
             rows.append(("Next restart in", "nx-server-next", wait))
         if status.rss_bytes:
             rows.append(("Memory", "nx-server-memory", format_value(status.rss_bytes, "bytes", 1)))
+        if status.busy_sessions:
+            rows.append(("Busy sessions", "nx-server-busy", ", ".join(status.busy_sessions)))
+        if status.pending_restart:
+            rows.append(("Restart waiting", "nx-server-waiting", _waiting(status.pending_restart)))
         cells = [
             [esc(label), f"<span class='{css}'>{esc(value)}</span>"] for label, css, value in rows
         ]
@@ -322,6 +326,16 @@ def commands_html(commands: list[tuple[str, str]]) -> str:
         for what, command in commands
     )
     return f"<div class='nx-section'>Commands</div>{lines}"
+
+
+def _waiting(pending: PendingRestart) -> str:
+    """What a waiting restart waits for, how long so far, and how long at most."""
+    waited = format_value(pending.waiting_seconds, "seconds", 1)
+    left = format_value(pending.timeout_in, "seconds", 1)
+    return (
+        f"{pending.reason} restart waits for {', '.join(pending.sessions)} "
+        f"({waited} so far; restarts anyway in {left})"
+    )
 
 
 def _uptime(status: ServerStatus) -> str:
