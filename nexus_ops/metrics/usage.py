@@ -158,6 +158,8 @@ class UsageLedger:
             self._status(str(props.get("sessionID")), str(status))
         elif kind == "session.idle":
             self._status(str(props.get("sessionID")), "idle")
+        elif kind == "session.updated" and isinstance(props.get("info"), Mapping):
+            self.describe(props["info"])  # its title, once OpenCode has made one
 
     def _message(self, info: Mapping[str, Any]) -> None:
         message, session = str(info["id"]), str(info["sessionID"])
