@@ -166,8 +166,10 @@ class Pages:
 
     async def get(self, path: str) -> Any:
         self.asked.append(path)
-        cursor = float(path.split("cursor=")[1]) if "cursor=" in path else float("inf")
-        return [s for s in self.all if s["time"]["updated"] < cursor][:PAGE]
+        query = dict(part.split("=") for part in path.split("?")[1].split("&"))
+        cursor = float(query.get("cursor", "inf"))
+        start = float(query.get("start", "-inf"))
+        return [s for s in self.all if start <= s["time"]["updated"] < cursor][:PAGE]
 
     def events(self, path: str = "", silence: float = 0.0) -> Any:
         raise NotImplementedError
@@ -180,3 +182,5 @@ def test_the_sessions_of_every_project_are_listed_a_page_at_a_time() -> None:
     assert len(found) == PAGE * 2 + 5
     assert len(server.asked) == 3
     assert all(p.startswith("/experimental/session?archived=true") for p in server.asked)
+    assert len(asyncio.run(tracker.sessions(since=9.9))) == 101  # updated at 9,900 ms on
+    assert server.asked[-1].endswith("&start=9900")

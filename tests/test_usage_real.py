@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,37 @@ def test_usage_equals_opencode_stats_before_and_after_the_agent_and_a_dropped_st
     finally:
         again.client.close()
         again.stop()
+
+
+def test_every_session_is_listed_a_page_at_a_time_by_the_real_server(
+    opencode_bin: Path, opencode_config: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from backup_helpers import DirectServer
+    from conftest import free_port, kill_everything_of, private_env
+
+    from nexus_ops.metrics.usage_follow import PAGE, UsageTracker
+    from nexus_ops.opencode import AsyncOpenCodeClient
+
+    env = private_env(tmp_path)
+    install_config(opencode_config, env)
+    server = DirectServer(opencode_bin, env, free_port(), "pw")
+    server.start()
+    try:
+        server.wait_healthy(60)
+        made = {server.post("/session", {}).json()["id"] for _ in range(PAGE + 3)}
+
+        async def listed(since: float | None = None) -> set[str]:
+            client = AsyncOpenCodeClient(server.url, Credentials("opencode", "pw"), timeout=10)
+            try:
+                tracker = UsageTracker(client, server)  # type: ignore[arg-type]
+                return {str(s["id"]) for s in await tracker.sessions(since)}
+            finally:
+                await client.aclose()
+
+        assert asyncio.run(listed()) == made
+        assert asyncio.run(listed(since=time.time() + 60)) == set()
+    finally:
+        server.stop()
+        kill_everything_of(env)

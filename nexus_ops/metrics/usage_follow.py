@@ -8,8 +8,9 @@ messages (``GET /session/{id}/message``), every session that it does not know or
 whose listed totals differ from what it counted. The first pass after the agent
 starts therefore counts the work done before it; later passes only the sessions
 that changed while the stream was down (or in another process on the same data).
-The same check runs every ``check_interval`` seconds while connected: one list of
-sessions, no messages unless a session's totals differ. Between checks, the events
+The same check runs every ``check_interval`` seconds while connected, listing only
+the sessions updated since a minute before the last check (``start=``): no
+messages unless a session's totals differ. Between checks, the events
 alone keep the counts.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 # Every session of every project (``GET /session`` lists only the server's own project).
 SESSIONS = "/experimental/session"
 PAGE = 200
+CHECK_MARGIN = 60.0  # seconds before the last check that the next one lists again
 
 
 class UsageApi(Protocol):
@@ -101,16 +104,20 @@ class UsageTracker:
                 await stream.aclose()
 
     async def _check_loop(self) -> None:
+        since: float | None = None  # the first check of a connection lists every session
         while True:
+            started = time.time()
             try:
-                await self.check()
+                await self.check(since)
                 self.synced = True
+                since = started - CHECK_MARGIN
             except NexusOpsError as exc:
                 log.info("usage: checking the sessions failed: %s", exc)
             await asyncio.sleep(self.check_interval)
 
-    async def check(self) -> None:
-        """Count again every listed session whose totals differ from the ledger's."""
+    async def check(self, since: float | None = None) -> None:
+        """Count again every listed session whose totals differ from the ledger's; with
+        ``since`` (epoch seconds), only the sessions updated since then are listed."""
         statuses = await self.client.get("/session/status")
         if isinstance(statuses, Mapping):
             self.ledger.busy = {
@@ -118,7 +125,7 @@ class UsageTracker:
                 for sid, status in statuses.items()
                 if isinstance(status, Mapping) and status.get("type") in ("busy", "retry")
             }
-        for session in await self.sessions():
+        for session in await self.sessions(since):
             if self.ledger.needs_scan(session):
                 messages = await self.client.get(f"/session/{session['id']}/message")
                 if isinstance(messages, list):
@@ -127,13 +134,16 @@ class UsageTracker:
             else:
                 self.ledger.describe(session)
 
-    async def sessions(self) -> list[Mapping[str, Any]]:
-        """Every session of every project, archived ones too, a page at a time (most
-        recently updated first; the next page before the last one's update)."""
+    async def sessions(self, since: float | None = None) -> list[Mapping[str, Any]]:
+        """Every session of every project, archived ones too (updated since ``since``,
+        epoch seconds, if given: ``start`` is inclusive), a page at a time (most recently
+        updated first; the next page up to the last one's update: ``cursor`` is
+        exclusive)."""
         found: dict[str, Mapping[str, Any]] = {}
         cursor: float | None = None
         while True:
             query = f"{SESSIONS}?archived=true&limit={PAGE}"
+            query += f"&start={since * 1000:.0f}" if since is not None else ""
             page = await self.client.get(query + (f"&cursor={cursor:.0f}" if cursor else ""))
             rows = (
                 [r for r in page if isinstance(r, Mapping) and r.get("id")]
@@ -144,6 +154,7 @@ class UsageTracker:
             found.update((str(r["id"]), r) for r in new)
             if len(rows) < PAGE or not new:
                 return list(found.values())
-            cursor = (rows[-1].get("time") or {}).get("updated")
-            if not isinstance(cursor, int | float):
+            last = (rows[-1].get("time") or {}).get("updated")
+            if not isinstance(last, int | float):
                 return list(found.values())
+            cursor = last + 1  # the cursor is exclusive: sessions updated in the same ms too
