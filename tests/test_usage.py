@@ -100,6 +100,12 @@ def test_an_idle_session_has_no_prompt_in_flight() -> None:
     assert ledger.busy == {S} and len(ledger.open) == 1
     ledger.feed({"type": "session.idle", "properties": {"sessionID": S}})
     assert ledger.busy == set() and ledger.open == {}
+    # The end of a message was missed (the server crashed): the session's status settles it.
+    ledger.feed(updated(assistant("m2", {"input": 0}, completed=False)))
+    ledger.settle({S})
+    assert len(ledger.open) == 1
+    ledger.settle(set())
+    assert ledger.open == {}
 
 
 def listed(input_tokens: float, output: float, cost: float = 0.0) -> dict[str, Any]:

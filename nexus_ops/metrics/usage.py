@@ -190,6 +190,13 @@ class UsageLedger:
         for message in [mid for mid, sid in self.open.items() if sid == session]:
             del self.open[message]
 
+    def settle(self, busy: set[str]) -> None:
+        """The sessions ``GET /session/status`` calls busy (or retrying): a message under
+        way in any other session is no longer (its end was missed, e.g. in a crash)."""
+        self.busy = set(busy)
+        for message in [mid for mid, sid in self.open.items() if sid not in self.busy]:
+            del self.open[message]
+
     def _trim(self, remembered: OrderedDict[str, Any]) -> None:
         while len(remembered) > self._remember:
             remembered.popitem(last=False)

@@ -120,11 +120,13 @@ class UsageTracker:
         ``since`` (epoch seconds), only the sessions updated since then are listed."""
         statuses = await self.client.get("/session/status")
         if isinstance(statuses, Mapping):
-            self.ledger.busy = {
-                str(sid)
-                for sid, status in statuses.items()
-                if isinstance(status, Mapping) and status.get("type") in ("busy", "retry")
-            }
+            self.ledger.settle(
+                {
+                    str(sid)
+                    for sid, status in statuses.items()
+                    if isinstance(status, Mapping) and status.get("type") in ("busy", "retry")
+                }
+            )
         for session in await self.sessions(since):
             if self.ledger.needs_scan(session):
                 messages = await self.client.get(f"/session/{session['id']}/message")
