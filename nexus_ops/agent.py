@@ -154,6 +154,7 @@ def create_app(
         ctx = AgentContext(settings, layout, token, database, journal, supervisor, exposition)
         ctx.metrics = MetricsService(settings, supervisor)
         exposition.registry.register(ctx.metrics.collector())
+        exposition.registry.register(ctx.metrics.usage_collector())
         ctx.alerts = AlertService.from_settings(settings, journal)
         ctx.backups = BackupService(settings, database, journal)
         exposition.registry.register(ctx.backups.collector())
@@ -567,6 +568,19 @@ def api_router() -> APIRouter:
         """Names of the metrics the metrics backend (metrics.db or Prometheus) holds."""
         assert ctx.metrics is not None
         return ctx.metrics.names()
+
+    @router.get(f"{API}/usage", tags=["metrics"])
+    def usage(
+        ctx: Ctx,
+        sessions: Annotated[
+            int, Query(ge=0, le=1000, description="Busiest sessions to list.")
+        ] = 10,
+    ) -> dict[str, Any]:
+        """The models' usage through the server: totals per provider and model (tokens
+        by kind, cost, assistant messages, provider errors), tool calls, prompts in
+        flight, tokens per day (UTC) and model, and the busiest sessions by tokens."""
+        assert ctx.metrics is not None
+        return ctx.metrics.usage_summary(sessions)
 
     @router.get(f"{API}/metrics/store", tags=["metrics"])
     def metrics_store(ctx: Ctx) -> dict[str, Any]:

@@ -225,6 +225,11 @@ class AgentClient:
         """Names of the metrics the agent's store holds."""
         return list(self.json("GET", f"{API}/metrics/names"))
 
+    def usage(self, sessions: int = 10) -> dict[str, Any]:
+        """The models' usage: totals per model, tool calls, prompts in flight, tokens per
+        day and model, and the ``sessions`` busiest sessions (see docs/metrics.md)."""
+        return dict(self.json("GET", f"{API}/usage", params={"sessions": sessions}))
+
     def metrics_store(self) -> dict[str, Any]:
         """Size of the agent's metrics.db, its samples, and each tier's retention."""
         return dict(self.json("GET", f"{API}/metrics/store"))

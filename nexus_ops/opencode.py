@@ -7,6 +7,7 @@ can hang forever: every request here carries a timeout.
 from __future__ import annotations
 
 import importlib.util
+import json
 import platform
 import shlex
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 from base64 import b64encode
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,28 @@ class AsyncOpenCodeClient:
                 f"GET {self.base_url}/session/status answered {body!r:.200}, not a JSON object"
             )
         return dict(body)
+
+    async def events(
+        self, path: str = "/global/event", silence: float = 30.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The server's events (its server-sent ``data:`` lines, JSON-decoded) until the
+        stream ends. A stream that fails, or says nothing for ``silence`` seconds (the
+        server sends a heartbeat every 10 s), is an ``OpenCodeUnavailable`` error."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=silence)
+        try:
+            async with self._http.stream("GET", path, timeout=timeout) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    try:
+                        event = json.loads(line[5:])
+                    except ValueError:
+                        continue  # not JSON: not an event
+                    if isinstance(event, dict):
+                        yield event
+        except httpx.HTTPError as exc:
+            raise unavailable(self.base_url, path, exc) from exc
 
 
 def parse_health(body: Any, seconds: float) -> Health:

@@ -478,3 +478,50 @@ def test_locked_page_culled_kernels_and_ctrl_c(
         if served.process.poll() is None:
             served.process.kill()
         kill_everything_of(env)
+
+
+def test_usage_tab_shows_the_models_usage_per_day_and_the_busiest_sessions(
+    browser: Browser, opencode_bin: Path, opencode_config: Path, tmp_path: Path
+) -> None:
+    from backup_helpers import install_config
+
+    from nexus_ops.workload.config import write_provider_config
+    from nexus_ops.workload.provider import ScriptedProvider
+    from nexus_ops.workload.script import Reply, Script
+
+    env = console_env(tmp_path, opencode_bin)
+    install_config(opencode_config, env)
+    with ScriptedProvider(Script(default=Reply(tokens=12))) as provider:
+        write_provider_config(Path(env["HOME"]), provider.base_url, Path(env["XDG_CONFIG_HOME"]))
+        ran = subprocess.run(  # usage from before the console and its agent started
+            [str(opencode_bin), "run", "--model", "scripted/m1", "say hello"],
+            env={**env, "PWD": env["HOME"]}, cwd=env["HOME"], capture_output=True, text=True,
+            timeout=180, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        running = serve(env)
+        page = open_console(browser, running.url)
+        try:
+            ensure_running(page)
+            tab(page, "Usage")
+            models = page.locator(".nx-usage-models")
+            expect(models).to_contain_text("scripted/m1", timeout=60_000)
+            expect(page.locator(".nx-usage-state")).to_contain_text("live", timeout=60_000)
+            with running.client() as client:
+                usage = client.usage()
+            [model] = usage["models"]
+            assert f"{model['tokens']['input']:,.0f}" in models.inner_text()
+            [session] = usage["sessions"]
+            expect(page.locator(".nx-usage-sessions")).to_contain_text(f"{session['tokens']:,.0f}")
+            bars = (
+                "() => { const f = document.querySelector('.nx-usage-days .js-plotly-plot')"
+                " || document.querySelector('.nx-usage-days');"
+                " return f && f.data && f.data.length === 1 && f.data[0].y.length === 1; }"
+            )
+            page.wait_for_function(bars, timeout=30_000)
+            shot(page, "usage")
+        finally:
+            page.close()
+            with contextlib.suppress(Exception):
+                interrupt(running)
+            kill_everything_of(env)

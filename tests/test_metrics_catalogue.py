@@ -12,8 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import nexus_ops
 from nexus_ops.metrics import catalogue as m
-from nexus_ops.metrics.exposition import Exposition, SamplerCollector
+from nexus_ops.metrics.exposition import Exposition, SamplerCollector, UsageCollector
 from nexus_ops.metrics.sampler import Reading
+from nexus_ops.metrics.usage import UsageLedger
 from nexus_ops.models import Counters, ServerState, ServerStatus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,20 @@ def _exposition_text() -> str:
     reading = Reading(0.0, [(entry.metric, {}, 1.0) for entry in SamplerCollector.FROM_READING])
     reading.values.append((m.DESIRED_RUNNING.metric, {}, 1.0))
     expo.registry.register(SamplerCollector(lambda: reading, lambda: (0, 0), lambda: True))
+    expo.registry.register(UsageCollector(_usage_ledger().samples))
     return expo.render().decode()
+
+
+def _usage_ledger() -> UsageLedger:
+    """A ledger that has counted one assistant message and one tool call."""
+    ledger = UsageLedger()
+    info = {"id": "msg_1", "sessionID": "ses_1", "role": "assistant", "providerID": "p"}
+    info.update(modelID="m", tokens={"input": 3, "output": 1}, cost=0.1)  # type: ignore[arg-type]
+    ledger.feed({"type": "message.updated", "properties": {"info": info}})
+    part = {"id": "prt_1", "sessionID": "ses_1", "type": "tool", "tool": "bash"}
+    part["state"] = {"status": "completed"}  # type: ignore[assignment]
+    ledger.feed({"type": "message.part.updated", "properties": {"part": part}})
+    return ledger
 
 
 def _created_of_declared(name: str) -> bool:
@@ -144,6 +158,7 @@ def test_the_sampler_stores_catalogue_metrics_only() -> None:
         connections={"LISTEN": 1},
     )
     values = tree_values(tree) + agent_values(1.0, 2.0, 3.0) + session_values(2, {})
+    values += _usage_ledger().samples()
     assert {name for name, _, _ in values} <= set(m.CATALOGUE)
     for name, labels, _ in values:
         assert set(labels) <= set(m.CATALOGUE[name].labels), name

@@ -149,3 +149,24 @@ def test_dashboard_start_annotation_follows_the_query_step() -> None:
     (starts,) = json.loads(DASHBOARD.read_text())["annotations"]["list"]
     assert "offset $__interval" in starts["expr"]
     assert starts["step"] == "5s", "the scrape interval of deploy/prometheus"
+
+
+def test_dashboard_shows_the_models_usage() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    panels = {p["title"]: p for p in board["panels"]}
+    wanted = {
+        "Tokens per minute by model": ["opencode_usage_tokens_total"],
+        "Cost by model": ["opencode_usage_cost_total"],
+        "Prompts in flight, tool calls": [
+            "opencode_prompts_in_flight",
+            "opencode_tool_calls_total",
+        ],
+        "Assistant messages and provider errors": [
+            "opencode_usage_messages_total",
+            "opencode_provider_errors_total",
+        ],
+    }
+    for title, metrics in wanted.items():
+        exprs = [t["expr"] for t in panels[title]["targets"]]
+        assert [m for m in metrics if any(m in e for e in exprs)] == metrics, title
+        assert all(e.endswith("or on() vector(0)") for e in exprs), title  # 0, not "No data"

@@ -49,6 +49,7 @@ from nexus_ops.ui.metrics import (
 from nexus_ops.ui.registry import TABS
 from nexus_ops.ui.server import ServerPanel, qr_svg
 from nexus_ops.ui.style import CSS
+from nexus_ops.ui.usage import UsagePanel, models_html, state_html
 
 PASSWORD = "s3cret-Pa55word-that-must-not-leak"
 NOW = time.time()
@@ -123,6 +124,30 @@ class FakeAgent:
     def alerts(self) -> AlertsView:
         self._call("alerts")
         return AlertsView(evaluated_at=None, interval=5.0, rules=[], receivers=[], recent=[])
+
+    def usage(self, sessions: int = 10) -> dict[str, Any]:
+        self._call("usage", sessions=sessions)
+        tokens = {"input": 7181.0, "output": 23.0, "reasoning": 0.0}
+        model = {"provider": "scripted", "model": "m1", "cost": 7.273, "messages": 4.0}
+        model.update(errors=1.0, tokens={**tokens, "cache_read": 5.0, "cache_write": 0.0})
+        session = {"id": "ses_1", "title": "<b>Greeting</b>", "tokens": 7209.0, "cost": 7.273}
+        session.update(messages=4.0, updated=NOW)
+        days = [
+            {"day": d, "provider": "scripted", "model": "m1", "kind": k, "tokens": n}
+            for d, k, n in (("2026-12-03", "input", 100.0), ("2026-12-04", "input", 7081.0))
+        ]
+        days.append({"day": "2026-12-04", "provider": "scripted", "model": "m1", "kind": "output"})
+        days[-1]["tokens"] = 23.0
+        return {
+            "connected": True,
+            "synced": True,
+            "connections": 1,
+            "in_flight": 2,
+            "models": [model],
+            "tools": [{"tool": "bash", "outcome": "completed", "calls": 3.0}],
+            "days": days,
+            "sessions": [session],
+        }
 
     def logs(self, lines: int = 200, contains: str | None = None) -> list[str]:
         self._call("logs", lines=lines, contains=contains)
@@ -826,3 +851,38 @@ def test_backups_and_the_server_write_sizes_ages_and_durations_for_people(
         state=ServerState.BACKOFF, desired="running", port=4096, next_restart_in=0.25
     )
     assert "250 ms" in ServerPanel(ctx)._details_html(status)
+
+
+def test_usage_shows_each_model_the_tokens_per_day_and_the_busiest_sessions(
+    ctx: PanelContext, agent: FakeAgent
+) -> None:
+    panel = UsagePanel(ctx)
+    assert panel.refresh()
+    assert agent.called("usage") == [{"sessions": 10}]
+    models = unescape(panel.models.value)
+    for shown in ("scripted/m1", "7,181", "23", "7.2730"):
+        assert shown in models, shown
+    assert "nx-event-crash" in panel.models.value  # a model with provider errors stands out
+    [bars] = panel.days.data
+    assert bars.name == "scripted/m1"
+    assert list(bars.x) == ["2026-12-03", "2026-12-04"]
+    assert list(bars.y) == [100.0, 7081.0 + 23.0]
+    assert "&lt;b&gt;Greeting&lt;/b&gt;" in panel.sessions.value  # escaped
+    assert "7,209" in panel.sessions.value
+    assert "bash" in panel.tools.value and ">3<" in panel.tools.value
+    assert "prompts in flight" in panel.state.value and ">2<" in panel.state.value
+    widget = panel.days
+    assert panel.refresh() and panel.days is widget and len(panel.days.data) == 1
+
+
+def test_usage_says_when_nothing_is_counted_or_the_stream_is_down(ctx: PanelContext) -> None:
+    panel = UsagePanel(ctx)
+    panel.show(
+        {"connected": True, "synced": True, "models": [], "tools": [], "days": []}
+        | {"sessions": []}
+    )
+    start, end = panel.days.layout.xaxis.range
+    assert pd.Timestamp(end) - pd.Timestamp(start) == pd.Timedelta(days=7)  # a week, not years
+    assert "No assistant message yet" in models_html([])
+    assert "may lag" in state_html({"connected": False, "in_flight": 0})
+    assert "counting" in state_html({"connected": True, "synced": False, "in_flight": 0})

@@ -170,6 +170,55 @@ SESSIONS = _declare(
     labels=("status",),
 )
 
+# The models' usage through the server, from its event stream (nexus_ops.metrics.usage).
+USAGE_TOKENS = _declare(
+    "opencode_usage_tokens_total",
+    "counter",
+    "Tokens of assistant messages by provider, model and kind "
+    "(input, output, reasoning, cache_read, cache_write).",
+    "tokens",
+    "count",
+    labels=("provider", "model", "kind"),
+)
+USAGE_COST = _declare(
+    "opencode_usage_cost_total",
+    "counter",
+    "Cost of assistant messages by provider and model, in the currency of the model's prices.",
+    "cost",
+    labels=("provider", "model"),
+)
+USAGE_MESSAGES = _declare(
+    "opencode_usage_messages_total",
+    "counter",
+    "Assistant messages by provider and model.",
+    "assistant messages",
+    "count",
+    labels=("provider", "model"),
+)
+PROMPTS_IN_FLIGHT = _declare(
+    "opencode_prompts_in_flight",
+    "gauge",
+    "Assistant messages under way (started, not completed).",
+    "prompts in flight",
+    "count",
+)
+TOOL_CALLS = _declare(
+    "opencode_tool_calls_total",
+    "counter",
+    "Tool calls that finished, by tool and outcome (completed, error).",
+    "tool calls",
+    "count",
+    labels=("tool", "outcome"),
+)
+PROVIDER_ERRORS = _declare(
+    "opencode_provider_errors_total",
+    "counter",
+    "Assistant messages that ended with an error of their provider, by provider and model.",
+    "provider errors",
+    "count",
+    labels=("provider", "model"),
+)
+
 # The agent itself.
 AGENT_INFO = _declare(
     "nexus_agent_info", "gauge", "Agent version.", "agent version", labels=("version",)

@@ -179,3 +179,25 @@ def _from_reading(
         if metric == entry.metric:
             made.add_metric([labels.get(label, "") for label in entry.labels], value)
     return made
+
+
+class UsageCollector(Collector):
+    """The models' usage (tokens, cost, messages, tool calls, errors, prompts in flight),
+    from the usage ledger at scrape time."""
+
+    FAMILIES = (
+        m.USAGE_TOKENS,
+        m.USAGE_COST,
+        m.USAGE_MESSAGES,
+        m.PROMPTS_IN_FLIGHT,
+        m.TOOL_CALLS,
+        m.PROVIDER_ERRORS,
+    )
+
+    def __init__(self, samples: Callable[[], list[tuple[str, dict[str, str], float]]]) -> None:
+        self._samples = samples
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._samples()
+        for entry in self.FAMILIES:
+            yield _from_reading(values, entry)

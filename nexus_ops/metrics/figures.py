@@ -18,10 +18,12 @@ console refresh costs milliseconds. Times are shown in the user's time zone
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -472,3 +474,72 @@ def request_quantiles(
 def _path_of(labels: str) -> str:
     pairs = dict(part.split("=", 1) for part in labels.split(",") if "=" in part)
     return pairs.get("path", "")
+
+
+DAY_MS = 86_400_000  # a bar is most of its day wide (one day alone would be a hairline)
+HOVER = "%{x|%Y-%m-%d}: %{y:,.0f} tokens"
+
+
+def usage_figure(height: int = 320) -> go.Figure:
+    """An empty bar chart of tokens per day (UTC), one stack per provider and model."""
+    fig = go.Figure()
+    fig.update_layout(
+        title={"text": "Tokens per day and model"},
+        height=height,
+        barmode="stack",
+        margin={"l": 60, "r": 20, "t": 40, "b": 40},
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
+        xaxis={
+            "title": {"text": "day (UTC)"},
+            "type": "date",
+            "tickformat": "%b %d",
+            "dtick": DAY_MS,
+        },
+        yaxis={"title": {"text": "tokens"}, "rangemode": "tozero"},
+    )
+    return fig
+
+
+def usage_by_model(days: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """``provider/model -> day -> tokens`` (every kind added up) of the usage's days.
+
+    >>> usage_by_model([{"day": "2026-12-04", "provider": "p", "model": "m", "tokens": 3.0},
+    ...                 {"day": "2026-12-04", "provider": "p", "model": "m", "tokens": 1.0}])
+    {'p/m': {'2026-12-04': 4.0}}
+    """
+    found: dict[str, dict[str, float]] = {}
+    for row in days:
+        per_day = found.setdefault(f"{row['provider']}/{row['model']}", {})
+        per_day[str(row["day"])] = per_day.get(str(row["day"]), 0.0) + float(row["tokens"])
+    return found
+
+
+def update_usage(fig: go.Figure, days: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """One bar trace per provider and model over every day that has tokens."""
+    models = usage_by_model(days)
+    axis = sorted({day for per_day in models.values() for day in per_day})
+    with fig.batch_update():
+        if [t.name for t in fig.data] != list(models):
+            fig.data = []
+            for name in models:
+                fig.add_bar(x=[], y=[], name=name, width=DAY_MS * 0.8, hovertemplate=HOVER)
+        for trace, per_day in zip(fig.data, models.values(), strict=True):
+            trace.x = axis
+            trace.y = [per_day.get(day, 0.0) for day in axis]
+        today = str(datetime.datetime.now(datetime.UTC).date())
+        # An empty date axis with a tick a day would draw ticks for years.
+        fig.layout.xaxis.range = (
+            usage_range(axis[0], axis[-1]) if axis else usage_range(today, today)
+        )
+    return fig
+
+
+def usage_range(first: str, last: str, days: int = 7) -> list[str]:
+    """The x range of the usage chart: at least the last ``days`` days, whole days.
+
+    >>> usage_range("2026-12-04", "2026-12-04")
+    ['2026-11-27 12:00', '2026-12-04 12:00']
+    """
+    end = datetime.date.fromisoformat(last)
+    start = min(datetime.date.fromisoformat(first), end - datetime.timedelta(days=days - 1))
+    return [f"{start - datetime.timedelta(days=1)} 12:00", f"{end} 12:00"]

@@ -104,6 +104,7 @@ class Sampler:
         session_list_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
         client: OpenCodeApi | None = None,
+        sources: list[Callable[[], list[Sample]]] | None = None,
     ) -> None:
         self.store = store
         self.server = server
@@ -114,6 +115,7 @@ class Sampler:
         self.retention_interval = retention_interval
         self.session_list_interval = max(interval, session_list_interval)
         self.latest: Reading | None = None
+        self.sources = sources or []  # more series for every reading (the usage counts)
         self.errors = 0
         self._clock = clock
         self._tree = TreeMeter()
@@ -164,6 +166,8 @@ class Sampler:
         tree, agent = await asyncio.to_thread(self._measure, record)
         values = self._server_values(record, now) + tree_values(tree) + agent_values(*agent)
         values += await self._session_values()
+        for source in self.sources:
+            values += source()
         reading = Reading(time=now, values=values)
         self.write(reading)
         self.latest = reading

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -13,14 +15,18 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from nexus_ops.config import Settings
-from nexus_ops.metrics.exposition import SamplerCollector
+from nexus_ops.metrics.exposition import SamplerCollector, UsageCollector
 from nexus_ops.metrics.sampler import Sampler, ServerView
 from nexus_ops.metrics.storefile import open_store
+from nexus_ops.metrics.usage import TOKEN_KINDS, UsageLedger
+from nexus_ops.metrics.usage_follow import UsageTracker
 from nexus_ops.opencode import AsyncOpenCodeClient, Credentials
 from nexus_ops.paths import Layout, read_or_create_secret
 
 if TYPE_CHECKING:
     from nexus_ops.metrics.backends import MetricsBackend
+
+USAGE_TIMEOUT = 10.0  # seconds a list of sessions or of a session's messages may take
 
 
 class MetricsService:
@@ -41,6 +47,15 @@ class MetricsService:
             timeout=settings.probe_timeout,
             keepalive=1,
         )
+        # The usage's own client: its event stream holds a connection, and a list of
+        # sessions or messages may take longer than a probe.
+        self.usage_client = AsyncOpenCodeClient(
+            settings.opencode_base_url,
+            Credentials(settings.opencode_username, password),
+            timeout=USAGE_TIMEOUT,
+            keepalive=1,
+        )
+        self.usage = UsageTracker(self.usage_client, server, UsageLedger())
         self.sampler = Sampler(
             self.store,
             server,
@@ -49,6 +64,7 @@ class MetricsService:
             flush_interval=settings.metrics_flush_interval,
             clock=clock,
             client=self.client,
+            sources=[self.usage.ledger.samples],
         )
         self._clock = clock
 
@@ -63,9 +79,14 @@ class MetricsService:
 
     async def run(self) -> None:
         """Sample until cancelled (then write what is pending)."""
+        usage = asyncio.create_task(self.usage.run())
         try:
             await self.sampler.run()
         finally:
+            usage.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await usage
+            await self.usage_client.aclose()
             await self.client.aclose()
 
     def close(self) -> None:
@@ -80,6 +101,39 @@ class MetricsService:
             lambda: (self.store.size_bytes(), self.store.dropped),
             lambda: self.sampler.server.desired == "running",
         )
+
+    def usage_collector(self) -> UsageCollector:
+        """The /metrics collector of the models' usage."""
+        return UsageCollector(self.usage.ledger.samples)
+
+    def usage_summary(self, sessions: int = 10) -> dict[str, Any]:
+        """Totals per model, tokens per day and model, the busiest sessions."""
+        ledger = self.usage.ledger
+        models = []
+        for provider, model in ledger.models():
+            row: dict[str, Any] = {"provider": provider, "model": model}
+            for name in ("cost", "messages", "errors"):
+                row[name] = ledger.totals.get((name, provider, model), 0.0)
+            row["tokens"] = {
+                kind: ledger.totals.get(("tokens", provider, model, kind), 0.0)
+                for kind in TOKEN_KINDS
+            }
+            models.append(row)
+        tools = [
+            {"tool": k[1], "outcome": k[2], "calls": v}
+            for k, v in sorted(ledger.totals.items())
+            if k[0] == "tools"
+        ]
+        return {
+            "connected": self.usage.connected,
+            "synced": self.usage.synced,
+            "connections": self.usage.connections,
+            "in_flight": len(ledger.open),
+            "models": models,
+            "tools": tools,
+            "days": ledger.by_day(),
+            "sessions": ledger.busiest(sessions),
+        }
 
     def query(
         self,

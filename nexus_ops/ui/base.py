@@ -62,6 +62,8 @@ class AgentLike(Protocol):
 
     def alerts(self) -> AlertsView: ...
 
+    def usage(self, sessions: int = 10) -> dict[str, Any]: ...
+
     def query_metrics(
         self,
         metric: str,

@@ -78,7 +78,7 @@ CSS = (
 /* A figure takes its box's width (Plotly's autosize reads the element's own width; as
    a flex item it would otherwise keep the 700 px it was first drawn at, and overflow
    a narrow page: a phone, a JupyterLab output). */
-.nx-figure { flex: 1 1 auto; width: 100%; min-width: 0; }
+.nx-figure, .nx-usage-days { flex: 1 1 auto; width: 100%; min-width: 0; }
 .nx-section { font-weight: 600; margin-top: 10px; }
 .nx-muted { color: #777; }
 /* A stat is one number: Plotly's toolbar would only cover its title. */
