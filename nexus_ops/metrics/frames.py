@@ -183,12 +183,21 @@ def frame_of(points: Sequence[Points]) -> pd.DataFrame:
     values = np.concatenate([np.asarray(p.values, np.float64) for p in points] or [np.empty(0)])
     return pd.DataFrame(
         {
-            "time": pd.to_datetime(times * 1e9, utc=True).astype("datetime64[ns, UTC]"),
+            "time": utc_times(times),
             "metric": np.repeat(np.array([p.metric for p in points], dtype=object), counts),
             "labels": np.repeat(np.array([p.labels for p in points], dtype=object), counts),
             "value": values,
         }
     )
+
+
+def utc_times(seconds: Floats) -> pd.DatetimeIndex:
+    """Epoch seconds as UTC times in nanoseconds (from integers: pandas' parsing of
+    floats costs several times more, for the same instants)."""
+    import pandas as pd
+
+    nanos = np.round(np.asarray(seconds, np.float64) * 1e9).astype(np.int64)
+    return pd.DatetimeIndex(nanos.view("datetime64[ns]")).tz_localize("UTC")
 
 
 def check_method(method: str) -> None:
