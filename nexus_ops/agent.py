@@ -195,6 +195,9 @@ def create_app(
         version=__version__,
         description="Supervises an OpenCode server: status, control, events, metrics.",
         lifespan=lifespan,
+        # The agent's own metrics are its /metrics; OpenTelemetry's hooks, asked on every
+        # request whether a provider is set, are left out.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
