@@ -323,8 +323,7 @@ class SampleStore:
             if not written:
                 return 0
             with self.db.transaction() as conn:
-                for sid, start, times, values in closed:
-                    self._write_window(conn, sid, start, times, values)
+                self._write_windows(conn, closed)
                 if closed:
                     conn.execute("DELETE FROM head WHERE time < ?", (current,))
                 conn.executemany("INSERT INTO head (series_id, time, value) VALUES (?, ?, ?)", rows)
@@ -332,28 +331,37 @@ class SampleStore:
                 buf.saved = len(buf.times)
             return written
 
-    def _write_window(
-        self, conn: sqlite3.Connection, sid: int, start: float, times: Floats, values: Floats
+    def _write_windows(
+        self, conn: sqlite3.Connection, closed: list[tuple[int, float, Floats, Floats]]
     ) -> None:
-        old = conn.execute(
-            "SELECT data FROM blocks WHERE series_id = ? AND tier = ? AND start = ?",
-            (sid, RAW, start),
-        ).fetchone()
-        if old is not None:
-            times, values = _merge_raw(decode_raw(old[0]), (times, values))
-        _upsert(conn, sid, RAW, start, times, encode_raw(times, values))
-        for tier in self.tiers[1:]:
-            self._add_rollup(conn, sid, tier, aggregate(times, values, tier.step))
+        """Closed windows as raw blocks, and their rollups added to each rollup block once
+        (a block of a day holds 96 windows: a backlog rewrites it once, not 96 times)."""
+        rollups: dict[tuple[int, int, float], list[Rollup]] = {}
+        for sid, start, times, values in closed:
+            old = conn.execute(
+                "SELECT data FROM blocks WHERE series_id = ? AND tier = ? AND start = ?",
+                (sid, RAW, start),
+            ).fetchone()
+            if old is not None:
+                times, values = _merge_raw(decode_raw(old[0]), (times, values))
+            _upsert(conn, sid, RAW, start, times, encode_raw(times, values))
+            for tier in self.tiers[1:]:
+                block = math.floor(start / tier.window) * tier.window
+                rollups.setdefault((sid, tier.index, block), []).append(
+                    aggregate(times, values, tier.step)
+                )
+        for (sid, index, block), parts in rollups.items():
+            self._add_rollup(conn, sid, self.tiers[index], block, Rollup.concat(parts))
 
-    def _add_rollup(self, conn: sqlite3.Connection, sid: int, tier: Tier, new: Rollup) -> None:
-        start = math.floor(new.times[0] / tier.window) * tier.window
+    def _add_rollup(
+        self, conn: sqlite3.Connection, sid: int, tier: Tier, start: float, new: Rollup
+    ) -> None:
         old = conn.execute(
             "SELECT data FROM blocks WHERE series_id = ? AND tier = ? AND start = ?",
             (sid, tier.index, start),
         ).fetchone()
-        rollup = new
-        if old is not None:
-            rollup = merge_rollups(Rollup.concat([decode_rollup(old[0]), new]).ordered(), tier.step)
+        both = Rollup.concat([decode_rollup(old[0]), new]) if old is not None else new
+        rollup = merge_rollups(both.ordered(), tier.step)
         _upsert(conn, sid, tier.index, start, rollup.times, encode_rollup(rollup))
 
     # -- reading ---------------------------------------------------------------
