@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -169,28 +170,30 @@ def positions(
 
 
 def minmax_positions(times: Sequence[float], values: Sequence[float], buckets: int) -> list[int]:
-    """First minimum and first maximum of each equal-time bucket, as sorted positions."""
-    if not len(times):
+    """First minimum and first maximum of each equal-time bucket, as sorted positions.
+
+    The times are sorted: each bucket's end is found by bisection, and its extremes by
+    ``min`` and ``max`` over its slice, so that the loop runs per bucket, not per point.
+    """
+    n = len(times)
+    if not n:
         return []
     first = times[0]
     span = times[-1] - first
     scale = buckets / span if span > 0 else 0.0
-    last = buckets - 1
+    top = buckets - 1
+
+    def bucket_of(t: float) -> int:
+        return min(int((t - first) * scale), top)
+
     picked: list[int] = []
-    current, low, high = -1, 0, 0
-    for i, t in enumerate(times):
-        bucket = min(int((t - first) * scale), last)
-        if bucket != current:
-            if current >= 0:
-                picked += sorted({low, high})
-            current, low, high = bucket, i, i
-            continue
-        v = values[i]
-        if v < values[low]:
-            low = i
-        elif v > values[high]:
-            high = i
-    picked += sorted({low, high})
+    lo = 0
+    while lo < n:
+        hi = bisect_left(times, bucket_of(times[lo]) + 1, lo, key=bucket_of)
+        part = values[lo:hi]
+        low, high = lo + part.index(min(part)), lo + part.index(max(part))
+        picked += (low,) if low == high else (low, high) if low < high else (high, low)
+        lo = hi
     return picked
 
 
