@@ -26,7 +26,7 @@ import zlib
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, compress, pairwise
+from itertools import accumulate, compress, pairwise, repeat
 from typing import TypeAlias
 
 Floats: TypeAlias = "array[float]"  # typecode "d": float64
@@ -70,7 +70,10 @@ class Rollup:
 
     @property
     def means(self) -> Floats:
-        return array("d", [s / max(c, 1) for s, c in zip(self.sums, self.counts, strict=True)])
+        counts = self.counts
+        if 0 in counts:  # never in a store's rollups: a bucket is made by a sample
+            counts = array("q", [max(c, 1) for c in counts])
+        return array("d", map(operator.truediv, self.sums, counts))
 
     def cut(self, lo: int, hi: int) -> Rollup:
         """Buckets ``lo`` to ``hi`` (excluded)."""
@@ -162,9 +165,9 @@ def _encode_times(times: Column) -> Ints:
 
 def _decode_times(encoded: Ints) -> Floats:
     if len(encoded) < 2:
-        return array("d", [m / 1000.0 for m in encoded])
-    deltas = accumulate(encoded[1:])
-    return array("d", [m / 1000.0 for m in accumulate(deltas, initial=encoded[0])])
+        return array("d", map(operator.truediv, encoded, repeat(1000.0)))
+    millis = accumulate(accumulate(encoded[1:]), initial=encoded[0])
+    return array("d", map(operator.truediv, millis, repeat(1000.0)))
 
 
 def _xor_floats(values: Column) -> array[int]:
