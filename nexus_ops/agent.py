@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import uvicorn
@@ -196,6 +197,9 @@ def create_app(
         version=__version__,
         description="Supervises an OpenCode server: status, control, events, metrics.",
         lifespan=lifespan,
+        # The agent's own metrics are its /metrics; OpenTelemetry's hooks, asked on every
+        # request whether a provider is set, are left out.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
@@ -932,6 +936,36 @@ async def in_own_loop(
             await asyncio.shield(asyncio.to_thread(worker.join))
 
 
+class AgentServer(uvicorn.Server):
+    """uvicorn's server, ticking once a second instead of ten times: its tick only
+    refreshes the ``Date`` header (once a second anyway) and looks whether to exit,
+    and ten wakeups a second were a tenth of an idle agent's CPU. A signal to exit
+    wakes the tick at once, so stopping takes no longer than before."""
+
+    TICK = 1.0
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    async def main_loop(self) -> None:
+        wake = asyncio.Event()
+        self._wake = (asyncio.get_running_loop(), wake)
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + round(self.TICK * 10)) % 864000  # on_tick counts tenths
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.TICK)
+            should_exit = await self.on_tick(counter)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._wake is not None:
+            loop, wake = self._wake
+            loop.call_soon_threadsafe(wake.set)
+
+
 # What `nexus-ops agent` runs beside the supervisor and the sampler.
 DEFAULT_JOBS: list[BackgroundJob] = [evaluate_alerts]
 
@@ -961,6 +995,6 @@ def serve(settings: Settings, jobs: list[BackgroundJob] | None = None) -> None:
             access_log=False,
             lifespan="on",
         )
-        uvicorn.Server(config).run()
+        AgentServer(config).run()
     finally:
         remove_record(layout.agent_pidfile)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -11,10 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from conftest import RunningAgent, private_env, start_agent, wait_for
 from fastapi.testclient import TestClient
 
-from nexus_ops.agent import check_bind, create_app
+from nexus_ops.agent import AgentServer, check_bind, create_app
 from nexus_ops.client import AgentClient
 from nexus_ops.config import load_settings
 from nexus_ops.errors import SecurityError, Unauthorized
@@ -300,3 +303,26 @@ def test_no_cross_origin_access(app_client: tuple[TestClient, str]) -> None:
 
 def cors_headers(response: httpx.Response) -> list[str]:
     return [name for name in response.headers if name.lower().startswith("access-control-")]
+
+
+class CountingServer(AgentServer):
+    """The agent's server, counting its ticks instead of refreshing headers."""
+
+    ticks = 0
+
+    async def on_tick(self, counter: int) -> bool:
+        self.ticks += 1
+        return self.should_exit
+
+
+def test_the_agents_server_ticks_once_a_second_and_a_signal_wakes_it() -> None:
+    async def run(tick: float, stop_after: float) -> int:
+        server = CountingServer(uvicorn.Config(app=create_app))
+        server.TICK = tick
+        asyncio.get_running_loop().call_later(stop_after, server.handle_exit, signal.SIGTERM, None)
+        await asyncio.wait_for(server.main_loop(), timeout=10)  # a signal not heard: timeout
+        return server.ticks
+
+    ticks = asyncio.run(run(tick=1.0, stop_after=2.5))
+    assert ticks <= 5, f"{ticks} ticks in 2.5 s: uvicorn's own tick is ten a second"
+    assert asyncio.run(run(tick=600.0, stop_after=0.2)) == 2, "SIGTERM ends the tick's wait"

@@ -202,18 +202,55 @@ def test_stopping_the_server_is_sampled_as_down(sampled_agent: RunningAgent) -> 
     assert stops >= 1
 
 
-def test_metric_queries_leave_pandas_out_of_the_agent(agent: RunningAgent) -> None:
-    wait_for(
-        lambda: len(agent.client.query_metrics("opencode_server_status", start="5m")) >= 1,
-        timeout=30,
-        what="a sample of the server's status",
-    )
-    for method, resolution in (("minmax", "auto"), ("lttb", "raw"), ("none", "1m")):
-        agent.client.query_metrics("opencode_server_status", method=method, resolution=resolution)
-    agent.client.query_metrics("opencode_connections", start="2026-01-01T00:00:00Z")
-    maps = Path(f"/proc/{agent.proc.pid}/maps").read_text()
-    assert "/numpy/" in maps  # the store's arrays: the agent's own process is the one read
-    assert "/pandas/" not in maps
+# What the agent must not load for the console's queries: numpy and pandas (its
+# store and queries work on the standard library's arrays), and the command-line tool
+# that httpx's package imports when its extras happen to be installed.
+NEVER_IN_THE_AGENT = {"numpy", "pandas", "rich", "pygments"}
+
+
+def imported_packages(log: Path) -> set[str]:
+    """The top-level packages of every module a process imported, from its stderr under
+    PYTHONPROFILEIMPORTTIME (``import time: self | cumulative | name`` lines)."""
+    found = set()
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            name = line.rsplit("|", 1)[1].strip()
+            found.add(name.split(".")[0])
+    return found
+
+
+def test_metric_queries_leave_numpy_and_pandas_out_of_the_agent(
+    nexus_env: dict[str, str],
+) -> None:
+    fast = {"NEXUS_METRICS_INTERVAL": "1", "NEXUS_METRICS_FLUSH_INTERVAL": "1"}
+    agent = start_agent({**nexus_env, **fast, "PYTHONPROFILEIMPORTTIME": "1"})
+    try:
+        wait_for(
+            lambda: len(agent.client.query_metrics("opencode_server_status", start="5m")) >= 4,
+            timeout=30,
+            what="a sample of the server's status",
+        )
+        for method, resolution in (("minmax", "auto"), ("minmax", "raw"), ("none", "1m")):
+            agent.client.query_metrics(
+                "opencode_server_status", method=method, resolution=resolution
+            )
+        agent.client.query_metrics("opencode_connections", start="2026-01-01T00:00:00Z")
+        agent.client.query_points_many(
+            [{"metric": "opencode_server_status", "start": span} for span in ("15m", "7d")]
+        )
+        maps = Path(f"/proc/{agent.proc.pid}/maps").read_text()
+        imported = imported_packages(agent.log)
+        # LTTB (tsdownsample) needs numpy: a query that asks for it loads it, and is answered.
+        lttb = agent.client.query_metrics(
+            "opencode_server_status", method="lttb", resolution="raw", max_points=2
+        )
+    finally:
+        agent.client.close()
+        agent.stop()
+    assert "/numpy/" not in maps and "/pandas/" not in maps
+    assert {"fastapi", "sqlite3"} <= imported, "the agent's own imports are the ones read"
+    assert not imported & NEVER_IN_THE_AGENT, f"the agent loaded {imported & NEVER_IN_THE_AGENT}"
+    assert len(lttb) == 3  # tsdownsample's fewest: first, one of the middle, last
 
 
 def test_since_answers_what_is_new_and_a_batch_answers_like_single_queries(

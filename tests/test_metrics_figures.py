@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from _plotly_utils import basevalidators
 
 from nexus_ops.metrics import figures as F
 from nexus_ops.metrics.frames import concat_frames, empty_frame, tidy_frame
@@ -61,6 +62,33 @@ def test_update_replaces_data_in_place_and_empties_vanished_series() -> None:
     assert len(close_wait.y) == 0
     F.update_timeseries(fig, empty_frame())
     assert all(len(t.y) == 0 for t in fig.data)
+
+
+def test_new_points_of_existing_lines_skip_the_trace_validators(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fig = go.FigureWidget(F.timeseries_figure(F.PANELS["connections"], tz="Asia/Tokyo"))
+    F.update_timeseries(fig, _connections())
+    grown = concat_frames(
+        [
+            tidy_frame("opencode_connections", f"state={s}", TIMES + 5.0, np.full(100, n))
+            for s, n in (("LISTEN", 2.0), ("CLOSE_WAIT", 9.0))
+        ]
+    )
+    checked: list[object] = []
+    real = basevalidators.copy_to_readonly_numpy_array
+
+    def counting(v: object, *args: object, **kwargs: object) -> object:
+        checked.append(v)
+        return real(v, *args, **kwargs)
+
+    monkeypatch.setattr(basevalidators, "copy_to_readonly_numpy_array", counting)
+    F.update_timeseries(fig, grown)
+    lines = {t.name: t for t in fig.data if t.name != "restarts and crashes"}
+    assert list(lines["CLOSE_WAIT"].y) == [9.0] * 100
+    last = pd.Timestamp(lines["LISTEN"].x[-1])
+    assert last == pd.Timestamp(TIMES[-1] + 5.0, unit="s") + pd.Timedelta(hours=9)
+    assert not checked, "the lines' arrays went through the validators again"
 
 
 @pytest.mark.parametrize(

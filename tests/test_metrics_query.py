@@ -21,10 +21,12 @@ from nexus_ops.metrics.frames import (
     QueryError,
     bucket_of,
     downsample,
+    minmax_indices,
     parse_labels,
     parse_time,
 )
 from nexus_ops.metrics.prometheus import PrometheusBackend
+from nexus_ops.metrics.series import minmax_positions
 from nexus_ops.store.samples import Retention, SampleStore
 
 T0 = 1_800_000_000.0
@@ -82,7 +84,7 @@ def test_minmax_downsampling_keeps_every_buckets_true_extremes(backend: SQLiteBa
     frame = backend.query(query)
     assert len(frame) <= 500
     sid = backend.store.series("spiky")[0].id
-    times, values = backend.store.read_raw(sid, start, now)
+    times, values = map(np.asarray, backend.store.read_raw(sid, start, now))
     buckets = bucket_of(times, 250)
     millis = frame["time"].astype("int64") // 1_000_000
     kept = dict(zip(millis, frame["value"], strict=True))
@@ -101,7 +103,8 @@ def test_rollup_aggregates_keep_extremes_of_the_raw_data(backend: SQLiteBackend)
     hourly_max = backend.query(query)
     assert len(hourly_max) == 72
     sid = backend.store.series("spiky")[0].id
-    times, values = backend.store.read_raw(sid, now - DAY, now)  # raw still holds the last day
+    raw = backend.store.read_raw(sid, now - DAY, now)  # raw still holds the last day
+    times, values = map(np.asarray, raw)
     last = pd.Series(values, index=times).groupby(np.floor(times / 3600) * 3600).max()
     assert hourly_max["value"].tolist()[-24:] == last.tolist()
 
@@ -180,3 +183,14 @@ def test_a_long_range_answers_from_rollups_with_the_raw_datas_means(
     assert len(frame) == len(expected)
     assert (frame["time"].astype("int64") / 1e9).tolist() == expected.index.tolist()
     assert np.allclose(frame["value"], expected.to_numpy())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_agents_minmax_keeps_what_the_arrays_one_keeps(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 5000))
+    times = np.sort(rng.uniform(0, 1e5, n)) if seed else np.full(n, 7.0)  # 0: no span
+    values = rng.integers(0, 5, n).astype(float)  # many ties: the first one is kept
+    buckets = int(rng.integers(1, 400))
+    expected = minmax_indices(times, values, buckets).tolist()
+    assert minmax_positions(times.tolist(), values.tolist(), buckets) == expected

@@ -25,23 +25,24 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from nexus_ops.errors import ConfigError
 from nexus_ops.metrics import catalogue as m
-from nexus_ops.metrics.frames import (
-    Floats,
-    Points,
+from nexus_ops.metrics.series import (
     QueryError,
+    Series,
     check_method,
-    downsample,
-    frame_of,
+    kept,
     labels_text,
     parse_labels,
+    positions,
 )
 from nexus_ops.metrics.storefile import open_store
+from nexus_ops.store.codec import Floats, floats
 from nexus_ops.store.samples import RAW, SampleStore, Tier
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from nexus_ops.config import Settings
+    from nexus_ops.metrics.frames import Points
 
 Resolution = Literal["auto", "raw", "1m", "1h"]
 RESOLUTIONS: tuple[str, ...] = ("auto", "raw", "1m", "1h")
@@ -121,6 +122,10 @@ class MetricsBackend(Protocol):
         """Points of every series of ``query.metric`` whose labels match, by labels."""
         ...
 
+    def read_series(self, query: MetricQuery) -> list[Series]:
+        """What ``read`` gives, as plain sequences (what the agent answers, without numpy)."""
+        ...
+
     def query(self, query: MetricQuery) -> pd.DataFrame:
         """What ``read`` gives, as one tidy frame."""
         ...
@@ -173,16 +178,22 @@ class SQLiteBackend:
         return enough[-1] if enough else holding[0]
 
     def query(self, query: MetricQuery) -> pd.DataFrame:
+        from nexus_ops.metrics.frames import frame_of
+
         return frame_of(self.read(query))
 
     def read(self, query: MetricQuery) -> list[Points]:
+        from nexus_ops.metrics.frames import points_of
+
+        return points_of(self.read_series(query))
+
+    def read_series(self, query: MetricQuery) -> list[Series]:
         tier = self.pick_tier(query)
         found = []
         for series in self.store.series(query.metric, query.labels):
             times, values = self._read(series.id, tier, query)
-            keep = downsample(times, values, query.max_points, query.method)
-            labels = labels_text(series.labels)
-            found.append(Points(series.metric, labels, times[keep], values[keep]))
+            whole = Series(series.metric, labels_text(series.labels), times, values)
+            found.append(kept(whole, positions(times, values, query.max_points, query.method)))
         return found
 
     def _read(self, sid: int, tier: Tier, query: MetricQuery) -> tuple[Floats, Floats]:
@@ -194,7 +205,7 @@ class SQLiteBackend:
             "min": rollup.mins,
             "max": rollup.maxs,
             "sum": rollup.sums,
-            "count": rollup.counts.astype(float),
+            "count": floats(rollup.counts),
         }[query.agg]
         return rollup.times, column
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -360,22 +361,37 @@ def update_timeseries(
     axis = axis_of(str(meta.get("unit") or ""), _top(frame))
     series = _series_of(frame, zone, axis.factor)
     hover = f"%{{y:{axis.hover}}} {axis.label}".rstrip()
+    lines: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     with fig.batch_update():
         fig.layout.yaxis.update(axis.layout)
-        existing = {trace.name: trace for trace in fig.data if trace.name != _EVENT_TRACE}
+        existing = {t.name: i for i, t in enumerate(fig.data) if t.name != _EVENT_TRACE}
         for index, (name, (x, y)) in enumerate(series.items()):
-            trace = existing.pop(name, None)
-            if trace is None:
+            position = existing.pop(name, None)
+            if position is None:
                 color = _LABEL_COLORS[index % len(_LABEL_COLORS)]
                 fig.add_scatter(x=x, y=y, mode="lines", name=name, line={"color": color})
-                trace = fig.data[-1]
+                position = len(fig.data) - 1
             else:
-                trace.x, trace.y = x, y
-            trace.hovertemplate = hover
-        for trace in existing.values():  # a series gone from the frame: empty its line
-            trace.x, trace.y = [], []
+                lines[position] = (x, y)
+            trace = fig.data[position]
+            if trace.hovertemplate != hover:
+                trace.hovertemplate = hover
+        for position in existing.values():  # a series gone from the frame: empty its line
+            fig.data[position].x, fig.data[position].y = [], []
         _update_events(fig, events, zone)
+    set_lines(fig, lines)
     return fig
+
+
+def set_lines(fig: go.Figure, lines: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    """New x and y arrays of existing traces (by position), in one restyle: the arrays are
+    what the traces' validators would make of them (``datetime64[ms]`` and floats), and
+    checking them again, trace by trace, cost a refresh of many series most of its time."""
+    if lines:
+        positions = list(lines)
+        xs = [np.asarray(lines[p][0]) for p in positions]
+        ys = [np.asarray(lines[p][1], dtype=np.float64) for p in positions]
+        fig.plotly_restyle({"x": xs, "y": ys}, trace_indexes=positions)
 
 
 @dataclass(frozen=True)
@@ -417,14 +433,36 @@ def _top(frame: pd.DataFrame) -> float:
 def _series_of(
     frame: pd.DataFrame, tz: str, factor: float
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The lines of ``frame`` by name, sorted by metric and labels; times converted once
+    for the whole frame, then cut into each series' runs of rows (in the frame's order)."""
     if frame.empty:
         return {}
+    times = local_times(frame["time"], tz)
+    values = frame["value"].to_numpy(dtype=float) / factor
+    runs: dict[tuple[str, str], list[slice]] = {}
+    for key, run in series_runs(frame).items():
+        runs.setdefault(key, []).extend(run)
+    many_metrics = len({metric for metric, _ in runs}) > 1
     out = {}
-    many_metrics = frame["metric"].nunique() > 1
-    for (metric, labels), rows in frame.groupby(["metric", "labels"], sort=True):
-        name = series_name(str(metric), str(labels), many_metrics)
-        out[name] = (local_times(rows["time"], tz), rows["value"].to_numpy() / factor)
+    for metric, labels in sorted(runs):
+        cuts = runs[(metric, labels)]
+        x = times[cuts[0]] if len(cuts) == 1 else np.concatenate([times[c] for c in cuts])
+        y = values[cuts[0]] if len(cuts) == 1 else np.concatenate([values[c] for c in cuts])
+        out[series_name(metric, labels, many_metrics)] = (x, y)
     return out
+
+
+def series_runs(frame: pd.DataFrame) -> dict[tuple[str, str], list[slice]]:
+    """The rows of each series (metric, labels) of a tidy frame, as runs of consecutive
+    rows in the frame's order (one run each when the frame is sorted by series)."""
+    metrics = frame["metric"].to_numpy(dtype=object)
+    labels = frame["labels"].to_numpy(dtype=object)
+    changes = (metrics[1:] != metrics[:-1]) | (labels[1:] != labels[:-1])
+    bounds = [0, *(np.flatnonzero(changes) + 1).tolist(), len(frame)]
+    runs: dict[tuple[str, str], list[slice]] = {}
+    for lo, hi in itertools.pairwise(bounds):
+        runs.setdefault((str(metrics[lo]), str(labels[lo])), []).append(slice(lo, hi))
+    return runs
 
 
 def _update_events(fig: go.Figure, events: Sequence[Event], tz: str) -> None:

@@ -23,36 +23,52 @@ Downsampling keeps the shape of a series in at most ``max_points`` points:
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from nexus_ops.errors import NexusOpsError
+# The numpy-free half of the metric series (the agent's), here too for the callers of
+# this module.
+from nexus_ops.metrics.series import (
+    COLUMNS as COLUMNS,
+)
+from nexus_ops.metrics.series import (
+    METHODS as METHODS,
+)
+from nexus_ops.metrics.series import (
+    Method as Method,
+)
+from nexus_ops.metrics.series import (
+    QueryError as QueryError,
+)
+from nexus_ops.metrics.series import Series
+from nexus_ops.metrics.series import (
+    check_method as check_method,
+)
+from nexus_ops.metrics.series import (
+    labels_text as labels_text,
+)
+from nexus_ops.metrics.series import (
+    parse_duration as parse_duration,
+)
+from nexus_ops.metrics.series import (
+    parse_labels as parse_labels,
+)
+from nexus_ops.metrics.series import (
+    parse_time as parse_time,
+)
+from nexus_ops.metrics.series import (
+    points_to_payload as points_to_payload,
+)
 
 if TYPE_CHECKING:  # pandas loads where a frame is made, never in the agent's queries
     import pandas as pd
 
-COLUMNS = ["time", "metric", "labels", "value"]
-Method = Literal["minmax", "lttb", "none"]
-METHODS: tuple[str, ...] = ("minmax", "lttb", "none")
-
 Floats = npt.NDArray[np.float64]
 Indices = npt.NDArray[np.int64]
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-class QueryError(NexusOpsError):
-    """A metric query was malformed (bad time, method, resolution or labels)."""
-
-    status = 400  # the agent answers it as a bad request
 
 
 @dataclass(frozen=True)
@@ -70,88 +86,6 @@ class Points:
 
     def __len__(self) -> int:
         return len(self.times)
-
-
-def labels_text(labels: Mapping[str, str]) -> str:
-    """``{"a": "1", "b": "2"}`` -> ``'a=1,b=2'`` (sorted by name)."""
-    return ",".join(f"{k}={labels[k]}" for k in sorted(labels))
-
-
-def parse_labels(text: str | Mapping[str, str] | None) -> dict[str, str]:
-    """``'a=1,b=2'`` (or a mapping) -> ``{"a": "1", "b": "2"}``."""
-    if text is None:
-        return {}
-    if isinstance(text, Mapping):
-        return {str(k): str(v) for k, v in text.items()}
-    labels = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep or not name.strip():
-            raise QueryError(
-                f"labels={text!r}: {part!r} is not name=value",
-                hint="write labels as name=value pairs separated by commas, e.g. state=LISTEN",
-            )
-        labels[name.strip()] = value.strip().strip('"')
-    return labels
-
-
-def parse_duration(text: str) -> float:
-    """``'90s'``, ``'15m'``, ``'2h'``, ``'7d'``, ``'1w'`` -> seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise QueryError(
-            f"{text!r} is not a duration",
-            hint="write a number and a unit: ms, s, m, h, d or w (e.g. 15m, 24h, 7d)",
-        )
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def parse_time(value: object, now: float, field: str = "time") -> float:
-    """A point in time as epoch seconds.
-
-    Accepts epoch seconds, ``datetime``/``Timestamp`` (naive means UTC), ISO 8601
-    text, ``'now'`` and durations before now (``'24h'`` or ``'-24h'``).
-    """
-    if isinstance(value, bool):
-        raise QueryError(f"{field}={value!r} is not a time")
-    if isinstance(value, int | float | np.floating | np.integer):
-        return _finite(float(value), value, field)
-    if isinstance(value, timedelta):
-        return now - value.total_seconds()
-    if isinstance(value, datetime):  # pandas' Timestamp is one too
-        return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).timestamp()
-    if isinstance(value, str):
-        return _parse_time_text(value.strip(), now, field)
-    raise QueryError(f"{field}={value!r} is not a time")
-
-
-def _finite(seconds: float, given: object, field: str) -> float:
-    if not math.isfinite(seconds):
-        raise QueryError(
-            f"{field}={given!r} is not a point in time",
-            hint="give finite epoch seconds, ISO 8601 (2026-11-28T10:00:00Z), 'now', or a "
-            "duration before now such as 24h",
-        )
-    return seconds
-
-
-def _parse_time_text(text: str, now: float, field: str) -> float:
-    if text == "now":
-        return now
-    try:
-        return _finite(float(text), text, field)
-    except ValueError:
-        pass
-    if _DURATION.match(text.lstrip("-")):
-        return now - parse_duration(text.lstrip("-"))
-    try:
-        return parse_time(datetime.fromisoformat(text), now, field)
-    except ValueError as exc:
-        raise QueryError(
-            f"{field}={text!r} is not a time",
-            hint="give epoch seconds, ISO 8601 (2026-11-28T10:00:00Z), 'now', or a duration "
-            "before now such as 24h",
-        ) from exc
 
 
 def tidy_frame(metric: str, labels: str, times: Floats, values: Floats) -> pd.DataFrame:
@@ -173,6 +107,16 @@ def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def points_of(series: Sequence[Series]) -> list[Points]:
+    """Plain series as arrays."""
+    return [
+        Points(
+            s.metric, s.labels, np.asarray(s.times, np.float64), np.asarray(s.values, np.float64)
+        )
+        for s in series
+    ]
+
+
 def frame_of(points: Sequence[Points]) -> pd.DataFrame:
     """Series' points, in their order, as one tidy frame (made in one go: a refresh
     of many series pays for one frame, not one per series)."""
@@ -183,7 +127,7 @@ def frame_of(points: Sequence[Points]) -> pd.DataFrame:
     values = np.concatenate([np.asarray(p.values, np.float64) for p in points] or [np.empty(0)])
     return pd.DataFrame(
         {
-            "time": pd.to_datetime(times * 1e9, utc=True).astype("datetime64[ns, UTC]"),
+            "time": utc_times(times),
             "metric": np.repeat(np.array([p.metric for p in points], dtype=object), counts),
             "labels": np.repeat(np.array([p.labels for p in points], dtype=object), counts),
             "value": values,
@@ -191,12 +135,13 @@ def frame_of(points: Sequence[Points]) -> pd.DataFrame:
     )
 
 
-def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise QueryError(
-            f"method={method!r} is not a downsampling method",
-            hint=f"use one of {', '.join(METHODS)}",
-        )
+def utc_times(seconds: Floats) -> pd.DatetimeIndex:
+    """Epoch seconds as UTC times in nanoseconds (from integers: pandas' parsing of
+    floats costs several times more, for the same instants)."""
+    import pandas as pd
+
+    nanos = np.round(np.asarray(seconds, np.float64) * 1e9).astype(np.int64)
+    return pd.DatetimeIndex(nanos.view("datetime64[ns]")).tz_localize("UTC")
 
 
 def downsample(times: Floats, values: Floats, max_points: int, method: str) -> Indices:
@@ -242,21 +187,6 @@ def minmax_indices(times: Floats, values: Floats, buckets: int) -> Indices:
 def _first_true_per_segment(flags: npt.NDArray[np.bool_], starts: Indices) -> Indices:
     hits = np.flatnonzero(flags)
     return hits[np.searchsorted(hits, starts)].astype(np.int64)
-
-
-def points_to_payload(points: Sequence[Points]) -> dict[str, object]:
-    """Series' points as JSON-ready columns, sorted by labels (epoch seconds; NaN as null)."""
-    series = [
-        {
-            "metric": p.metric,
-            "labels": p.labels,
-            "times": np.round(p.times, 3).tolist(),
-            "values": [v if math.isfinite(v) else None for v in p.values.tolist()],
-        }
-        for p in sorted(points, key=lambda p: (p.metric, p.labels))
-        if len(p)
-    ]
-    return {"columns": COLUMNS, "series": series}
 
 
 def points_from_payload(payload: Mapping[str, object]) -> list[Points]:

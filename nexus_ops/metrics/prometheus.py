@@ -42,6 +42,7 @@ from nexus_ops.metrics.frames import (
     frame_of,
     labels_text,
 )
+from nexus_ops.metrics.series import Series
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -105,6 +106,12 @@ class PrometheusBackend:
 
     def query(self, query: MetricQuery) -> pd.DataFrame:
         return frame_of(self.read(query))
+
+    def read_series(self, query: MetricQuery) -> list[Series]:
+        return [
+            Series(p.metric, p.labels, p.times.tolist(), p.values.tolist())
+            for p in self.read(query)
+        ]
 
     def read(self, query: MetricQuery) -> list[Points]:
         end = min(query.end, self._clock())

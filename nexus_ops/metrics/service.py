@@ -154,7 +154,7 @@ class MetricsService:
         one holding ``since`` on, as that one may have grown), for a view that
         refreshes by appending."""
         from nexus_ops.metrics.backends import MetricQuery, newer_than
-        from nexus_ops.metrics.frames import parse_labels, parse_time, points_to_payload
+        from nexus_ops.metrics.series import parse_labels, parse_time, points_to_payload
 
         now = self._clock()
         query = MetricQuery(
@@ -171,7 +171,7 @@ class MetricsService:
         read = query
         if since is not None:
             read = newer_than(query, parse_time(since, now, "since"), resolution)
-        payload = points_to_payload(self.backend.read(read))
+        payload = points_to_payload(self.backend.read_series(read))
         payload.update(
             metric=metric,
             start=query.start,

@@ -1,4 +1,4 @@
-"""Compact encodings of sample blocks (numpy + zlib), for :mod:`nexus_ops.store.samples`.
+"""Compact encodings of sample blocks (stdlib arrays + zlib), for :mod:`nexus_ops.store.samples`.
 
 A raw block holds the samples of one series in one time window: timestamps in
 milliseconds, delta-of-delta encoded (a steady sampler gives zeros), and
@@ -7,30 +7,52 @@ mostly zero bytes); both are byte-shuffled so that equal bytes stand together,
 then zlib-compressed. A rollup block holds, per bucket, the bucket's start and
 the minimum, maximum, sum and count of the samples in it.
 
->>> import numpy as np
->>> times = np.array([10.0, 11.0, 12.0]); values = np.array([1.5, 1.5, 2.0])
->>> t, v = decode_raw(encode_raw(times, values))
+Columns are :class:`array.array` of the standard library (``d`` floats, ``q``
+counts), not numpy's: the agent that writes and reads them stays without numpy
+(about 20 MB). Anything iterable of numbers is accepted where columns go in.
+
+>>> t, v = decode_raw(encode_raw([10.0, 11.0, 12.0], [1.5, 1.5, 2.0]))
 >>> t.tolist(), v.tolist()
 ([10.0, 11.0, 12.0], [1.5, 1.5, 2.0])
 """
 
 from __future__ import annotations
 
+import math
+import operator
 import struct
+import sys
 import zlib
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import accumulate, compress, pairwise, repeat
+from typing import TypeAlias
 
-import numpy as np
-import numpy.typing as npt
-
-Floats = npt.NDArray[np.float64]
-Ints = npt.NDArray[np.int64]
+Floats: TypeAlias = "array[float]"  # typecode "d": float64
+Ints: TypeAlias = "array[int]"  # typecode "q": int64
+Column = Iterable[float] | Sequence[float]
 
 RAW_FORMAT = 1
 ROLLUP_FORMAT = 2
 _HEADER = struct.Struct("<BI")  # format, number of points
 _LEVEL = 1  # zlib level: 1 compresses these arrays almost as well as 9, several times faster
+_MASK = (1 << 64) - 1
+_LITTLE = sys.byteorder == "little"
+
+
+def floats(values: Column = ()) -> Floats:
+    """A float64 column of ``values`` (a list, an array, a numpy array...)."""
+    if isinstance(values, array) and values.typecode == "d":
+        return values
+    return array("d", values)
+
+
+def ints(values: Iterable[int] = ()) -> Ints:
+    """An int64 column of ``values``."""
+    if isinstance(values, array) and values.typecode == "q":
+        return values
+    return array("q", (int(v) for v in values))
 
 
 @dataclass(frozen=True)
@@ -48,84 +70,130 @@ class Rollup:
 
     @property
     def means(self) -> Floats:
-        return self.sums / np.maximum(self.counts, 1)
+        counts = self.counts
+        if 0 in counts:  # never in a store's rollups: a bucket is made by a sample
+            counts = array("q", [max(c, 1) for c in counts])
+        return array("d", map(operator.truediv, self.sums, counts))
 
-    def select(self, mask: npt.NDArray[Any]) -> Rollup:
+    def cut(self, lo: int, hi: int) -> Rollup:
+        """Buckets ``lo`` to ``hi`` (excluded)."""
         return Rollup(
-            self.times[mask], self.mins[mask], self.maxs[mask], self.sums[mask], self.counts[mask]
+            self.times[lo:hi],
+            self.mins[lo:hi],
+            self.maxs[lo:hi],
+            self.sums[lo:hi],
+            self.counts[lo:hi],
+        )
+
+    def keep(self, flags: Sequence[bool]) -> Rollup:
+        """The buckets whose flag is true."""
+        return Rollup(
+            array("d", compress(self.times, flags)),
+            array("d", compress(self.mins, flags)),
+            array("d", compress(self.maxs, flags)),
+            array("d", compress(self.sums, flags)),
+            array("q", compress(self.counts, flags)),
+        )
+
+    def ordered(self) -> Rollup:
+        """The buckets by time (stable): as they are when they already are."""
+        times = self.times
+        if all(a <= b for a, b in pairwise(times)):
+            return self
+        order = sorted(range(len(times)), key=times.__getitem__)
+        return Rollup(
+            array("d", [times[i] for i in order]),
+            array("d", [self.mins[i] for i in order]),
+            array("d", [self.maxs[i] for i in order]),
+            array("d", [self.sums[i] for i in order]),
+            array("q", [self.counts[i] for i in order]),
         )
 
     @staticmethod
     def concat(parts: list[Rollup]) -> Rollup:
         if not parts:
             return empty_rollup()
-        return Rollup(
-            np.concatenate([p.times for p in parts]),
-            np.concatenate([p.mins for p in parts]),
-            np.concatenate([p.maxs for p in parts]),
-            np.concatenate([p.sums for p in parts]),
-            np.concatenate([p.counts for p in parts]),
-        )
+        if len(parts) == 1:
+            return parts[0]
+        out = empty_rollup()
+        for p in parts:
+            out.times.extend(p.times)
+            out.mins.extend(p.mins)
+            out.maxs.extend(p.maxs)
+            out.sums.extend(p.sums)
+            out.counts.extend(p.counts)
+        return out
 
 
 def empty_rollup() -> Rollup:
-    nothing = np.empty(0, dtype=np.float64)
-    return Rollup(nothing, nothing, nothing, nothing, np.empty(0, dtype=np.int64))
+    return Rollup(array("d"), array("d"), array("d"), array("d"), array("q"))
 
 
-def to_millis(times: Floats) -> Ints:
-    return np.round(np.asarray(times, dtype=np.float64) * 1000.0).astype(np.int64)
+def to_millis(times: Column) -> list[int]:
+    return [round(t * 1000.0) for t in times]
 
 
-def _shuffle(array: npt.NDArray[np.int64] | npt.NDArray[np.uint64]) -> bytes:
-    return np.ascontiguousarray(array).view(np.uint8).reshape(-1, 8).T.tobytes()
+def _shuffle(column: array[int]) -> bytes:
+    """The bytes of 64-bit items, little-endian, as eight planes (byte 0 of each, ...)."""
+    data = _little(column).tobytes()
+    return b"".join(data[i::8] for i in range(8))
 
 
-def _unshuffle(data: bytes, n: int, dtype: type[np.generic]) -> npt.NDArray[np.generic]:
-    planes = np.frombuffer(data, dtype=np.uint8, count=8 * n).reshape(8, n)
-    return np.ascontiguousarray(planes.T).view(dtype).reshape(n)
+def _unshuffle(data: bytes, n: int, typecode: str) -> array[int]:
+    out = bytearray(8 * n)
+    for i in range(8):
+        out[i::8] = data[i * n : (i + 1) * n]
+    return _little(array(typecode, bytes(out)))
 
 
-def _encode_times(times: Floats) -> Ints:
+def _little(column: array[int]) -> array[int]:
+    """``column`` in little-endian byte order (the blocks' order on every machine)."""
+    if _LITTLE:
+        return column
+    swapped = array(column.typecode, column)
+    swapped.byteswap()
+    return swapped
+
+
+def _encode_times(times: Column) -> Ints:
     millis = to_millis(times)
     if len(millis) < 2:
-        return millis
-    first = np.diff(millis)
-    return np.concatenate([millis[:1], first[:1], np.diff(first)])
+        return array("q", millis)
+    first = [b - a for a, b in pairwise(millis)]
+    return array("q", [millis[0], first[0], *(b - a for a, b in pairwise(first))])
 
 
 def _decode_times(encoded: Ints) -> Floats:
     if len(encoded) < 2:
-        return encoded.astype(np.float64) / 1000.0
-    deltas = np.cumsum(encoded[1:])
-    millis = np.concatenate([encoded[:1], encoded[0] + np.cumsum(deltas)])
-    return millis.astype(np.float64) / 1000.0
+        return array("d", map(operator.truediv, encoded, repeat(1000.0)))
+    millis = accumulate(accumulate(encoded[1:]), initial=encoded[0])
+    return array("d", map(operator.truediv, millis, repeat(1000.0)))
 
 
-def _xor_floats(values: Floats) -> npt.NDArray[np.uint64]:
-    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
-    out = bits.copy()
-    out[1:] ^= bits[:-1]
-    return out
+def _xor_floats(values: Column) -> array[int]:
+    bits = array("Q", floats(values).tobytes())
+    if not bits:
+        return bits
+    return array("Q", [bits[0], *map(operator.xor, bits[1:], bits)])
 
 
-def _unxor_floats(encoded: npt.NDArray[np.uint64]) -> Floats:
-    return np.bitwise_xor.accumulate(encoded).view(np.float64)
+def _unxor_floats(encoded: array[int]) -> Floats:
+    return array("d", array("Q", accumulate(encoded, operator.xor)).tobytes())
 
 
-def encode_raw(times: Floats, values: Floats) -> bytes:
+def encode_raw(times: Column, values: Column) -> bytes:
     """One block of (time, value) samples, compressed."""
-    n = len(times)
-    body = _shuffle(_encode_times(times)) + _shuffle(_xor_floats(values))
-    return _HEADER.pack(RAW_FORMAT, n) + zlib.compress(body, _LEVEL)
+    encoded = _encode_times(times)
+    body = _shuffle(encoded) + _shuffle(_xor_floats(values))
+    return _HEADER.pack(RAW_FORMAT, len(encoded)) + zlib.compress(body, _LEVEL)
 
 
 def decode_raw(blob: bytes) -> tuple[Floats, Floats]:
     """The (times, values) of a block made by :func:`encode_raw`."""
     n = _check(blob, RAW_FORMAT)
     body = zlib.decompress(blob[_HEADER.size :])
-    times = _decode_times(_unshuffle(body[: 8 * n], n, np.int64).astype(np.int64))
-    values = _unxor_floats(_unshuffle(body[8 * n :], n, np.uint64).astype(np.uint64))
+    times = _decode_times(_unshuffle(body[: 8 * n], n, "q"))
+    values = _unxor_floats(_unshuffle(body[8 * n :], n, "Q"))
     return times, values
 
 
@@ -138,7 +206,7 @@ def encode_rollup(rollup: Rollup) -> bytes:
             _shuffle(_xor_floats(rollup.mins)),
             _shuffle(_xor_floats(rollup.maxs)),
             _shuffle(_xor_floats(rollup.sums)),
-            _shuffle(np.asarray(rollup.counts, dtype=np.int64)),
+            _shuffle(ints(rollup.counts)),
         ]
     )
     return _HEADER.pack(ROLLUP_FORMAT, n) + zlib.compress(body, _LEVEL)
@@ -150,11 +218,11 @@ def decode_rollup(blob: bytes) -> Rollup:
     body = zlib.decompress(blob[_HEADER.size :])
     part = [body[8 * n * i : 8 * n * (i + 1)] for i in range(5)]
     return Rollup(
-        _decode_times(_unshuffle(part[0], n, np.int64).astype(np.int64)),
-        _unxor_floats(_unshuffle(part[1], n, np.uint64).astype(np.uint64)),
-        _unxor_floats(_unshuffle(part[2], n, np.uint64).astype(np.uint64)),
-        _unxor_floats(_unshuffle(part[3], n, np.uint64).astype(np.uint64)),
-        _unshuffle(part[4], n, np.int64).astype(np.int64),
+        _decode_times(_unshuffle(part[0], n, "q")),
+        _unxor_floats(_unshuffle(part[1], n, "Q")),
+        _unxor_floats(_unshuffle(part[2], n, "Q")),
+        _unxor_floats(_unshuffle(part[3], n, "Q")),
+        _unshuffle(part[4], n, "q"),
     )
 
 
@@ -165,67 +233,60 @@ def _check(blob: bytes, expected: int) -> int:
     return int(n)
 
 
-def aggregate(times: Floats, values: Floats, step: float) -> Rollup:
+def aggregate(times: Column, values: Column, step: float) -> Rollup:
     """Min, max, sum and count of ``values`` per bucket of ``step`` seconds (times sorted)."""
-    if len(times) == 0:
-        return empty_rollup()
-    buckets = np.floor(times / step) * step
-    starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
-    counts = np.diff(np.r_[starts, len(times)]).astype(np.int64)
-    return Rollup(
-        buckets[starts],
-        np.minimum.reduceat(values, starts),
-        np.maximum.reduceat(values, starts),
-        np.add.reduceat(values, starts),
-        counts,
-    )
+    out = empty_rollup()
+    current = math.nan
+    lo = hi = total = 0.0
+    count = 0
+    for t, v in zip(times, values, strict=True):
+        bucket = math.floor(t / step) * step
+        if bucket != current:
+            if count:
+                _add(out, current, lo, hi, total, count)
+            current, lo, hi, total, count = bucket, v, v, 0.0, 0
+        lo, hi = min(lo, v), max(hi, v)
+        total += v
+        count += 1
+    if count:
+        _add(out, current, lo, hi, total, count)
+    return out
+
+
+def _add(out: Rollup, start: float, lo: float, hi: float, total: float, count: int) -> None:
+    out.times.append(start)
+    out.mins.append(lo)
+    out.maxs.append(hi)
+    out.sums.append(total)
+    out.counts.append(count)
 
 
 def merge_rollups(rollup: Rollup, step: float) -> Rollup:
     """Combine rollups of finer buckets (sorted by time) into buckets of ``step`` seconds."""
-    if len(rollup) == 0:
-        return rollup
-    buckets = np.floor(rollup.times / step) * step
-    starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
-    return Rollup(
-        buckets[starts],
-        np.minimum.reduceat(rollup.mins, starts),
-        np.maximum.reduceat(rollup.maxs, starts),
-        np.add.reduceat(rollup.sums, starts),
-        np.add.reduceat(rollup.counts, starts),
-    )
-
-
-def _segment_cumsum(x: Ints, starts: Ints, lengths: Ints) -> Ints:
-    """Cumulative sums restarting at every segment start."""
-    total = np.cumsum(x)
-    offsets = total[starts] - x[starts]
-    return total - np.repeat(offsets, lengths)
+    out = empty_rollup()
+    current = math.nan
+    lo = hi = total = 0.0
+    count = 0
+    columns = zip(rollup.times, rollup.mins, rollup.maxs, rollup.sums, rollup.counts, strict=True)
+    for t, low, high, s, c in columns:
+        bucket = math.floor(t / step) * step
+        if bucket != current:
+            if not math.isnan(current):
+                _add(out, current, lo, hi, total, count)
+            current, lo, hi, total, count = bucket, low, high, 0.0, 0
+        lo, hi = min(lo, low), max(hi, high)
+        total += s
+        count += c
+    if not math.isnan(current):
+        _add(out, current, lo, hi, total, count)
+    return out
 
 
 def decode_raw_many(blobs: list[bytes]) -> tuple[Floats, Floats]:
-    """The samples of many raw blocks, concatenated: :func:`decode_raw` in a few vector steps."""
-    if not blobs:
-        return np.empty(0), np.empty(0)
-    ns = np.array([_check(blob, RAW_FORMAT) for blob in blobs], dtype=np.int64)
-    bodies = [zlib.decompress(blob[_HEADER.size :]) for blob in blobs]
-    time_planes, value_planes = [], []
-    for body, n in zip(bodies, ns.tolist(), strict=True):
-        planes = np.frombuffer(body, dtype=np.uint8).reshape(2, 8, n)
-        time_planes.append(planes[0])
-        value_planes.append(planes[1])
-    encoded = np.ascontiguousarray(np.concatenate(time_planes, axis=1).T).view(np.int64)[:, 0]
-    xored = np.ascontiguousarray(np.concatenate(value_planes, axis=1).T).view(np.uint64)[:, 0]
-    starts = np.r_[0, np.cumsum(ns)[:-1]].astype(np.int64)
-    # Times: element 0 of a block is its first time, 1 its first delta, then deltas of deltas.
-    firsts = encoded[starts].copy()
-    deltas = encoded.copy()
-    deltas[starts] = 0
-    deltas = _segment_cumsum(deltas, starts, ns)
-    millis = _segment_cumsum(deltas, starts, ns) + np.repeat(firsts, ns)
-    # Values: XOR with the predecessor inside each block; undo with a running XOR.
-    running = np.bitwise_xor.accumulate(xored)
-    before = np.zeros(len(ns), dtype=np.uint64)
-    before[1:] = running[starts[1:] - 1]
-    values = (running ^ np.repeat(before, ns)).view(np.float64)
-    return millis.astype(np.float64) / 1000.0, values
+    """The samples of many raw blocks, concatenated."""
+    times, values = array("d"), array("d")
+    for blob in blobs:
+        t, v = decode_raw(blob)
+        times.extend(t)
+        values.extend(v)
+    return times, values

@@ -31,11 +31,11 @@ import math
 import sqlite3
 import threading
 import time
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from nexus_ops.errors import StoreError
 from nexus_ops.store.codec import (
@@ -263,29 +263,29 @@ class SampleStore:
         values: Iterable[float],
     ) -> int:
         """Add many samples of one series (sorted by time); returns how many were kept."""
-        t = np.asarray(list(times) if not isinstance(times, np.ndarray) else times, np.float64)
-        t = np.round(t * 1000.0) / 1000.0  # blocks keep milliseconds
-        v = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, np.float64)
-        if t.shape != v.shape:
+        t = [round(float(x) * 1000.0) / 1000.0 for x in times]  # blocks keep milliseconds
+        v = [float(x) for x in values]
+        if len(t) != len(v):
             raise StoreError(f"append_many got {len(t)} times but {len(v)} values for {metric}")
         sid = self.series_id(metric, labels)
         with self._lock:
-            keep = (t > self._last.get(sid, -math.inf)) & ~np.isnan(v) & ~np.isnan(t)
-            keep[1:] &= np.diff(t) > 0
-            self.dropped += int(len(t) - keep.sum())
-            t, v = t[keep], v[keep]
-            if len(t) == 0:
+            kept_t, kept_v = array("d"), array("d")
+            before = self._last.get(sid, -math.inf)
+            for i, (ti, vi) in enumerate(zip(t, v, strict=True)):
+                if ti > before and (i == 0 or ti > t[i - 1]) and not math.isnan(vi):
+                    kept_t.append(ti)
+                    kept_v.append(vi)
+            self.dropped += len(t) - len(kept_t)
+            if not kept_t:
                 return 0
-            self._append_sorted(sid, t, v)
-            return len(t)
+            self._append_sorted(sid, kept_t, kept_v)
+            return len(kept_t)
 
     def _append_sorted(self, sid: int, t: Floats, v: Floats) -> None:
-        windows = np.floor(t / RAW_WINDOW) * RAW_WINDOW
-        cuts = np.flatnonzero(np.r_[True, windows[1:] != windows[:-1]])
-        bounds = [*cuts.tolist(), len(t)]
-        for i, lo in enumerate(bounds[:-1]):
-            hi = bounds[i + 1]
-            start = float(windows[lo])
+        lo = 0
+        while lo < len(t):
+            start = window_of(t[lo])
+            hi = bisect_right(t, start, lo, key=window_of)
             buf = self._open.get(sid)
             if buf is not None and buf.start != start:
                 self._close_window(sid, buf)
@@ -293,18 +293,17 @@ class SampleStore:
             if hi < len(t) and buf is None:
                 # A whole window in one go: straight to the closed list.
                 self._closed.append((sid, start, t[lo:hi], v[lo:hi]))
-                continue
-            if buf is None:
-                buf = self._open[sid] = _Open(start=start)
-            buf.times.extend(t[lo:hi].tolist())
-            buf.values.extend(v[lo:hi].tolist())
+            else:
+                if buf is None:
+                    buf = self._open[sid] = _Open(start=start)
+                buf.times.extend(t[lo:hi])
+                buf.values.extend(v[lo:hi])
+            lo = hi
         self._last[sid] = float(t[-1])
         self._high = max(self._high, float(t[-1]))
 
     def _close_window(self, sid: int, buf: _Open) -> None:
-        times = np.asarray(buf.times, dtype=np.float64)
-        values = np.asarray(buf.values, dtype=np.float64)
-        self._closed.append((sid, buf.start, times, values))
+        self._closed.append((sid, buf.start, array("d", buf.times), array("d", buf.values)))
         del self._open[sid]
 
     def flush(self) -> int:
@@ -324,8 +323,7 @@ class SampleStore:
             if not written:
                 return 0
             with self.db.transaction() as conn:
-                for sid, start, times, values in closed:
-                    self._write_window(conn, sid, start, times, values)
+                self._write_windows(conn, closed)
                 if closed:
                     conn.execute("DELETE FROM head WHERE time < ?", (current,))
                 conn.executemany("INSERT INTO head (series_id, time, value) VALUES (?, ?, ?)", rows)
@@ -333,30 +331,37 @@ class SampleStore:
                 buf.saved = len(buf.times)
             return written
 
-    def _write_window(
-        self, conn: sqlite3.Connection, sid: int, start: float, times: Floats, values: Floats
+    def _write_windows(
+        self, conn: sqlite3.Connection, closed: list[tuple[int, float, Floats, Floats]]
     ) -> None:
-        old = conn.execute(
-            "SELECT data FROM blocks WHERE series_id = ? AND tier = ? AND start = ?",
-            (sid, RAW, start),
-        ).fetchone()
-        if old is not None:
-            times, values = _merge_raw(decode_raw(old[0]), (times, values))
-        _upsert(conn, sid, RAW, start, times, encode_raw(times, values))
-        for tier in self.tiers[1:]:
-            self._add_rollup(conn, sid, tier, aggregate(times, values, tier.step))
+        """Closed windows as raw blocks, and their rollups added to each rollup block once
+        (a block of a day holds 96 windows: a backlog rewrites it once, not 96 times)."""
+        rollups: dict[tuple[int, int, float], list[Rollup]] = {}
+        for sid, start, times, values in closed:
+            old = conn.execute(
+                "SELECT data FROM blocks WHERE series_id = ? AND tier = ? AND start = ?",
+                (sid, RAW, start),
+            ).fetchone()
+            if old is not None:
+                times, values = _merge_raw(decode_raw(old[0]), (times, values))
+            _upsert(conn, sid, RAW, start, times, encode_raw(times, values))
+            for tier in self.tiers[1:]:
+                block = math.floor(start / tier.window) * tier.window
+                rollups.setdefault((sid, tier.index, block), []).append(
+                    aggregate(times, values, tier.step)
+                )
+        for (sid, index, block), parts in rollups.items():
+            self._add_rollup(conn, sid, self.tiers[index], block, Rollup.concat(parts))
 
-    def _add_rollup(self, conn: sqlite3.Connection, sid: int, tier: Tier, new: Rollup) -> None:
-        start = math.floor(new.times[0] / tier.window) * tier.window
+    def _add_rollup(
+        self, conn: sqlite3.Connection, sid: int, tier: Tier, start: float, new: Rollup
+    ) -> None:
         old = conn.execute(
             "SELECT data FROM blocks WHERE series_id = ? AND tier = ? AND start = ?",
             (sid, tier.index, start),
         ).fetchone()
-        rollup = new
-        if old is not None:
-            both = Rollup.concat([decode_rollup(old[0]), new])
-            order = np.argsort(both.times, kind="stable")
-            rollup = merge_rollups(both.select(order), tier.step)
+        both = Rollup.concat([decode_rollup(old[0]), new]) if old is not None else new
+        rollup = merge_rollups(both.ordered(), tier.step)
         _upsert(conn, sid, tier.index, start, rollup.times, encode_rollup(rollup))
 
     # -- reading ---------------------------------------------------------------
@@ -385,21 +390,17 @@ class SampleStore:
             return self._read_raw(sid, start, end)
 
     def _read_raw(self, sid: int, start: float, end: float) -> tuple[Floats, Floats]:
-        blocks = decode_raw_many([blob for (blob,) in self._blocks(sid, RAW, start, end)])
-        times, values = [blocks[0]], [blocks[1]]
+        t, v = decode_raw_many([blob for (blob,) in self._blocks(sid, RAW, start, end)])
         head = self.db.query(
             "SELECT time, value FROM head WHERE series_id = ? AND time >= ? AND time <= ? "
             "ORDER BY time",
             (sid, start, end),
         )
-        if head:
-            pairs = np.asarray(head, dtype=np.float64)
-            times.append(pairs[:, 0])
-            values.append(pairs[:, 1])
-        t, v = np.concatenate(times), np.concatenate(values)
+        t.extend(row[0] for row in head)
+        v.extend(row[1] for row in head)
         if len(t) and t[0] >= start and t[-1] <= end:
             return t, v
-        lo, hi = np.searchsorted(t, start, "left"), np.searchsorted(t, end, "right")
+        lo, hi = bisect_left(t, start), bisect_right(t, end)
         return t[lo:hi], v[lo:hi]
 
     def read_rollup(self, sid: int, tier: int, start: float, end: float) -> Rollup:
@@ -409,19 +410,24 @@ class SampleStore:
 
     def _read_rollup(self, sid: int, tier: int, start: float, end: float) -> Rollup:
         step = self.tiers[tier].step
-        parts = [decode_rollup(blob) for (blob,) in self._blocks(sid, tier, start, end)]
+        # Blocks are disjoint windows, each of sorted and distinct buckets: only what the
+        # open window adds (its samples in ``head``) may share a bucket with them.
+        rollup = Rollup.concat(
+            [decode_rollup(blob) for (blob,) in self._blocks(sid, tier, start, end)]
+        )
         head = self.db.query(
             "SELECT time, value FROM head WHERE series_id = ? AND time >= ? ORDER BY time",
             (sid, math.floor(start / step) * step),
         )
         if head:
-            pairs = np.asarray(head, dtype=np.float64)
-            parts.append(aggregate(pairs[:, 0], pairs[:, 1], step))
-        rollup = Rollup.concat(parts)
+            fresh = aggregate([row[0] for row in head], [row[1] for row in head], step)
+            cut = bisect_left(rollup.times, fresh.times[0])
+            tail = Rollup.concat([rollup.cut(cut, len(rollup)), fresh]).ordered()
+            rollup = Rollup.concat([rollup.cut(0, cut), merge_rollups(tail, step)])
         if len(rollup) == 0:
             return empty_rollup()
-        rollup = merge_rollups(rollup.select(np.argsort(rollup.times, kind="stable")), step)
-        return rollup.select((rollup.times >= start) & (rollup.times <= end))
+        lo, hi = bisect_left(rollup.times, start), bisect_right(rollup.times, end)
+        return rollup if (lo, hi) == (0, len(rollup)) else rollup.cut(lo, hi)
 
     def _blocks(self, sid: int, tier: int, start: float, end: float) -> list[tuple[bytes]]:
         window = self.tiers[tier].window
@@ -465,11 +471,11 @@ class SampleStore:
         for sid, start, blob in straddling:
             if tier.index == RAW:
                 t, v = decode_raw(blob)
-                keep = t >= cutoff
-                _upsert(conn, sid, RAW, start, t[keep], encode_raw(t[keep], v[keep]))
+                lo = bisect_left(t, cutoff)
+                _upsert(conn, sid, RAW, start, t[lo:], encode_raw(t[lo:], v[lo:]))
             else:
                 rollup = decode_rollup(blob)
-                rollup = rollup.select(rollup.times >= cutoff)
+                rollup = rollup.cut(bisect_left(rollup.times, cutoff), len(rollup))
                 _upsert(conn, sid, tier.index, start, rollup.times, encode_rollup(rollup))
         return int(cursor.rowcount)
 
@@ -537,7 +543,11 @@ def _upsert(
 
 
 def _merge_raw(old: tuple[Floats, Floats], new: tuple[Floats, Floats]) -> tuple[Floats, Floats]:
-    times = np.concatenate([old[0], new[0]])
-    values = np.concatenate([old[1], new[1]])
-    times, first = np.unique(times, return_index=True)
-    return times, values[first]
+    """Both blocks' samples by time; where both hold a time, the old block's value."""
+    merged: dict[float, float] = {}
+    for t, v in zip(old[0], old[1], strict=True):
+        merged.setdefault(t, v)
+    for t, v in zip(new[0], new[1], strict=True):
+        merged.setdefault(t, v)
+    times = sorted(merged)
+    return array("d", times), array("d", [merged[t] for t in times])

@@ -89,13 +89,19 @@ def break_gaps(frame: pd.DataFrame, factor: float = 4.0) -> pd.DataFrame:
     """
     if len(frame) < 3:
         return frame
-    series = frame.groupby(["metric", "labels"], sort=False).ngroup().to_numpy()
     times = frame["time"].to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e6  # ms
     steps = np.diff(times)
-    inside = series[1:] == series[:-1]
-    usual = pd.Series(steps[inside]).groupby(series[1:][inside]).median()
-    limit = factor * usual.reindex(series[1:]).to_numpy()
-    gaps = np.flatnonzero(inside & (steps > limit))
+    found = []
+    for runs in figures.series_runs(frame).values():
+        inside = [steps[run.start : run.stop - 1] for run in runs]
+        usual = np.concatenate(inside)
+        if not len(usual):
+            continue
+        limit = factor * float(np.median(usual))
+        found += [
+            run.start + np.flatnonzero(part > limit) for run, part in zip(runs, inside, strict=True)
+        ]
+    gaps = np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
     if len(gaps) == 0:
         return frame
     holes = frame.iloc[gaps].copy()
