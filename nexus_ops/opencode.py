@@ -7,6 +7,7 @@ can hang forever: every request here carries a timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import platform
@@ -236,10 +237,9 @@ class AsyncOpenCodeClient:
         self._host, self._port = where.hostname or "127.0.0.1", where.port or 80
         self._timeout = timeout
         basic = b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
-        self._probe_head = (
-            f"Host: {where.netloc}\r\nAuthorization: Basic {basic}\r\n"
-            "Accept: application/json\r\nConnection: close\r\n\r\n"
-        ).encode()
+        self._request_head = (
+            f"Host: {where.netloc}\r\nAuthorization: Basic {basic}\r\nConnection: close\r\n"
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -268,44 +268,55 @@ class AsyncOpenCodeClient:
         return dict(body)
 
     async def events(
-        self, path: str = "/global/event", silence: float = 30.0
+        self, path: str = "/global/event", silence: float = 30.0, skip: tuple[bytes, ...] = ()
     ) -> AsyncIterator[dict[str, Any]]:
         """The server's events (its server-sent ``data:`` lines, JSON-decoded) until the
         stream ends. A stream that fails, or says nothing for ``silence`` seconds (the
-        server sends a heartbeat every 10 s), is an ``OpenCodeUnavailable`` error."""
-        timeout = httpx.Timeout(self._http.timeout.connect, read=silence)
-        try:
-            async with self._http.stream("GET", path, timeout=timeout) as response:
-                response.raise_for_status()
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    try:
-                        event = json.loads(line[5:])
-                    except ValueError:
-                        continue  # not JSON: not an event
-                    if isinstance(event, dict):
-                        yield event
-        except httpx.HTTPError as exc:
-            raise unavailable(self.base_url, path, exc) from exc
+        server sends a heartbeat every 10 s), is an ``OpenCodeUnavailable`` error.
+
+        A line holding any of ``skip`` (e.g. ``b'"type":"message.part.delta"'``: one
+        event per streamed token) is passed over without being decoded. The stream is
+        read on asyncio's streams, not httpx: under load the server sends hundreds of
+        events a second, and httpx's parsing of each one cost a few percent of a core."""
+        async with self._exchange(path, "text/event-stream") as (reader, headers):
+            async for line in _lines(reader, headers, silence):
+                if not line.startswith(b"data:") or any(part in line for part in skip):
+                    continue
+                try:
+                    event = json.loads(line[5:])
+                except ValueError:
+                    continue  # not JSON: not an event
+                if isinstance(event, dict):
+                    yield event
 
     async def probe(self, path: str) -> Any:
         """``GET path`` on a fresh connection, closed after (a probe tests accept() too),
         with asyncio's streams: a sixth of httpx's CPU a request, which an agent probing
         every second pays all day. Like httpx, the timeout applies to the connect and to
         each read, so a server that accepts but never answers fails in that time."""
+        async with self._exchange(path, "application/json") as (reader, headers):
+            body = await asyncio.wait_for(_response_body(reader, headers), self._timeout)
+            return json.loads(body)
+
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self, path: str, accept: str
+    ) -> AsyncIterator[tuple[asyncio.StreamReader, dict[str, str]]]:
+        """``GET path`` on a connection of its own: the reader after a 2xx answer's head,
+        and its headers; every failure, in the request or in the caller's reading of
+        the body, an ``OpenCodeUnavailable`` error; the connection closed after."""
         writer = None
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self._host, self._port), self._timeout
             )
-            writer.write(f"GET {path} HTTP/1.1\r\n".encode() + self._probe_head)
+            request = f"GET {path} HTTP/1.1\r\n{self._request_head}Accept: {accept}\r\n\r\n"
+            writer.write(request.encode())
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout)
             status, headers = _response_head(head)
             if not 200 <= status < 300:
                 raise OpenCodeUnavailable(f"GET {self.base_url}{path} answered HTTP {status}")
-            body = await asyncio.wait_for(_response_body(reader, headers), self._timeout)
-            return json.loads(body)
+            yield reader, headers
         except TimeoutError as exc:
             raise OpenCodeUnavailable(f"GET {self.base_url}{path} timed out") from exc
         except ConnectionRefusedError as exc:
@@ -317,6 +328,33 @@ class AsyncOpenCodeClient:
         finally:
             if writer is not None:
                 writer.close()
+
+
+async def _lines(
+    reader: asyncio.StreamReader, headers: Mapping[str, str], silence: float
+) -> AsyncIterator[bytes]:
+    """The lines of a streamed body (chunked or up to the end of the stream), without
+    their line ends; a ``TimeoutError`` when nothing comes for ``silence`` seconds.
+    One deadline moved along, not a ``wait_for`` a read: that made a task per event."""
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    loop = asyncio.get_running_loop()
+    pending = b""
+    async with asyncio.timeout(None) as deadline:
+        while True:
+            deadline.reschedule(loop.time() + silence)
+            if chunked:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    return
+                data = (await reader.readexactly(size + 2))[:-2]
+            else:
+                data = await reader.read(65536)
+                if not data:
+                    return
+            deadline.reschedule(None)  # the caller's time with a line is not silence
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                yield line.rstrip(b"\r")
 
 
 def _response_head(head: bytes) -> tuple[int, dict[str, str]]:

@@ -1,4 +1,4 @@
-"""The supervisor's liveness probe on real sockets: what it reads, and how it fails."""
+"""The liveness probe and the event stream on real sockets: what they read, and how they fail."""
 
 from __future__ import annotations
 
@@ -87,3 +87,77 @@ def test_a_probe_of_a_closed_port_is_refused() -> None:
 
     with pytest.raises(OpenCodeUnavailable, match="refused the connection"):
         asyncio.run(run())
+
+
+# ---- the event stream, on the same kind of connection ------------------------------------
+
+DELTA = b'{"payload":{"type":"message.part.delta","properties":{"delta":"word"}}}'
+UPDATED = b'{"payload":{"type":"message.updated","properties":{"info":{"id":"msg_1"}}}}'
+
+
+def stream_of(*pieces: bytes, end: bool = True, pause: float = 0.0) -> Handler:
+    """A chunked server-sent stream: each piece one chunk, an event split across two."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(pause)
+        if end:
+            writer.write(b"0\r\n\r\n")
+        else:
+            await asyncio.sleep(30)  # a stream that stalls
+        writer.close()
+
+    return handle
+
+
+def read_events(handler: Handler, silence: float = 5.0, skip: tuple[bytes, ...] = ()) -> list:
+    async def run() -> list:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = AsyncOpenCodeClient(f"http://127.0.0.1:{port}", Credentials("opencode", "pw"))
+        try:
+            return [event async for event in client.events(silence=silence, skip=skip)]
+        finally:
+            await client.aclose()
+            server.close()
+
+    return asyncio.run(run())
+
+
+def test_events_are_read_across_chunks_and_skipped_lines_are_not_decoded() -> None:
+    pieces = (
+        b"data: " + UPDATED[:20],
+        UPDATED[20:] + b"\n\n: a comment\n\ndata: " + DELTA + b"\n\ndata: not json\n\n",
+        b"data: " + UPDATED + b"\r\n\r\n",
+    )
+    everything = read_events(stream_of(*pieces, pause=0.01))
+    assert [e["payload"]["type"] for e in everything] == [
+        "message.updated",
+        "message.part.delta",
+        "message.updated",
+    ]
+    skipped = read_events(stream_of(*pieces), skip=(b'"type":"message.part.delta"',))
+    assert [e["payload"]["type"] for e in skipped] == ["message.updated", "message.updated"]
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (stream_of(b"data: " + UPDATED + b"\n\n", end=False), "timed out"),
+        (answering(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"), "answered HTTP 401"),
+        (silent, "timed out"),
+    ],
+)
+def test_an_event_stream_that_fails_or_falls_silent_says_how(
+    handler: Handler, message: str
+) -> None:
+    with pytest.raises(OpenCodeUnavailable, match=r"GET http://127\.0\.0\.1:\d+/global/event"):
+        try:
+            read_events(handler, silence=0.5)
+        except OpenCodeUnavailable as exc:
+            assert message in exc.message
+            raise

@@ -177,7 +177,7 @@ class Pages:
         start = float(query.get("start", "-inf"))
         return [s for s in self.all if start <= s["time"]["updated"] < cursor][:PAGE]
 
-    def events(self, path: str = "", silence: float = 0.0) -> Any:
+    def events(self, path: str = "", silence: float = 0.0, skip: tuple[bytes, ...] = ()) -> Any:
         raise NotImplementedError
 
 

@@ -64,7 +64,7 @@ class MetricsService:
             flush_interval=settings.metrics_flush_interval,
             clock=clock,
             client=self.client,
-            sources=[self.usage.ledger.samples],
+            sources=[self.usage.samples],
         )
         self._clock = clock
 
@@ -104,7 +104,7 @@ class MetricsService:
 
     def usage_collector(self) -> UsageCollector:
         """The /metrics collector of the models' usage."""
-        return UsageCollector(self.usage.ledger.samples)
+        return UsageCollector(self.usage.samples)
 
     def usage_summary(self, sessions: int = 10) -> dict[str, Any]:
         """Totals per model, tokens per day and model, the busiest sessions."""
