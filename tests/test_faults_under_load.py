@@ -25,12 +25,12 @@ from stage_helpers import (
     busy_agent,
     event_ids,
     events_of,
+    messages_of,
     new_healthy_pid,
     open_stage,
 )
 
 from nexus_ops.models import ServerState
-from nexus_ops.supervisor import backoff_delay
 from nexus_ops.workload.driver import run_workload
 from nexus_ops.workload.script import Reply, Rule, Script, bash
 from nexus_ops.workload.steady import SteadyWorkload
@@ -71,6 +71,24 @@ def prompt(stage: Stage, session: str, text: str) -> dict[str, Any]:
     return dict(sent.json())
 
 
+def ask(stage: Stage, session: str, text: str) -> dict[str, Any]:
+    """Send ``text`` and poll for the assistant's answer: no request is held open while
+    a server just started works on its first prompt."""
+    count = len(messages_of(stage, session))
+    body = {"parts": [{"type": "text", "text": text}]}
+    sent = stage.opencode("POST", f"/session/{session}/prompt_async", body)
+    assert sent.status_code == 204, sent.text
+
+    def answer() -> dict[str, Any] | None:
+        messages = messages_of(stage, session)
+        last = messages[-1] if len(messages) >= count + 2 else None
+        return last if last is not None and answered(last) else None
+
+    found = wait_for(answer, 60, 0.2, what=f"the answer to {text!r} in {session}")
+    assert isinstance(found, dict)
+    return found
+
+
 def new_session(stage: Stage) -> str:
     return str(stage.opencode("POST", "/session", {}).json()["id"])
 
@@ -78,7 +96,8 @@ def new_session(stage: Stage) -> str:
 def answered(reply: dict[str, Any]) -> bool:
     """The answer is an assistant message that completed without error."""
     info = reply["info"]
-    return bool(info["role"] == "assistant" and not info.get("error") and info["time"]["completed"])
+    done = info["time"].get("completed")
+    return bool(info["role"] == "assistant" and not info.get("error") and done)
 
 
 def busy_answer(
@@ -197,7 +216,7 @@ def test_a_killed_agent_leaves_the_busy_prompt_running_and_is_adopted(
     assert adopt.pid == pid
     for kind in ("start", "stop", "exit", "restart", "prompt_cut"):
         assert not events_of(stage.agent, kind, before), f"a {kind} after the agent was killed"
-    assert answered(prompt(stage, session, "and now?"))
+    assert answered(ask(stage, session, "and now?"))
 
 
 def test_sigstop_under_a_busy_prompt_restarts_at_once_and_records_the_cut(
@@ -205,7 +224,7 @@ def test_sigstop_under_a_busy_prompt_restarts_at_once_and_records_the_cut(
 ) -> None:
     agent, pid, before, session = busy_agent(stage, f"please {LONG}", **DRAIN, **FAST_HANG)
     old = new_session(stage)
-    assert answered(prompt(stage, old, "hello before"))
+    assert answered(ask(stage, old, "hello before"))
     os.kill(pid, signal.SIGSTOP)
 
     wait_for(lambda: new_healthy_pid(agent, pid), 60, what="the hung server replaced")
@@ -219,8 +238,8 @@ def test_sigstop_under_a_busy_prompt_restarts_at_once_and_records_the_cut(
     assert gone(pid), "the stopped server must not be left behind"
 
     for text, target in (("hello again", session), ("hello old", old)):
-        assert answered(prompt(stage, target, text)), f"{target} after the restart"
-    assert answered(prompt(stage, new_session(stage), "hello new"))
+        assert answered(ask(stage, target, text)), f"{target} after the restart"
+    assert answered(ask(stage, new_session(stage), "hello new"))
 
 
 def gone(pid: int) -> bool:
@@ -289,9 +308,9 @@ def test_a_crash_loop_under_load_backs_off_then_settles(stage: Stage) -> None:
     assert agent.client.status().state is ServerState.RUNNING
     gaps = [start.time - exit_.time for exit_, start in zip(exits, starts, strict=True)]
     for attempt, gap in enumerate(gaps, start=1):
-        low = backoff_delay(attempt, initial=INITIAL, cap=CAP, jitter=0.0)
-        high = backoff_delay(attempt, initial=INITIAL, cap=CAP, jitter=1.0)
-        assert low - 0.05 <= gap <= high + 1.0, f"restart {attempt} after {gap:.2f} s: {gaps}"
+        # The policy: half to all of min(cap, initial * 2^(n-1)), plus the spawn itself.
+        base = min(CAP, INITIAL * 2 ** (attempt - 1))
+        assert base / 2 - 0.05 <= gap <= base + 1.0, f"restart {attempt} after {gap:.2f} s: {gaps}"
     assert max(gaps) <= CAP + 1.0, f"the backoff is capped at {CAP:g} s: {gaps}"
     assert sum(gaps[3:]) > sum(gaps[:2]), f"the backoff grows: {gaps}"
     assert all(b.time > a.time for a, b in itertools.pairwise(starts))
