@@ -37,7 +37,7 @@ from nexus_ops import logs
 from nexus_ops.backup.sources import OpenCodeLocations
 from nexus_ops.config import Settings
 from nexus_ops.drain import BusySessions, Drain, decide, describe_sessions
-from nexus_ops.errors import NexusOpsError, OpenCodeUnavailable
+from nexus_ops.errors import NexusOpsError, OpenCodeUnavailable, PortInUse
 from nexus_ops.models import (
     ActionResult,
     Counters,
@@ -84,6 +84,8 @@ _KEY_RESTARTS = "restarts"
 # What the server creates (opencode.db, its WAL, its logs) is for this user alone.
 _SERVER_UMASK = 0o077
 _MIB = 1024 * 1024
+# Seconds after the end of this agent's server in which its port may still be let go.
+_RECENT_EXIT = 30.0
 
 
 def stored_desired(journal: Journal) -> Desired:
@@ -670,7 +672,7 @@ class Supervisor:
         """Start the server process; raise on a missing binary or a taken port."""
         settings = self.settings
         binary = locate_binary(settings.opencode_bin, self.layout.opencode_prefix)
-        check_port_free(settings.opencode_host, settings.opencode_port)
+        await self._port_free()
         argv = [
             str(binary),
             "serve",
@@ -704,6 +706,24 @@ class Supervisor:
         )
         self._ready_task = asyncio.get_running_loop().create_task(self._await_ready(spawned.record))
         self._ready_task.add_done_callback(_log_failure)
+
+    async def _port_free(self) -> None:
+        """Raise PortInUse when the server's port is taken. Just after this agent's own
+        server ended, the port gets ``stop_grace`` s to be let go first: a process
+        reads as exited (its main thread a zombie) while its last threads may still
+        hold the socket, and a restore or an operator starts again at once."""
+        host, port = self.settings.opencode_host, self.settings.opencode_port
+        ended = self._last_exit.time if self._last_exit else None
+        recent = ended is not None and time.time() - ended < _RECENT_EXIT
+        deadline = self._now() + self.settings.stop_grace
+        while True:
+            try:
+                await asyncio.to_thread(check_port_free, host, port)
+                return
+            except PortInUse:
+                if not recent or self._now() >= deadline:
+                    raise
+            await asyncio.sleep(0.1)
 
     def _private_paths(self, env: dict[str, str]) -> list[Path]:
         """What the server writes that only this user may read: OpenCode's data folder,

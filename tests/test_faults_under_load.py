@@ -11,7 +11,9 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import sqlite3
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -190,6 +192,25 @@ def test_a_live_restore_past_the_drain_limit_cuts_and_records_the_prompt(
     [cut] = events_of(agent, "prompt_cut", before)
     assert cut.details["session"] == session and cut.pid == pid and cut.reason == "restore"
     assert agent.client.status().healthy
+
+
+def test_a_start_right_after_a_stop_waits_for_the_port_to_be_let_go(stage: Stage) -> None:
+    """A restore starts the server right after it stopped it: a port still held for a
+    moment (by the last threads of the old server) is waited for, not a failed start."""
+    agent = stage.with_settings(**DRAIN)
+    assert agent.client.stop().ok
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", int(stage.env["NEXUS_OPENCODE_PORT"])))
+    holder.listen()
+    release = threading.Timer(1.0, holder.close)
+    release.start()
+    try:
+        result = agent.client.start()
+    finally:
+        release.cancel()
+        holder.close()
+    assert result.ok and result.status.healthy, result.message
 
 
 def test_a_killed_agent_leaves_the_busy_prompt_running_and_is_adopted(
