@@ -10,12 +10,13 @@ instead of starting a new one.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from backup_helpers import install_config
 from conftest import RunningAgent, kill_everything_of, private_env, start_agent, wait_for
 
@@ -24,10 +25,22 @@ from nexus_ops.opencode import Credentials
 from nexus_ops.paths import Layout
 from nexus_ops.workload.config import write_provider_config
 from nexus_ops.workload.provider import ScriptedProvider
-from nexus_ops.workload.script import Script
+from nexus_ops.workload.script import Reply, Rule, Script, bash
 
 # Patient probes: on a loaded machine a busy server must not be taken for a hung one.
 PATIENT = {"NEXUS_PROBE_TIMEOUT": "3", "NEXUS_PROBE_FAILURES": "5"}
+DRAIN = {"NEXUS_DRAIN_TIMEOUT": "30"}
+LONG = "sleep long"  # a prompt busy for a minute
+
+
+def sleep_script(short: str, seconds: int, default: Reply | None = None) -> Script:
+    """A prompt holding ``short`` keeps its session busy ``seconds``; one holding
+    :data:`LONG`, 60 s; any other gets ``default``."""
+    rules = [
+        Rule(when=short, then=bash(f"sleep {seconds}")),
+        Rule(when=LONG, then=bash("sleep 60")),
+    ]
+    return Script(rules=rules, default=default or Reply())
 
 
 @dataclass
@@ -66,6 +79,21 @@ class Stage:
         """A request to the OpenCode server itself, as its clients send them."""
         auth = (self.credentials.username, self.credentials.password)
         return httpx.request(method, self.base_url + path, json=body, auth=auth, timeout=timeout)
+
+
+def stage_fixture(name: str, script: Script) -> Callable[..., Iterator[Stage]]:
+    """The module-scoped ``stage`` fixture of a test module: :func:`open_stage` with
+    ``script`` and :data:`DRAIN`, in a folder named after ``name``."""
+
+    @pytest.fixture(scope="module")
+    def stage(
+        opencode_bin: Path, opencode_config: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Stage]:
+        root = tmp_path_factory.mktemp(name)
+        with open_stage(opencode_bin, opencode_config, root, script, DRAIN) as current:
+            yield current
+
+    return stage
 
 
 @contextlib.contextmanager

@@ -10,44 +10,35 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from browser import shot
 from conftest import free_port, nexus_cli, wait_for
 from playwright.sync_api import Browser, expect
 from stage_helpers import (
+    DRAIN,
+    LONG,
     Stage,
     busy_agent,
     events_of,
     messages_of,
     new_healthy_pid,
-    open_stage,
+    sleep_script,
+    stage_fixture,
 )
 from test_console_e2e import interrupt, open_console, serve
 
 from nexus_ops.ui.base import PanelContext
 from nexus_ops.ui.server import ServerPanel
-from nexus_ops.workload.script import Rule, Script, bash
 
 pytestmark = pytest.mark.opencode
 
-SHORT, LONG = "sleep eight", "sleep long"
-SCRIPT = Script(
-    rules=[Rule(when=SHORT, then=bash("sleep 8")), Rule(when=LONG, then=bash("sleep 60"))]
-)
-DRAIN = {"NEXUS_DRAIN_TIMEOUT": "30"}
+SHORT = "sleep eight"
+SCRIPT = sleep_script(SHORT, 8)
 FAST_REFRESH = {"NEXUS_CONSOLE_REFRESH": "1"}
 
 
-@pytest.fixture(scope="module")
-def stage(
-    opencode_bin: Path, opencode_config: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stage]:
-    root = tmp_path_factory.mktemp("drain")
-    with open_stage(opencode_bin, opencode_config, root, SCRIPT, DRAIN) as current:
-        yield current
+stage = stage_fixture("drain", SCRIPT)
 
 
 def test_restart_when_idle_waits_for_the_busy_prompt_then_restarts(stage: Stage) -> None:

@@ -23,40 +23,33 @@ import psutil
 import pytest
 from conftest import start_agent, wait_for
 from stage_helpers import (
+    DRAIN,
+    LONG,
     Stage,
     busy_agent,
     event_ids,
     events_of,
     messages_of,
     new_healthy_pid,
-    open_stage,
+    sleep_script,
+    stage_fixture,
 )
 
 from nexus_ops.models import ServerState
 from nexus_ops.workload.driver import run_workload
-from nexus_ops.workload.script import Reply, Rule, Script, bash
+from nexus_ops.workload.script import Reply
 from nexus_ops.workload.steady import SteadyWorkload
 
 pytestmark = pytest.mark.opencode
 
-SHORT, LONG = "sleep four", "sleep long"
-SCRIPT = Script(
-    rules=[Rule(when=SHORT, then=bash("sleep 4")), Rule(when=LONG, then=bash("sleep 60"))],
-    default=Reply(tokens=20, tokens_per_second=80.0),
-)
-DRAIN = {"NEXUS_DRAIN_TIMEOUT": "30"}
+SHORT = "sleep four"
+SCRIPT = sleep_script(SHORT, 4, Reply(tokens=20, tokens_per_second=80.0))
 # A hang is declared after 3 probes of 1 s: the sessions of this module keep the
 # server's event loop free (their work is a tool's `sleep`).
 FAST_HANG = {"NEXUS_PROBE_TIMEOUT": "1", "NEXUS_PROBE_FAILURES": "3"}
 
 
-@pytest.fixture(scope="module")
-def stage(
-    opencode_bin: Path, opencode_config: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stage]:
-    root = tmp_path_factory.mktemp("faults")
-    with open_stage(opencode_bin, opencode_config, root, SCRIPT, DRAIN) as current:
-        yield current
+stage = stage_fixture("faults", SCRIPT)
 
 
 @pytest.fixture(scope="module")
