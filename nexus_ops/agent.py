@@ -73,7 +73,9 @@ from nexus_ops.models import (
     EventKind,
     Frozen,
     Readiness,
+    RestartReason,
     ServerStatus,
+    StopReason,
 )
 from nexus_ops.paths import Layout, read_or_create_secret
 from nexus_ops.process import check_port_free, identify, remove_record, save_record
@@ -487,9 +489,23 @@ def api_router() -> APIRouter:
         return await on_supervisor(ctx, ctx.supervisor.start(wait=wait))
 
     @router.post(f"{API}/server/stop", tags=["server"])
-    async def stop(ctx: Ctx) -> ActionResult:
-        """Stop the server and keep it stopped."""
-        return await on_supervisor(ctx, ctx.supervisor.stop())
+    async def stop(
+        ctx: Ctx,
+        when_idle: Annotated[
+            bool,
+            Query(
+                description="First wait until no session is busy (at most "
+                "NEXUS_DRAIN_TIMEOUT); the answer comes once the server is stopped."
+            ),
+        ] = False,
+        reason: Annotated[
+            StopReason, Query(description="Who stops it: an operator, or a live restore.")
+        ] = "operator",
+    ) -> ActionResult:
+        """Stop the server and keep it stopped: now, or with when_idle=true once no
+        session is busy."""
+        why = RestartReason(reason)
+        return await on_supervisor(ctx, ctx.supervisor.stop(when_idle=when_idle, reason=why))
 
     @router.post(f"{API}/server/restart", tags=["server"], responses=responses(409, 424))
     async def restart(
@@ -790,10 +806,11 @@ def supervisor_control(ctx: AgentContext) -> CallbackControl:
     assert loop is not None
 
     def call(coro: Coroutine[Any, Any, ActionResult]) -> ActionResult:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=300)
+        limit = 300 + ctx.settings.drain_timeout  # a stop first waits for busy sessions
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=limit)
 
     def stop() -> None:
-        result = call(ctx.supervisor.stop())
+        result = call(ctx.supervisor.stop(when_idle=True, reason=RestartReason.RESTORE))
         if not result.ok:
             raise NexusOpsError(f"the server did not stop: {result.message}")
 

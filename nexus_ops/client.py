@@ -23,7 +23,14 @@ from nexus_ops.alerts import AlertsView
 from nexus_ops.backup.models import BackupInfo, Manifest, PruneReport, RestoreReport, VerifyReport
 from nexus_ops.config import Settings
 from nexus_ops.errors import AgentError, AgentUnavailable, PortInUse, Unauthorized
-from nexus_ops.models import ActionResult, AgentHealth, Event, Readiness, ServerStatus
+from nexus_ops.models import (
+    ActionResult,
+    AgentHealth,
+    Event,
+    Readiness,
+    ServerStatus,
+    StopReason,
+)
 from nexus_ops.paths import Layout
 from nexus_ops.process import (
     accepts_connections,
@@ -121,8 +128,13 @@ class AgentClient:
     def start(self, wait: bool = True) -> ActionResult:
         return self._action("start", wait)
 
-    def stop(self) -> ActionResult:
-        return ActionResult.model_validate(self.json("POST", f"{API}/server/stop", timeout=60))
+    def stop(self, when_idle: bool = False, reason: StopReason = "operator") -> ActionResult:
+        """Stop the server: now, or with ``when_idle`` once no session is busy (the
+        answer comes once it is stopped, at most NEXUS_DRAIN_TIMEOUT later)."""
+        params = {"when_idle": str(when_idle).lower(), "reason": reason}
+        timeout = 3600 if when_idle else 60
+        body = self.json("POST", f"{API}/server/stop", params=params, timeout=timeout)
+        return ActionResult.model_validate(body)
 
     def restart(self, wait: bool = True, when_idle: bool = False) -> ActionResult:
         """Restart the server: now, or with ``when_idle`` once no session is busy."""

@@ -55,7 +55,14 @@ class RestartReason(StrEnum):
     HANG = "hang"
     MEMORY = "memory"
     OPERATOR = "operator"
+    RESTORE = "restore"
     START_FAILED = "start_failed"
+
+
+# Who may stop the server through the API: an operator, or a live restore.
+StopReason = Literal["operator", "restore"]
+# The ends of a server that someone asked for: not trouble.
+PLANNED_EXITS = frozenset({RestartReason.OPERATOR.value, RestartReason.RESTORE.value})
 
 
 Desired = Literal["running", "stopped"]
@@ -109,7 +116,7 @@ class ExitInfo(Frozen):
 class PendingRestart(Frozen):
     """A soft restart waiting for the server's busy sessions to finish."""
 
-    reason: str = Field(description="memory or operator")
+    reason: str = Field(description="memory, operator or restore")
     sessions: list[str] = Field(description="The sessions it waits for.")
     waiting_seconds: float = Field(description="Seconds it has waited so far.")
     timeout_in: float = Field(

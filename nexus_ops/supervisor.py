@@ -37,7 +37,7 @@ from nexus_ops import logs
 from nexus_ops.backup.sources import OpenCodeLocations
 from nexus_ops.config import Settings
 from nexus_ops.drain import BusySessions, Drain, decide, describe_sessions
-from nexus_ops.errors import NexusOpsError, OpenCodeUnavailable
+from nexus_ops.errors import NexusOpsError, OpenCodeUnavailable, PortInUse
 from nexus_ops.models import (
     ActionResult,
     Counters,
@@ -84,6 +84,8 @@ _KEY_RESTARTS = "restarts"
 # What the server creates (opencode.db, its WAL, its logs) is for this user alone.
 _SERVER_UMASK = 0o077
 _MIB = 1024 * 1024
+# Seconds after the end of this agent's server in which its port may still be let go.
+_RECENT_EXIT = 30.0
 
 
 def stored_desired(journal: Journal) -> Desired:
@@ -103,6 +105,7 @@ class _Waiting:
     record: ProcessRecord
     started: float
     sessions: list[str]
+    stop: bool = False  # a stop that waits (a live restore's), not a restart
 
 
 def backoff_delay(attempt: int, *, initial: float, cap: float, jitter: float) -> float:
@@ -252,14 +255,22 @@ class Supervisor:
             self._set_desired("running")
         return await self._after_start(wait, "started")
 
-    async def stop(self) -> ActionResult:
-        """Stop the server and keep it stopped (the restart policy will not undo it)."""
+    async def stop(
+        self, when_idle: bool = False, reason: RestartReason = RestartReason.OPERATOR
+    ) -> ActionResult:
+        """Stop the server and keep it stopped (the restart policy will not undo it).
+
+        With ``when_idle`` it first waits, as a soft restart does, until no session is
+        busy, at most ``NEXUS_DRAIN_TIMEOUT`` (a live restore stops the server so), and
+        returns once the server is stopped."""
+        if when_idle:
+            await self._drain_before_stop(reason)
         async with self._lock:
             self._set_desired("stopped")
             self.journal.put(_KEY_FATAL, "")
             self._cancel_restart()
             self._cancel_waiting("the server was stopped")
-            survivors = await self._terminate(RestartReason.OPERATOR)
+            survivors = await self._terminate(reason)
             self._state = ServerState.STOPPED
         message = "stopped" if not survivors else f"stopped; survivors: {survivors}"
         return self._result(not survivors, message, survivors)
@@ -523,9 +534,17 @@ class Supervisor:
             return []
         return self._busy.update(statuses, self._now())
 
-    async def _wait_for_idle(self, reason: RestartReason) -> str | None:
-        """Start waiting for the busy sessions before a restart; say so, or return None
-        when the restart may go ahead now (none busy, no server, or it does not say)."""
+    async def _drain_before_stop(self, reason: RestartReason) -> None:
+        """Wait until no session is busy or the drain limit passed; a waiting restart
+        gives way (the stop ends that server anyway)."""
+        if self._waiting is not None:
+            self._cancel_waiting(f"a {reason.value} stop waits for the busy sessions instead")
+        if await self._wait_for_idle(reason, stop=True) is not None and self._drain_task:
+            await asyncio.wait({self._drain_task})  # ends drained, timed out, or cancelled
+
+    async def _wait_for_idle(self, reason: RestartReason, stop: bool = False) -> str | None:
+        """Start waiting for the busy sessions before a restart (or a ``stop``); say so,
+        or return None when it may go ahead now (none busy, no server, or it does not say)."""
         if self._waiting is not None:
             waiting = self._waiting
             return f"a restart is already waiting for {describe_sessions(waiting.sessions)}"
@@ -537,19 +556,20 @@ class Supervisor:
             return None
         if self._waiting is not None:  # another one began while we asked
             return f"a restart is already waiting for {describe_sessions(self._waiting.sessions)}"
-        self._waiting = _Waiting(reason, record, self._now(), busy)
+        self._waiting = _Waiting(reason, record, self._now(), busy, stop)
         limit = self.settings.drain_timeout
+        what = f"{reason.value} stop" if stop else "restart"
         self.journal.record(
             EventKind.RESTART_WAITING,
             reason=reason.value,
             pid=record.pid,
-            message=f"restart waits for {len(busy)} busy session(s): {describe_sessions(busy)} "
+            message=f"{what} waits for {len(busy)} busy session(s): {describe_sessions(busy)} "
             f"(at most {limit:g} s, NEXUS_DRAIN_TIMEOUT)",
-            details={"sessions": busy, "drain_timeout": limit},
+            details={"sessions": busy, "drain_timeout": limit, "stop": stop},
         )
         self._drain_task = self._in_background(self._drain(self._waiting))
         return (
-            f"restart waiting for {len(busy)} busy session(s): {describe_sessions(busy)}; it goes "
+            f"{what} waiting for {len(busy)} busy session(s): {describe_sessions(busy)}; it goes "
             f"ahead once they are idle, or after {limit:g} s (NEXUS_DRAIN_TIMEOUT)"
         )
 
@@ -575,18 +595,19 @@ class Supervisor:
                     continue  # a prompt began in between: wait for it too
                 self._waiting, self._drain_task = None, None
                 self._journal_drain_end(waiting, outcome)
-                await self._restart_after_drain(waiting.reason)
+                await self._end_after_drain(waiting)
                 return
 
     def _journal_drain_end(self, waiting: _Waiting, outcome: Drain) -> None:
         waited = round(self._now() - waiting.started, 1)
         pid = waiting.record.pid
+        verb = "stopping" if waiting.stop else "restarting"
         if outcome is Drain.DRAINED:
             self.journal.record(
                 EventKind.RESTART_DRAINED,
                 reason=waiting.reason.value,
                 pid=pid,
-                message=f"no session busy after {waited:g} s; restarting",
+                message=f"no session busy after {waited:g} s; {verb}",
                 details={"waited_seconds": waited, "sessions": waiting.sessions},
             )
             return
@@ -596,12 +617,18 @@ class Supervisor:
             reason=waiting.reason.value,
             pid=pid,
             message=f"{len(cut)} session(s) still busy after {waited:g} s "
-            f"(NEXUS_DRAIN_TIMEOUT): {describe_sessions(list(cut))}; restarting anyway",
+            f"(NEXUS_DRAIN_TIMEOUT): {describe_sessions(list(cut))}; {verb} anyway",
             details={"waited_seconds": waited, "sessions": list(cut), "busy_seconds": cut},
         )
 
-    async def _restart_after_drain(self, reason: RestartReason) -> None:
-        """The waited-for restart, under the lock."""
+    async def _end_after_drain(self, waiting: _Waiting) -> None:
+        """The waited-for restart (or stop), under the lock."""
+        reason = waiting.reason
+        if waiting.stop:
+            self._set_desired("stopped")
+            await self._terminate(reason)
+            self._state = ServerState.STOPPED
+            return
         if reason is RestartReason.OPERATOR:
             self._cancel_restart()
             self.journal.put(_KEY_FATAL, "")
@@ -645,7 +672,7 @@ class Supervisor:
         """Start the server process; raise on a missing binary or a taken port."""
         settings = self.settings
         binary = locate_binary(settings.opencode_bin, self.layout.opencode_prefix)
-        check_port_free(settings.opencode_host, settings.opencode_port)
+        await self._port_free()
         argv = [
             str(binary),
             "serve",
@@ -679,6 +706,24 @@ class Supervisor:
         )
         self._ready_task = asyncio.get_running_loop().create_task(self._await_ready(spawned.record))
         self._ready_task.add_done_callback(_log_failure)
+
+    async def _port_free(self) -> None:
+        """Raise PortInUse when the server's port is taken. Just after this agent's own
+        server ended, the port gets ``stop_grace`` s to be let go first: a process
+        reads as exited (its main thread a zombie) while its last threads may still
+        hold the socket, and a restore or an operator starts again at once."""
+        host, port = self.settings.opencode_host, self.settings.opencode_port
+        ended = self._last_exit.time if self._last_exit else None
+        recent = ended is not None and time.time() - ended < _RECENT_EXIT
+        deadline = self._now() + self.settings.stop_grace
+        while True:
+            try:
+                await asyncio.to_thread(check_port_free, host, port)
+                return
+            except PortInUse:
+                if not recent or self._now() >= deadline:
+                    raise
+            await asyncio.sleep(0.1)
 
     def _private_paths(self, env: dict[str, str]) -> list[Path]:
         """What the server writes that only this user may read: OpenCode's data folder,

@@ -1,9 +1,7 @@
 """Session-aware supervision against the real OpenCode on the scripted model provider:
 soft restarts wait for busy sessions, hard faults record the prompts they cut.
 
-One agent and one server serve the whole module; a test that needs other settings
-starts a new agent with them, which adopts the running server (a second or two)
-instead of starting a new one.
+One agent and one server serve the whole module (``stage_helpers.open_stage``).
 """
 
 from __future__ import annotations
@@ -12,145 +10,35 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from backup_helpers import install_config
 from browser import shot
-from conftest import (
-    RunningAgent,
-    free_port,
-    kill_everything_of,
-    nexus_cli,
-    private_env,
-    start_agent,
-    wait_for,
-)
+from conftest import free_port, nexus_cli, wait_for
 from playwright.sync_api import Browser, expect
+from stage_helpers import (
+    DRAIN,
+    LONG,
+    Stage,
+    busy_agent,
+    events_of,
+    messages_of,
+    new_healthy_pid,
+    sleep_script,
+    stage_fixture,
+)
 from test_console_e2e import interrupt, open_console, serve
 
-from nexus_ops.models import Event, ServerState
-from nexus_ops.paths import Layout
 from nexus_ops.ui.base import PanelContext
 from nexus_ops.ui.server import ServerPanel
-from nexus_ops.workload.config import write_provider_config
-from nexus_ops.workload.provider import ScriptedProvider
-from nexus_ops.workload.script import Rule, Script, bash
 
 pytestmark = pytest.mark.opencode
 
-SHORT, LONG = "sleep eight", "sleep long"
-SCRIPT = Script(
-    rules=[Rule(when=SHORT, then=bash("sleep 8")), Rule(when=LONG, then=bash("sleep 60"))]
-)
-
-
-@dataclass
-class Stage:
-    """The module's agent, its settings, and the OpenCode server it supervises."""
-
-    env: dict[str, str]
-    agent: RunningAgent
-    settings: dict[str, str]
-
-    def with_settings(self, **settings: str) -> RunningAgent:
-        """The agent, started anew (adopting the server) when its settings differ."""
-        if settings != self.settings:
-            self.agent.client.close()
-            self.agent.stop()
-            env = {k: v for k, v in self.env.items() if k not in self.settings}
-            self.agent = start_agent({**env, **settings})
-            self.settings = settings
-            if self.agent.client.status().state in (ServerState.FATAL, ServerState.STOPPED):
-                assert self.agent.client.start().ok
-            wait_for(lambda: self.agent.client.status().healthy, 30, what="the adopted server")
-        return self.agent
-
-    def opencode(self, method: str, path: str, body: object = None) -> httpx.Response:
-        """A request to the OpenCode server itself, as its clients send them."""
-        password = Layout(Path(self.env["NEXUS_HOME"])).server_password_file.read_text().strip()
-        url = f"http://127.0.0.1:{self.env['NEXUS_OPENCODE_PORT']}{path}"
-        return httpx.request(method, url, json=body, auth=("opencode", password), timeout=10)
-
-
-DRAIN = {"NEXUS_DRAIN_TIMEOUT": "30"}
+SHORT = "sleep eight"
+SCRIPT = sleep_script(SHORT, 8)
 FAST_REFRESH = {"NEXUS_CONSOLE_REFRESH": "1"}
 
 
-@pytest.fixture(scope="module")
-def stage(
-    opencode_bin: Path, opencode_config: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stage]:
-    root = tmp_path_factory.mktemp("drain")
-    # Patient probes: on a loaded machine a busy server must not be taken for a hung one.
-    patient = {"NEXUS_PROBE_TIMEOUT": "3", "NEXUS_PROBE_FAILURES": "5"}
-    env = private_env(root, {"NEXUS_OPENCODE_BIN": str(opencode_bin), **patient})
-    install_config(opencode_config, env)
-    with ScriptedProvider(SCRIPT) as provider:
-        write_provider_config(Path(env["HOME"]), provider.base_url, Path(env["XDG_CONFIG_HOME"]))
-        running = start_agent({**env, **DRAIN})
-        current = Stage(env, running, dict(DRAIN))
-        try:
-            assert running.client.start().ok
-            yield current
-        finally:
-            current.agent.client.close()
-            with contextlib.suppress(Exception):
-                current.agent.stop()
-            kill_everything_of(env)
-
-
-def busy_prompt(stage: Stage, agent: RunningAgent, text: str) -> str:
-    """A new session sent ``text``; returned once the agent has seen it busy."""
-    session = str(stage.opencode("POST", "/session", {}).json()["id"])
-    parts = {"parts": [{"type": "text", "text": text}]}
-    sent = stage.opencode("POST", f"/session/{session}/prompt_async", parts)
-    assert sent.status_code == 204, sent.text
-    wait_for(
-        lambda: session in stage.opencode("GET", "/session/status").json(),
-        60,
-        what=f"OpenCode to say session {session} is busy",
-    )
-    wait_for(
-        lambda: session in agent.client.status().busy_sessions,
-        10,
-        what=f"the agent to see session {session} busy",
-    )
-    return session
-
-
-def event_ids(agent: RunningAgent) -> set[int]:
-    return {e.id for e in agent.client.events(limit=1000)}
-
-
-def events_of(agent: RunningAgent, kind: str, before: set[int]) -> list[Event]:
-    """The events of ``kind`` journaled since ``before`` (the ids there were then)."""
-    return [e for e in agent.client.events(limit=1000) if e.kind == kind and e.id not in before]
-
-
-def new_healthy_pid(agent: RunningAgent, old: int) -> int | None:
-    status = agent.client.status()
-    if status.state is ServerState.RUNNING and status.healthy and status.pid not in (None, old):
-        return status.pid
-    return None
-
-
-def messages_of(stage: Stage, session: str) -> list[dict[str, Any]]:
-    return list(stage.opencode("GET", f"/session/{session}/message").json())
-
-
-def busy_agent(stage: Stage, text: str, **settings: str) -> tuple[RunningAgent, int, set[int], str]:
-    """The agent with ``settings``, its server's pid, the events so far, and a session
-    kept busy by ``text``."""
-    agent = stage.with_settings(**settings)
-    pid = agent.client.status().pid
-    assert pid is not None
-    before = event_ids(agent)
-    return agent, pid, before, busy_prompt(stage, agent, text)
+stage = stage_fixture("drain", SCRIPT)
 
 
 def test_restart_when_idle_waits_for_the_busy_prompt_then_restarts(stage: Stage) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from nexus_ops import logs
 from nexus_ops.config import load_settings
 from nexus_ops.errors import NexusOpsError
-from nexus_ops.models import Event, EventKind
+from nexus_ops.models import PLANNED_EXITS, Event, EventKind
 from nexus_ops.opencode import locate_binary
 from nexus_ops.process import (
     fd_usage,
@@ -143,7 +143,7 @@ def recent_exits(ctx: RecoveryContext, hours: float = 24.0) -> Check:
             severity="warning",
             summary="no journal yet: nexus-ops has not supervised a server here",
         )
-    trouble = [e for e in events if e.kind in _EXIT_KINDS and e.reason != "operator"]
+    trouble = [e for e in events if e.kind in _EXIT_KINDS and e.reason not in PLANNED_EXITS]
     lines = [
         f"{time.strftime('%H:%M:%S', time.localtime(e.time))} {e.kind}"
         f"{' (' + e.reason + ')' if e.reason else ''}: {e.message}"

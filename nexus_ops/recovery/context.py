@@ -105,7 +105,7 @@ class AgentControl:
         self.client = client
 
     def stop(self) -> None:
-        result = self.client.stop()
+        result = self.client.stop(when_idle=True, reason="restore")
         if not result.ok:
             raise NexusOpsError(f"the server did not stop: {result.message}")
 

@@ -16,7 +16,7 @@ import time
 
 import ipywidgets as widgets
 
-from nexus_ops.models import Event
+from nexus_ops.models import PLANNED_EXITS, Event
 from nexus_ops.ui.base import Panel, PanelContext, table_html
 from nexus_ops.ui.style import esc
 
@@ -28,7 +28,7 @@ def highlight(event: Event) -> str:
     """The row class of an event: restarts orange, crashes and hangs red."""
     if event.kind == "restart":
         return "nx-event-restart"
-    if event.kind in PROBLEMS or (event.kind == "exit" and event.reason != "operator"):
+    if event.kind in PROBLEMS or (event.kind == "exit" and event.reason not in PLANNED_EXITS):
         return "nx-event-crash"
     return "nx-event"
 

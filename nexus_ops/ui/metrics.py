@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 from nexus_ops.metrics import catalogue as m
 from nexus_ops.metrics import figures
 from nexus_ops.metrics.frames import Points, concat_frames, empty_frame, frame_of
-from nexus_ops.models import Event, ServerState
+from nexus_ops.models import PLANNED_EXITS, Event, ServerState
 from nexus_ops.ui.base import Panel, PanelContext
 from nexus_ops.ui.figurewidget import figure_widget
 
@@ -302,8 +302,10 @@ class MetricsPanel(Panel[MetricsData]):
             key: self.kept.update(key, frame, since[key], start)
             for key, frame in zip(queries, answers, strict=True)
         }
-        # An operator's stop is neither a restart nor a crash.
-        events = [e for e in marked.result() if not (e.kind == "exit" and e.reason == "operator")]
+        # A stop someone asked for (an operator, a restore) is neither a restart nor a crash.
+        events = [
+            e for e in marked.result() if not (e.kind == "exit" and e.reason in PLANNED_EXITS)
+        ]
         return MetricsData(
             span=span,
             frames={name: frames[name] for name in wanted_metrics()},
