@@ -259,8 +259,9 @@ class AsyncOpenCodeClient:
         return parse_health(body, time.perf_counter() - started)
 
     async def session_status(self) -> dict[str, Any]:
-        """``GET /session/status``: the sessions that are not idle, by id."""
-        body = await self.get("/session/status")
+        """``GET /session/status``: the sessions that are not idle, by id. Asked beside
+        every probe, so asked the probe's way (a fresh connection, no httpx)."""
+        body = await self.probe("/session/status")
         if not isinstance(body, Mapping):
             raise OpenCodeUnavailable(
                 f"GET {self.base_url}/session/status answered {body!r:.200}, not a JSON object"
