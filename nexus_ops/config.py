@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     opencode_version: str = Field(
         DEFAULT_OPENCODE_VERSION, description="Version `opencode install` installs."
     )
+    opencode_keep_versions: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Installed OpenCode versions kept under NEXUS_HOME/opencode (the newest; "
+        "the active one and the one before it are always kept).",
+    )
     opencode_host: str = Field("127.0.0.1", description="Address the server listens on.")
     opencode_port: int = Field(4096, ge=1, le=65535, description="Port the server listens on.")
     opencode_username: str = Field("opencode", description="Basic-auth user of the server.")
