@@ -205,14 +205,15 @@ def test_kill_9_of_an_install_leaves_nothing_listed_and_the_next_one_cleans_up(
     tmp_path: Path, opencode_bin: Path
 ) -> None:
     npm_dir = tmp_path / "npm-bin"
-    write_npm(npm_dir, HANGING_NPM)
+    # npm has laid out every file, binary included, but has not finished.
+    write_npm(npm_dir, LINKING_NPM.format(cache=cached_node_modules(opencode_bin)) + "; sleep 60")
     env = with_path(env_of(tmp_path), npm_dir)
     root = root_of(env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "nexus_ops", "opencode", "install", "1.18.32"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    wait_for(lambda: next(root.glob(f"{STAGING}*/node_modules/part"), None), 30)
+    wait_for(lambda: next(root.glob(f"{STAGING}*/node_modules/opencode-ai"), None), 30)
     orphans = psutil.Process(proc.pid).children(recursive=True)
     proc.kill()
     proc.wait(timeout=10)
