@@ -79,11 +79,12 @@ class Settings(BaseSettings):
     # The managed OpenCode server.
     opencode_bin: Path | None = Field(
         None,
-        description="OpenCode binary to run (default: the installed one, then PATH); "
+        description="OpenCode binary to run (default: the active installed version, then PATH); "
         'a script that ends in `exec /path/to/opencode "$@"` works too.',
     )
     opencode_version: str = Field(
-        DEFAULT_OPENCODE_VERSION, description="Version `opencode install` installs."
+        DEFAULT_OPENCODE_VERSION,
+        description="Version `opencode install` installs when none is given.",
     )
     opencode_keep_versions: int = Field(
         3,

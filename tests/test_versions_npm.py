@@ -59,11 +59,14 @@ def test_an_older_version_installs_beside_the_existing_one_and_can_be_used(
     assert leftovers(root).count(OLDER) == 1 and not any(
         name.startswith(STAGING) for name in leftovers(root)
     )
-    used = nexus_cli(env, "opencode", "use", OLDER)
-    assert used.returncode == 0, used.stderr
+    again = nexus_cli(env, "opencode", "install", OLDER, "--activate")
+    assert f"{OLDER} is already installed" in again.stderr
+    assert f"{OLDER} is now the active version" in again.stderr
     shown = json.loads(nexus_cli(env, "opencode", "versions", "--json").stdout)
     assert shown["active"] == OLDER
     assert binary_version(Path(shown["runs"])) == OLDER
+    back = nexus_cli(env, "opencode", "use", "1.18.33")
+    assert "1.18.33 is the active version (was 1.17.19)" in back.stdout, back.stderr
 
 
 def test_a_version_npm_cannot_install_fails_clearly_and_leaves_nothing(
