@@ -34,10 +34,10 @@ from nexus_ops.opencode import (
     binary_version,
     client_commands,
     install,
-    locate_binary,
 )
-from nexus_ops.paths import Layout, atomic_write
+from nexus_ops.paths import atomic_write
 from nexus_ops.recovery.commands import backup_commands, runbook_commands
+from nexus_ops.versions import open_versions, selected_binary
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -161,12 +161,31 @@ def config_check(args: argparse.Namespace) -> int:
 
 
 def opencode_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    opencode = groups.add_parser("opencode", help="install or locate the OpenCode binary")
+    opencode = groups.add_parser("opencode", help="install, list, pick or locate OpenCode")
     sub = opencode.add_subparsers(title="actions", metavar="ACTION", required=True)
-    inst = sub.add_parser("install", help="install opencode-ai from npm under NEXUS_HOME")
-    inst.add_argument("--version", dest="oc_version", help="version (default: the pinned one)")
-    inst.add_argument("--prefix", type=Path, help="folder to install into")
+    inst = sub.add_parser(
+        "install",
+        help="install a version of opencode-ai from npm beside the others",
+        description="Install opencode-ai@VERSION into NEXUS_HOME/opencode/VERSION, whole or "
+        "not at all. It becomes active with --activate, or when no version is active yet; "
+        "then versions past NEXUS_OPENCODE_KEEP_VERSIONS are removed.",
+    )
+    inst.add_argument("version", nargs="?", help="exact version (default: the pinned one)")
+    inst.add_argument("--version", dest="oc_version", help=argparse.SUPPRESS)
+    inst.add_argument("--activate", action="store_true", help="make it the active version")
+    inst.add_argument(
+        "--prefix", type=Path, help="install into this folder instead, unmanaged (one version)"
+    )
     inst.set_defaults(handler=opencode_install)
+    versions = sub.add_parser("versions", help="the installed versions, and which one runs")
+    versions.add_argument("--json", action="store_true", help="print JSON")
+    versions.set_defaults(handler=opencode_versions)
+    use = sub.add_parser(
+        "use",
+        help="make an installed version active (applied at the next server restart)",
+    )
+    use.add_argument("version", help="an installed version (see `nexus-ops opencode versions`)")
+    use.set_defaults(handler=opencode_use)
     path = sub.add_parser("path", help="print the binary that would run, and its version")
     path.set_defaults(handler=opencode_path)
     show = sub.add_parser("connect", help="print the commands that connect a client to the server")
@@ -184,20 +203,95 @@ def opencode_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser
     attach.set_defaults(handler=opencode_attach)
 
 
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def opencode_install(args: argparse.Namespace) -> int:
     current = settings()
-    prefix = args.prefix or Layout(current.home).opencode_prefix
-    version = args.oc_version or current.opencode_version
-    print(f"installing opencode-ai@{version} into {prefix} ...", file=sys.stderr)
-    binary = install(version, prefix)
+    if args.version and args.oc_version and args.version != args.oc_version:
+        raise ConfigError(
+            f"two versions given: {args.version} and --version {args.oc_version}",
+            hint="give the version once, e.g. `nexus-ops opencode install 1.18.33`",
+        )
+    version = args.version or args.oc_version or current.opencode_version
+    if args.prefix is not None:
+        say(f"installing opencode-ai@{version} into {args.prefix} ...")
+        binary = install(version, args.prefix)
+    else:
+        versions, database = open_versions(current, create=True)
+        try:
+            binary = versions.install(
+                version, say, activate=args.activate, keep=current.opencode_keep_versions
+            )
+        finally:
+            database.close()
     print(f"{binary} ({binary_version(binary)})")
     return 0
 
 
-def opencode_path(args: argparse.Namespace) -> int:
+def opencode_versions(args: argparse.Namespace) -> int:
     current = settings()
-    binary = locate_binary(current.opencode_bin, Layout(current.home).opencode_prefix)
-    print(f"{binary} ({binary_version(binary)})")
+    versions, database = open_versions(current)
+    try:
+        rows = versions.listing()
+        runs = versions.select(current) if rows or current.opencode_bin else None
+    finally:
+        database.close()
+    override = str(current.opencode_bin) if current.opencode_bin is not None else None
+    if args.json:
+        print_json(
+            {
+                "versions": [row.as_json() for row in rows],
+                "active": next((row.version for row in rows if row.active), None),
+                "override": override,
+                "runs": str(runs.binary) if runs else None,
+            }
+        )
+        return 0
+    if not rows:
+        print(f"no OpenCode version installed under {versions.root}")
+        print("install one: `nexus-ops opencode install VERSION`")
+    else:
+        print(f"{'':2}{'VERSION':<14}{'INSTALLED':<18}{'LAST USED':<18}{'SIZE':>9}")
+        for row in rows:
+            mark = "* " if row.active else "  "
+            used = when(row.last_used) if row.last_used else "never"
+            size = f"{row.size / 2**20:.0f} MiB"
+            print(f"{mark}{row.version:<14}{when(row.installed):<18}{used:<18}{size:>9}")
+        print("(* active: the version the server starts)")
+    if override is not None:
+        print(
+            f"NEXUS_OPENCODE_BIN is set: the server runs {override}, not the active version "
+            "(unset it to run the active version)"
+        )
+    return 0
+
+
+def when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+
+
+def opencode_use(args: argparse.Namespace) -> int:
+    current = settings()
+    versions, database = open_versions(current, create=True)
+    try:
+        before = versions.use(args.version)
+    finally:
+        database.close()
+    was = f" (was {before})" if before and before != args.version else ""
+    print(f"OpenCode {args.version} is the active version{was}.")
+    print("A running server keeps its version until it restarts: `nexus-ops server restart`.")
+    if current.opencode_bin is not None:
+        print(
+            f"NEXUS_OPENCODE_BIN is set: the server runs {current.opencode_bin} until it is unset."
+        )
+    return 0
+
+
+def opencode_path(args: argparse.Namespace) -> int:
+    selection = selected_binary(settings())
+    print(f"{selection.binary} ({binary_version(selection.binary)})")
     return 0
 
 
@@ -217,7 +311,7 @@ def opencode_attach(args: argparse.Namespace) -> int:
     from nexus_ops.ui.app import read_password
 
     current = settings()
-    binary = locate_binary(current.opencode_bin, Layout(current.home).opencode_prefix)
+    binary = selected_binary(current).binary
     env = {**os.environ, **attach_environment(current.opencode_username, read_password(current))}
     argv = [str(binary), "attach", current.opencode_base_url, *args.rest]
     os.execve(binary, argv, env)  # noqa: S606 - the user's own TUI replaces this process

@@ -79,11 +79,19 @@ class Settings(BaseSettings):
     # The managed OpenCode server.
     opencode_bin: Path | None = Field(
         None,
-        description="OpenCode binary to run (default: the installed one, then PATH); "
+        description="OpenCode binary to run (default: the active installed version, then PATH); "
         'a script that ends in `exec /path/to/opencode "$@"` works too.',
     )
     opencode_version: str = Field(
-        DEFAULT_OPENCODE_VERSION, description="Version `opencode install` installs."
+        DEFAULT_OPENCODE_VERSION,
+        description="Version `opencode install` installs when none is given.",
+    )
+    opencode_keep_versions: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Installed OpenCode versions kept under NEXUS_HOME/opencode (the newest; "
+        "the active one and the one before it are always kept).",
     )
     opencode_host: str = Field("127.0.0.1", description="Address the server listens on.")
     opencode_port: int = Field(4096, ge=1, le=65535, description="Port the server listens on.")

@@ -36,6 +36,7 @@ from nexus_ops.errors import ConfigError, NexusOpsError, PortInUse
 from nexus_ops.opencode import Credentials, locate_binary
 from nexus_ops.paths import Layout
 from nexus_ops.ui.app import read_password
+from nexus_ops.versions import selected_binary
 from nexus_ops.workload.config import write_provider_config
 from nexus_ops.workload.provider import ScriptedProvider
 from nexus_ops.workload.steady import SteadyWorkload, check_load, demo_script
@@ -130,7 +131,7 @@ def demo_binary(settings: Settings, environ: Mapping[str, str]) -> Path:
         return locate_binary(settings.opencode_bin, Layout(settings.home).opencode_prefix)
     for home in (settings.home, Path(environ.get("NEXUS_HOME") or USER_HOME).expanduser()):
         try:
-            return locate_binary(None, Layout(home).opencode_prefix)
+            return selected_binary(settings.model_copy(update={"home": home})).binary
         except NexusOpsError:
             continue
     return locate_binary(None, Layout(settings.home).opencode_prefix)

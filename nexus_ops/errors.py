@@ -56,6 +56,10 @@ class InstallError(NexusOpsError):
     """Installing OpenCode from the npm registry failed."""
 
 
+class DiskFull(InstallError):
+    """An install ran out of disk space (nothing was left behind)."""
+
+
 class PortInUse(NexusOpsError):
     """The port the server should listen on is already taken."""
 

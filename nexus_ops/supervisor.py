@@ -50,7 +50,7 @@ from nexus_ops.models import (
     ServerState,
     ServerStatus,
 )
-from nexus_ops.opencode import AsyncOpenCodeClient, Credentials, Health, locate_binary
+from nexus_ops.opencode import AsyncOpenCodeClient, Credentials, Health
 from nexus_ops.paths import Layout, make_private, read_or_create_secret
 from nexus_ops.process import (
     Spawned,
@@ -69,6 +69,8 @@ from nexus_ops.process import (
     wait_status,
 )
 from nexus_ops.store import Journal
+from nexus_ops.store.versions import VersionStore
+from nexus_ops.versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,7 @@ class Supervisor:
         self.settings = settings
         self.layout = Layout(settings.home).ensure()
         self.journal = journal
+        self.versions = Versions(self.layout.opencode_prefix, VersionStore(journal.db))
         self._now = monotonic
         self._rng = rng
         self.counters = Counters()
@@ -384,7 +387,7 @@ class Supervisor:
     def _binary(self) -> Path | None:
         """The configured OpenCode binary; None when it cannot be found."""
         try:
-            return locate_binary(self.settings.opencode_bin, self.layout.opencode_prefix)
+            return self.versions.select(self.settings).binary
         except NexusOpsError:
             return None
 
@@ -671,7 +674,8 @@ class Supervisor:
     async def _spawn(self) -> None:
         """Start the server process; raise on a missing binary or a taken port."""
         settings = self.settings
-        binary = locate_binary(settings.opencode_bin, self.layout.opencode_prefix)
+        selection = self.versions.select(settings)
+        binary = selection.binary
         await self._port_free()
         argv = [
             str(binary),
@@ -692,6 +696,8 @@ class Supervisor:
             spawn, argv, env, cwd, self.layout.server_log, umask=_SERVER_UMASK
         )
         save_record(self.layout.server_pidfile, spawned.record)
+        if selection.version is not None:
+            self.versions.store.mark_used(selection.version)
         self._spawned, self._record = spawned, spawned.record
         self._state, self._healthy, self._probe_failures = ServerState.STARTING, False, 0
         self._unready_detail = ""
@@ -739,6 +745,9 @@ class Supervisor:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
         env["OPENCODE_SERVER_PASSWORD"] = self.credentials.password
         env["OPENCODE_SERVER_USERNAME"] = self.credentials.username
+        # A managed server runs the version chosen here (pinned, or rolled back to):
+        # OpenCode must not replace it with the newest release on its own.
+        env["OPENCODE_DISABLE_AUTOUPDATE"] = "true"
         return env
 
     async def _await_ready(self, record: ProcessRecord) -> None:

@@ -37,11 +37,12 @@ from nexus_ops.backup.sources import BackupSources, OpenCodeLocations
 from nexus_ops.backup.verify import verify_backup
 from nexus_ops.config import Settings, settings_table
 from nexus_ops.errors import BackupError, NexusOpsError
-from nexus_ops.opencode import Credentials, OpenCodeClient, binary_version, locate_binary
+from nexus_ops.opencode import Credentials, OpenCodeClient, binary_version
 from nexus_ops.paths import Layout
 from nexus_ops.store import Database, Journal
 from nexus_ops.store.backups import BackupRun, BackupRuns
 from nexus_ops.supervisor import store_desired, stored_desired
+from nexus_ops.versions import selected_binary
 
 T = TypeVar("T")
 
@@ -316,7 +317,7 @@ class BackupService:
             finally:
                 client.close()
         try:
-            binary = locate_binary(self.settings.opencode_bin, self.layout.opencode_prefix)
+            binary = selected_binary(self.settings).binary
             return binary_version(binary)
         except NexusOpsError:
             return "unknown"

@@ -13,7 +13,6 @@ from nexus_ops import logs
 from nexus_ops.config import load_settings
 from nexus_ops.errors import NexusOpsError
 from nexus_ops.models import PLANNED_EXITS, Event, EventKind
-from nexus_ops.opencode import locate_binary
 from nexus_ops.process import (
     fd_usage,
     find_live,
@@ -26,6 +25,7 @@ from nexus_ops.recovery.context import RecoveryContext
 from nexus_ops.recovery.results import Check, Step
 from nexus_ops.redact import redact
 from nexus_ops.store import Database, Journal
+from nexus_ops.versions import selected_binary
 
 _TROUBLE = re.compile(
     r"\b(ERROR|FATAL|panic|Traceback|Errors ---|EADDRINUSE|out of memory)\b", re.IGNORECASE
@@ -221,9 +221,7 @@ def check_configuration(ctx: RecoveryContext) -> Check:
     except NexusOpsError as exc:
         problems.append(exc.message)
     try:
-        details["binary"] = str(
-            locate_binary(ctx.settings.opencode_bin, ctx.layout.opencode_prefix)
-        )
+        details["binary"] = str(selected_binary(ctx.settings).binary)
     except NexusOpsError as exc:
         problems.append(exc.message)
     for name in ("opencode.json", "opencode.jsonc"):

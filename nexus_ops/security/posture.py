@@ -28,10 +28,11 @@ from nexus_ops.alerts.rules import load_config
 from nexus_ops.config import Settings
 from nexus_ops.errors import NexusOpsError
 from nexus_ops.models import Frozen
-from nexus_ops.opencode import binary_version, locate_binary
+from nexus_ops.opencode import binary_version
 from nexus_ops.paths import Layout
 from nexus_ops.redact import mask_url
 from nexus_ops.security.tokens import is_loopback, token_problem
+from nexus_ops.versions import selected_binary
 
 Status = Literal["pass", "warn", "fail"]
 _MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}
@@ -360,7 +361,7 @@ def opencode_version(settings: Settings, layout: Layout) -> PostureItem:
     name = "OpenCode version"
     pinned = settings.opencode_version
     try:
-        binary = locate_binary(settings.opencode_bin, layout.opencode_prefix)
+        binary = selected_binary(settings).binary
         version = binary_version(binary)
     except NexusOpsError as exc:
         return PostureItem(
