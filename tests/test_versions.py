@@ -4,6 +4,7 @@ npm's; the binary is always the real one)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -13,7 +14,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import RunningAgent, nexus_cli, private_env, start_agent, wait_for
+from conftest import (
+    RunningAgent,
+    kill_everything_of,
+    nexus_cli,
+    private_env,
+    start_agent,
+    wait_for,
+)
 from versions_helpers import cached_node_modules, lay_out, with_path, write_npm
 
 from nexus_ops.errors import DiskFull
@@ -241,6 +249,8 @@ def test_supervisor_runs_the_active_version_without_autoupdate_and_notes_its_use
         [row] = versions_json(env)["versions"]  # type: ignore[misc]
         assert row["last_used"] is not None and row["last_used"] <= time.time()
     finally:
-        agent.client.stop()
+        with contextlib.suppress(Exception):  # a failed stop must not leave the agent
+            agent.client.stop()
         agent.client.close()
         agent.stop()
+        kill_everything_of(env)
