@@ -107,6 +107,8 @@ def invocations(tmp: Path, backup_id: str, run_id: str) -> dict[str, list[list[s
             ["opencode", "install", "--version", "0.0.0-none", "--prefix", str(tmp / "npm")]
         ],
         "opencode path": [["opencode", "path"]],
+        "opencode versions": [["opencode", "versions"], ["opencode", "versions", "--json"]],
+        "opencode use": [["opencode", "use", "0.0.0-none"]],  # not installed: refused
         # connect --show-password prints the password on purpose; masked, it never does.
         "opencode connect": [["opencode", "connect"]],
         "opencode attach": [["opencode", "attach", "--help"]],  # the TUI needs a terminal
@@ -119,6 +121,7 @@ def invocations(tmp: Path, backup_id: str, run_id: str) -> dict[str, list[list[s
         "server status": [["server", "status"], ["server", "status", "--json"]],
         "server logs": [["server", "logs", "-n", "500"]],
         "events": [["events", "--limit", "1000"], ["events", "--json", "--limit", "1000"]],
+        "demo": [["demo", "--sessions", "0"]],  # a load that cannot run: refused
         "console": [["console"]],  # run by run_briefly: it may stay in the foreground
         "alerts list": [["alerts", "list"], ["alerts", "list", "--json"]],
         "alerts export-prometheus": [["alerts", "export-prometheus"]],
@@ -163,6 +166,7 @@ def api_calls(backup_id: str, run_id: str, tmp: Path) -> dict[tuple[str, str], d
         },
         ("GET", "/api/v1/metrics/names"): {},
         ("GET", "/api/v1/metrics/store"): {},
+        ("GET", "/api/v1/usage"): {},
         ("GET", "/api/v1/config"): {},
         ("GET", "/api/v1/alerts"): {},
         ("GET", "/api/v1/backups"): {},
