@@ -187,14 +187,28 @@ def test_a_live_restore_past_the_drain_limit_cuts_and_records_the_prompt(
     assert agent.client.status().healthy
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def test_a_start_right_after_a_stop_waits_for_the_port_to_be_let_go(stage: Stage) -> None:
     """A restore starts the server right after it stopped it: a port still held for a
     moment (by the last threads of the old server) is waited for, not a failed start."""
     agent = stage.with_settings(**DRAIN)
     assert agent.client.stop().ok
+    port = int(stage.env["NEXUS_OPENCODE_PORT"])
+    # A tool process of a prompt cut earlier (a `sleep` the bash tool ran) may still
+    # hold the old server's socket: this test holds the port itself once it is free.
+    wait_for(lambda: port_is_free(port), 90, what=f"port {port} let go")
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.bind(("127.0.0.1", int(stage.env["NEXUS_OPENCODE_PORT"])))
+    holder.bind(("127.0.0.1", port))
     holder.listen()
     release = threading.Timer(1.0, holder.close)
     release.start()
