@@ -82,6 +82,17 @@ def spawn(
     return Spawned(record=record, popen=popen)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def identify(pid: int, fallback_cmdline: list[str] | None = None) -> ProcessRecord:
     """The record of a running process.
 

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from nexus_ops.errors import RunNotFound
 from nexus_ops.models import Frozen
+from nexus_ops.process import pid_alive
 from nexus_ops.store.db import Database
 
 RunStatus = Literal["running", "succeeded", "failed", "interrupted"]
@@ -174,7 +175,7 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         error,
         failed_cell,
     ) = row
-    if status == "running" and not _alive(pid):
+    if status == "running" and not pid_alive(pid):
         status, error = "interrupted", error or f"the process running it (pid {pid}) is gone"
     return RunRecord(
         id=run_id,
@@ -193,13 +194,3 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         error=error,
         failed_cell=failed_cell,
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

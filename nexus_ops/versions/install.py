@@ -24,6 +24,7 @@ from pathlib import Path
 from nexus_ops.errors import DiskFull, InstallError
 from nexus_ops.opencode import NPM_PACKAGE, binary_version, native_binary_in, native_package_names
 from nexus_ops.paths import fsync_dir
+from nexus_ops.process import pid_alive
 
 Progress = Callable[[str], None]
 STAGING = ".staging-"
@@ -68,21 +69,11 @@ def remove_stale_staging(root: Path) -> list[Path]:
     removed = []
     for folder in root.glob(f"{STAGING}*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+        if pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_free_space(root: Path, needed: int = NEEDED_BYTES) -> None:
