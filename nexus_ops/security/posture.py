@@ -3,7 +3,8 @@
 Items: the server's password (set, strong, and demanded by the running server),
 the agent's token, the secret files' permissions, the addresses the agent, the
 server and the console bind, who else can read the backups and the databases,
-the alert webhooks, and the OpenCode version against the pinned one.
+the alert webhooks, the HTTPS entry (TLS, its certificate's expiry, its address),
+and the OpenCode version against the pinned one.
 
 A file counts as *readable by others* when its mode lets every user read it and
 every folder above it lets every user through; a secret file must be 0600 in a
@@ -14,6 +15,7 @@ every folder above it lets every user through; a secret file must be 0600 in a
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import stat
 import time
@@ -26,6 +28,7 @@ from pydantic import Field
 
 from nexus_ops.alerts.rules import load_config
 from nexus_ops.config import Settings
+from nexus_ops.entry.report import EXPIRY_WARNING, entry_state
 from nexus_ops.errors import NexusOpsError
 from nexus_ops.models import Frozen
 from nexus_ops.opencode import binary_version
@@ -95,6 +98,7 @@ def posture_check(settings: Settings, probe_timeout: float = 1.0) -> PostureRepo
         lambda: secret_files(layout),
         lambda: binds(settings),
         lambda: console_bind(settings),
+        lambda: entry(settings),
         lambda: data_permissions(settings, layout),
         lambda: webhooks(settings),
         lambda: opencode_version(settings, layout),
@@ -252,6 +256,69 @@ def console_bind(settings: Settings) -> PostureItem | None:
         + ("" if settings.allow_remote else " and NEXUS_ALLOW_REMOTE is off"),
         fix="keep the console on 127.0.0.1 and use an SSH tunnel, or a TLS proxy",
     )
+
+
+def entry(settings: Settings) -> PostureItem:
+    """The HTTPS entry: off, or on with its TLS, its certificate's expiry and its address."""
+    state = entry_state(settings)
+    details: dict[str, Any] = {
+        "on": state.on,
+        "tls": state.tls,
+        "bind": f"{state.bind}",
+        "port": state.port,
+        "running": state.pid is not None,
+        "expires": state.expires.timestamp() if state.expires else None,
+    }
+    name = "https entry"
+    if not state.on:
+        return PostureItem(name=name, status="pass", summary="off (NEXUS_ENTRY)", details=details)
+    where = f"on {state.bind}:{state.port}"
+    if state.tls == "off":
+        exposed = not is_loopback(state.bind)
+        return PostureItem(
+            name=name,
+            status="fail" if exposed else "warn",
+            summary=f"{where} without TLS (NEXUS_ENTRY_TLS=off)",
+            fix="keep NEXUS_ENTRY_TLS=off only behind a proxy that terminates TLS, with "
+            "NEXUS_ENTRY_BIND on loopback; else set NEXUS_ENTRY_TLS=on",
+            details=details,
+        )
+    return _entry_certificate(name, where, state.tls, state.expires, details)
+
+
+def _entry_certificate(
+    name: str, where: str, mode: str, expires: dt.datetime | None, details: dict[str, Any]
+) -> PostureItem:
+    shown = "the local CA's certificate" if mode == "internal" else "NEXUS_ENTRY_CERT"
+    if expires is None:
+        return PostureItem(
+            name=name,
+            status="warn",
+            summary=f"{where}, TLS with {shown}; no certificate to read yet",
+            fix="start the agent with NEXUS_ENTRY=on (Caddy makes the certificates), then check "
+            "again; `nexus-ops entry status` shows Caddy's state",
+            details=details,
+        )
+    left = expires - dt.datetime.now(dt.UTC)
+    summary = f"{where}, TLS with {shown}, expires {expires:%Y-%m-%d %H:%M} UTC"
+    if left.total_seconds() <= 0:
+        return PostureItem(
+            name=name,
+            status="fail",
+            summary=summary + " (expired)",
+            fix="renew the certificate (own: replace the files; local CA: restart the entry)",
+            details=details,
+        )
+    # The local CA's leaves live 12 hours and Caddy renews them; an own one must be renewed.
+    if mode == "own" and left < EXPIRY_WARNING:
+        return PostureItem(
+            name=name,
+            status="warn",
+            summary=summary + f" (in {left.days} days)",
+            fix="renew NEXUS_ENTRY_CERT and NEXUS_ENTRY_KEY, then restart the agent",
+            details=details,
+        )
+    return PostureItem(name=name, status="pass", summary=summary, details=details)
 
 
 # ---- data ------------------------------------------------------------------------------
