@@ -251,3 +251,48 @@ def test_device_header_stays_with_the_entry(stack: Stack) -> None:
         answer = client.get("/global/health")
     assert answer.status_code == 200
     assert DEVICE not in json.dumps(dict(answer.headers))
+
+
+def test_the_agent_makes_a_loosened_ca_key_private_again(stack: Stack) -> None:
+    files = EntryFiles.of(stack.agent.settings)
+    key = files.ca_keys[0]
+    key.chmod(0o644)
+    wait_for(lambda: key.stat().st_mode & 0o777 == 0o600, 10, what="the CA key made 0600")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"NEXUS_ENTRY_BIND": "every-interface"}, "NEXUS_ENTRY_BIND='every-interface'"),
+        ({"NEXUS_ENTRY_TLS": "maybe"}, "NEXUS_ENTRY_TLS='maybe'"),
+        ({"NEXUS_ENTRY_PORT": "70000"}, "NEXUS_ENTRY_PORT='70000'"),
+        ({"NEXUS_ENTRY_HOSTS": "https://a.lan"}, "NEXUS_ENTRY_HOSTS='https://a.lan'"),
+        ({"NEXUS_ENTRY_CADDY_BIN": "/nonexistent/caddy"}, "is not an executable file"),
+        ({"NEXUS_ENTRY_CERT": "/etc/hostname"}, "NEXUS_ENTRY_CERT is set but NEXUS_ENTRY_KEY"),
+    ],
+)
+def test_a_bad_entry_setting_stops_the_agent_with_what_to_fix(
+    given: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    env = private_env(tmp_path, {"NEXUS_ENTRY": "on", **given})
+    for command in (("entry", "check"), ("agent", "run")):
+        done = nexus_cli(env, *command, timeout=60)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert expected in done.stderr
+        assert "Traceback" not in done.stderr
+        assert "hint:" in done.stderr
+
+
+def test_own_key_readable_by_others_or_not_pem_is_refused(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("not a certificate\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    env = private_env(tmp_path, {"NEXUS_ENTRY_CERT": str(cert), "NEXUS_ENTRY_KEY": str(key)})
+    done = nexus_cli(env, "entry", "check")
+    assert done.returncode == 2
+    assert f"NEXUS_ENTRY_CERT={cert} is not a PEM file" in done.stderr
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    done = nexus_cli(env, "entry", "check")
+    assert f"NEXUS_ENTRY_KEY={key} can be read by other users (mode 0644)" in done.stderr
+    assert f"chmod 600 {key}" in done.stderr
