@@ -20,8 +20,11 @@ so that the token is not on a command line other users can read):
 It runs in the foreground until Ctrl-C or SIGTERM, which stop Voila and its
 kernels; the agent and the server keep running.
 
+The console is served under ``/console/`` (Voila's ``base_url``), the same path
+directly on its port and through the HTTPS entry (docs/remote-access.md):
+
 >>> console_url("127.0.0.1", 8866, "t0ken")
-'http://127.0.0.1:8866/?token=t0ken'
+'http://127.0.0.1:8866/console/?token=t0ken'
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ from nexus_ops.ui.figurewidget import ASSET, plotly_bundle
 NOTEBOOK = "console.ipynb"
 RECORD = "voila.pid"  # who the running console's Voila is (pid, start time, command line)
 INSTALLED = Path("share") / "nexus-ops" / "notebooks"
+# Voila's base URL: fixed at its start, the same whether reached directly or through the
+# HTTPS entry (whose /console/* route leads here unchanged).
+CONSOLE_PATH = "/console/"
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,7 @@ def voila_config(
             "ip": host,
             "port": port,
             "port_retries": 0,
+            "base_url": CONSOLE_PATH,
             "open_browser": False,
             "token": token,
             "root_dir": str(root),
@@ -198,7 +205,7 @@ def console_url(host: str, port: int, token: str) -> str:
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
     if ":" in shown:
         shown = f"[{shown}]"
-    return f"http://{shown}:{port}/?token={token}"
+    return f"http://{shown}:{port}{CONSOLE_PATH}?token={token}"
 
 
 # ---- security -------------------------------------------------------------------------

@@ -13,6 +13,8 @@
   ``logs/console.log`` (and a backup of it) never holds the console token;
 - renders the page with ``nexus_ops/templates/voila/`` first (Voila's lab template
   without its requests to a CDN: nothing the page loads leaves the console);
+- serves everything under its base URL, ``/console/`` (its login page too, which
+  Voila itself leaves at ``/login``);
 - answers a missing or wrong token with the console's own login page
   (:class:`ConsoleLoginHandler`): where the token is and the command that prints the
   console's URL, instead of Jupyter server's page about ``jupyter server list``.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from jupyter_server.utils import url_path_join
 from tornado import httputil, web
 from tornado.escape import url_escape
 from tornado.routing import Matcher, Rule
@@ -153,6 +156,16 @@ class ConsoleVoila(Voila):  # type: ignore[misc]
         settings: dict[str, Any] = super().init_settings()
         self.identity_provider.login_handler_class = ConsoleLoginHandler
         return settings
+
+    def init_handlers(self) -> list[Any]:
+        # Voila 0.5 adds the login and logout handlers at /login and /logout whatever its
+        # base_url, while its pages send a visitor to base_url + /login: put them there.
+        handlers: list[Any] = super().init_handlers()
+        own = {path for path, _ in self.identity_provider.get_handlers()}
+        return [
+            (url_path_join(self.base_url, rule[0]), *rule[1:]) if rule[0] in own else rule
+            for rule in handlers
+        ]
 
     def setup_template_dirs(self) -> None:
         super().setup_template_dirs()

@@ -131,6 +131,7 @@ def test_voila_is_configured_locked_preheated_and_culling(tmp_path: Path) -> Non
     settings = settings_in(tmp_path, NEXUS_CONSOLE_CULL_TIMEOUT="120")
     config = voila_config(settings, ConsoleOptions(), "127.0.0.1", 8866, STRONG)
     assert config["Voila"]["token"] == STRONG and config["Voila"]["port_retries"] == 0
+    assert config["Voila"]["base_url"] == "/console/"  # the same path as through the entry
     voila = config["VoilaConfiguration"]
     assert voila["preheat_kernel"] is True and voila["default_pool_size"] == 1
     assert "progressive_rendering" not in voila  # cannot be combined with pre-heating
@@ -139,8 +140,8 @@ def test_voila_is_configured_locked_preheated_and_culling(tmp_path: Path) -> Non
     culling = config["MappingKernelManager"]
     assert culling["cull_idle_timeout"] == 120 and culling["cull_interval"] == 30
     assert cull_interval(settings_in(tmp_path), ConsoleOptions(cull_interval=2.0)) == 2.0
-    assert console_url("0.0.0.0", 8866, "t") == "http://127.0.0.1:8866/?token=t"
-    assert console_url("::", 8866, "t") == "http://[::1]:8866/?token=t"
+    assert console_url("0.0.0.0", 8866, "t") == "http://127.0.0.1:8866/console/?token=t"
+    assert console_url("::", 8866, "t") == "http://[::1]:8866/console/?token=t"
 
 
 def test_the_served_folder_holds_the_notebook_and_one_bundle(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def xsrf_of(page: httpx.Response) -> str:
 
 def test_a_wrong_token_in_the_link_gets_the_console_login_page(served: Served) -> None:
     page = httpx.get(f"{served.base}/?token={WRONG}", follow_redirects=True, timeout=60)
-    assert page.status_code == 200 and page.url.path == "/login"
+    assert page.status_code == 200 and page.url.path == "/console/login"
     assert_nexus_login(page, served)
     assert "That token is not this console's." in page.text
     assert not [name for name in page.cookies if name.startswith("username-")], "no login"
@@ -68,16 +68,18 @@ def test_a_wrong_token_in_the_link_gets_the_console_login_page(served: Served) -
 
 def test_no_token_gets_the_page_without_an_error(served: Served) -> None:
     page = httpx.get(f"{served.base}/", follow_redirects=True, timeout=60)
-    assert page.url.path == "/login"
+    assert page.url.path == "/console/login"
     assert_nexus_login(page, served)
     assert "locked by a token" in page.text and 'role="alert"' not in page.text
 
 
 def test_the_link_to_come_back_to_loses_its_token(served: Served) -> None:
     page = httpx.get(
-        f"{served.base}/login", params={"next": f"/voila/render?token={WRONG}&x=1"}, timeout=60
+        f"{served.base}/login",
+        params={"next": f"/console/voila/render?token={WRONG}&x=1"},
+        timeout=60,
     )
-    assert 'action="/login?next=%2Fvoila%2Frender%3Fx%3D1"' in page.text
+    assert 'action="/console/login?next=%2Fconsole%2Fvoila%2Frender%3Fx%3D1"' in page.text
     assert WRONG not in page.text
 
 
@@ -94,14 +96,15 @@ def test_a_wrong_token_in_the_form_says_so(served: Served) -> None:
 
 def test_the_right_token_in_the_form_logs_in(served: Served) -> None:
     with httpx.Client(base_url=served.base, timeout=120) as browser:
-        form = browser.get("/login?next=%2F")
+        form = browser.get("/login?next=%2Fconsole%2F")
         answer = browser.post(
-            "/login?next=%2F", data={"_xsrf": xsrf_of(form), "password": token_of(served)}
+            "/login?next=%2Fconsole%2F",
+            data={"_xsrf": xsrf_of(form), "password": token_of(served)},
         )
-        assert answer.status_code == 302 and answer.headers["location"] == "/"
+        assert answer.status_code == 302 and answer.headers["location"] == "/console/"
         assert any(name.startswith("username-") for name in answer.cookies), answer.cookies
         console = browser.get("/")
-        assert console.status_code == 200 and console.url.path == "/"
+        assert console.status_code == 200 and console.url.path == "/console/"
         assert "nx-" in console.text and "password_input" not in console.text
 
 

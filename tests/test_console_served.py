@@ -99,7 +99,7 @@ def test_the_console_log_holds_no_token(served: Served) -> None:
         httpx.get(served.base + "/" + query, headers={"Host": EVIL}, timeout=30)
     log = Layout(served.settings.home).logs / "console.log"
     text = log.read_text(errors="replace")
-    assert "403 GET /voila/files/nothing.js?token=********" in text  # refused, logged
+    assert "403 GET /console/voila/files/nothing.js?token=********" in text  # refused, logged
     assert token not in text and wrong not in text
 
 
