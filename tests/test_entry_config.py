@@ -56,7 +56,7 @@ def test_forward_auth_goes_to_the_agent_unless_told_and_copies_only_for_opencode
     nexus, console, opencode = routes
     assert nexus["handle"][0]["upstreams"] == [{"dial": "127.0.0.1:1500"}]
     assert console["handle"][0]["upstreams"] == [{"dial": "127.0.0.1:1500"}]
-    assert console["handle"][1]["upstreams"] == [{"dial": "127.0.0.1:8866"}]
+    assert console["handle"][2]["upstreams"] == [{"dial": "127.0.0.1:8866"}]
     assert "Authorization" not in str(console["handle"][0]["handle_response"])
     assert "Authorization" in str(opencode["handle"][0]["handle_response"])
     assert opencode["handle"][1] == {

@@ -46,7 +46,10 @@ def caddy_config(settings: Settings, auth: str | None = None) -> JSON:
     auth = auth or agent
     routes = [
         _route("/_nexus/*", [_proxy(agent, host=True)]),
-        _route("/console/*", [_forward_auth(auth, copy=False), _proxy(console, host=True)]),
+        _route(
+            "/console/*",
+            [_forward_auth(auth, copy=False), _same_origin(console), _proxy(console, host=True)],
+        ),
         {"handle": [_forward_auth(auth, copy=True), _proxy(opencode, stream=True)]},
     ]
     server: JSON = {
@@ -107,6 +110,21 @@ def _proxy(dial: str, host: bool = False, stream: bool = False) -> JSON:
     if stream:
         proxy["flush_interval"] = -1
     return proxy
+
+
+def _same_origin(dial: str) -> JSON:
+    """A page of the entry's own origin is, to the console, of the console's origin.
+
+    The console sees its own Host (see :func:`_proxy`); Jupyter refuses a kernel's
+    websocket whose Origin is not that Host. Only the entry's own origin is rewritten:
+    a page of another site keeps its Origin, and is refused.
+    """
+    own = ["https://{http.request.hostport}", "http://{http.request.hostport}"]
+    rewrite = {"handler": "headers", "request": {"set": {"Origin": [f"http://{dial}"]}}}
+    return {
+        "handler": "subroute",
+        "routes": [{"match": [{"header": {"Origin": own}}], "handle": [rewrite]}],
+    }
 
 
 def _forward_auth(dial: str, copy: bool) -> JSON:
