@@ -23,11 +23,15 @@ setup: $(INSTALLED)
 
 # Chromium (console tests) and Prometheus/promtool (metrics tests) from Debian.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v promtool >/dev/null \
+		|| ! [ -x /usr/sbin/nginx ]; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium prometheus >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium prometheus nginx >/dev/null; \
 	fi
+	@# Debian starts a system nginx on :80; the tests run their own.
+	@if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO systemctl stop nginx || true; fi
 	@# Debian starts a system Prometheus on :9090; the tests run their own.
 	@if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO systemctl stop prometheus || true; fi

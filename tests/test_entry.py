@@ -9,10 +9,13 @@ tests. Both are started once for the module.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
+import shutil
 import signal
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import (
+    ROOT,
     RunningAgent,
     free_port,
     kill_everything_of,
@@ -296,3 +300,69 @@ def test_own_key_readable_by_others_or_not_pem_is_refused(tmp_path: Path) -> Non
     done = nexus_cli(env, "entry", "check")
     assert f"NEXUS_ENTRY_KEY={key} can be read by other users (mode 0644)" in done.stderr
     assert f"chmod 600 {key}" in done.stderr
+
+
+def nginx_block(doc: Path) -> str:
+    """The nginx configuration of docs/remote-access.md, as written there."""
+    text = doc.read_text(encoding="utf-8")
+    start = text.index("```nginx\n", text.index("**nginx** (`auth_request`)")) + len("```nginx\n")
+    return text[start : text.index("```", start)]
+
+
+@pytest.fixture(scope="module")
+def nginx(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's nginx running the documented configuration, in front of the same parts."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        pytest.fail("nginx is missing: `apt-get install nginx` (make system-deps)")
+    root = tmp_path_factory.mktemp("nginx")
+    leaf = stack.entry.files.leaf_cert("localhost")
+    port = free_port()
+    block = nginx_block(ROOT / "docs" / "remote-access.md")
+    for old, new in (
+        ("127.0.0.1:1420", stack.auth.dial),
+        ("127.0.0.1:4096", f"127.0.0.1:{stack.agent.settings.opencode_port}"),
+        ("listen 8443 ", f"listen 127.0.0.1:{port} "),
+        ("/etc/ssl/ops.crt", str(leaf)),
+        ("/etc/ssl/ops.key", str(leaf.with_suffix(".key"))),
+    ):
+        assert old in block, old
+        block = block.replace(old, new)
+    temps = "".join(f"{kind}_temp_path {root}/{kind};\n" for kind in TEMP_PATHS)
+    (root / "nginx.conf").write_text(
+        f"user {getpass.getuser()};\npid {root}/nginx.pid;\nerror_log {root}/error.log info;\n"
+        f"events {{}}\nhttp {{\naccess_log off;\n{temps}{block}\n}}\n"
+    )
+    process = subprocess.Popen(
+        [binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
+        stderr=subprocess.STDOUT,
+        stdout=(root / "out.log").open("wb"),
+    )
+    try:
+        url = f"https://localhost:{port}"
+        wait_for(lambda: httpx.get(url, verify=stack.trust()).status_code, 20, what="nginx")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def test_behind_nginx_auth_request_as_documented(stack: Stack, nginx: str) -> None:
+    trust = stack.trust()
+    with httpx.Client(base_url=nginx, verify=trust, timeout=30) as anonymous:
+        browser = anonymous.get("/session", headers={"Accept": "text/html"})
+        api = anonymous.get("/global/health")
+    assert browser.status_code == 302
+    assert browser.headers["location"].endswith("/_nexus/pair?next=/session")
+    assert api.status_code == 401 and set(api.json()) == {"error", "hint"}
+    cookies = {"nexus_device": GOOD}
+    wrong = {"Authorization": "Basic b3BlbmNvZGU6d3Jvbmc="}
+    with httpx.Client(base_url=nginx, verify=trust, cookies=cookies, timeout=30) as device:
+        assert device.get("/global/health", headers=wrong).json()["healthy"] is True
+        assert device.get("/", headers={"Accept": "text/html"}).status_code == 200
+        with device.stream("GET", "/event") as events:
+            assert events.status_code == 200
+            assert next(events.iter_lines()).startswith("data:")
