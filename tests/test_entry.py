@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from conftest import (
     ROOT,
@@ -366,3 +367,24 @@ def test_behind_nginx_auth_request_as_documented(stack: Stack, nginx: str) -> No
         with device.stream("GET", "/event") as events:
             assert events.status_code == 200
             assert next(events.iter_lines()).startswith("data:")
+
+
+def test_entry_status_shows_the_running_entry(stack: Stack) -> None:
+    done = nexus_cli(stack.agent.env, "entry", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout)
+    record = load_record(EntryFiles.of(stack.agent.settings).pidfile)
+    assert record is not None and state["pid"] == record.pid
+    assert state["on"] is True and state["tls"] == "internal"
+    port = stack.agent.settings.entry_port
+    assert state["urls"] == [f"https://localhost:{port}/", f"https://127.0.0.1:{port}/"]
+    assert state["expiry_source"] == "served"
+
+
+def test_caddy_stops_with_the_agent(stack: Stack) -> None:
+    """Last in this module: it stops the module's agent."""
+    record = load_record(EntryFiles.of(stack.agent.settings).pidfile)
+    assert record is not None
+    stack.agent.stop()
+    wait_for(lambda: not psutil.pid_exists(record.pid), 15, what="Caddy gone with the agent")
+    assert load_record(EntryFiles.of(stack.agent.settings).pidfile) is None
