@@ -34,6 +34,7 @@ from nexus_ops.process import (
     check_port_free,
     find_live,
     load_record,
+    pidfd,
     remove_record,
     save_record,
     spawn,
@@ -43,7 +44,7 @@ from nexus_ops.process import (
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.25  # seconds between looks whether Caddy still runs
+TICK = 1.0  # seconds between rotations of the log and checks of the CA's keys
 _ENTRY_UMASK = 0o077  # the CA's keys and the certificates are this user's alone
 
 
@@ -133,11 +134,6 @@ class CaddyEntry:
         self.starts = 0
         self.last_error: str | None = None
 
-    @property
-    def pid(self) -> int | None:
-        spawned = self._spawned
-        return spawned.record.pid if spawned and spawned.popen.poll() is None else None
-
     def prepare(self) -> list[str]:
         """Check everything a start needs (raise on a bad setting); write the config."""
         check_tls_settings(self.settings)
@@ -179,12 +175,12 @@ class CaddyEntry:
         """Start Caddy, restart it whenever it exits, until cancelled (then stop it)."""
         try:
             await self._start_or_back_off()
-            while True:
-                await asyncio.sleep(POLL_INTERVAL)
-                await asyncio.to_thread(self._tick)
-                spawned = self._spawned
-                if spawned is not None and spawned.popen.poll() is not None:
-                    await self._restart_after_exit(spawned)
+            while (spawned := self._spawned) is not None:
+                exited = asyncio.ensure_future(_exit_of(spawned))
+                while not exited.done():  # its exit is seen at once; the chores each second
+                    await asyncio.wait({exited}, timeout=TICK)
+                    await asyncio.to_thread(self._tick)
+                await self._restart_after_exit(spawned)
         finally:
             await asyncio.shield(asyncio.to_thread(self.stop))
 
@@ -227,3 +223,20 @@ class CaddyEntry:
             cap=self.settings.backoff_max,
             jitter=self._rng(),
         )
+
+
+async def _exit_of(spawned: Spawned) -> None:
+    """Return once the process has exited: a pidfd read by the event loop, else polls."""
+    fd = pidfd(spawned.record.pid)
+    if fd is None:
+        while spawned.popen.poll() is None:
+            await asyncio.sleep(TICK / 4)
+        return
+    loop = asyncio.get_running_loop()
+    exited = asyncio.Event()
+    loop.add_reader(fd, exited.set)
+    try:
+        await exited.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
