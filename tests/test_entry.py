@@ -40,6 +40,7 @@ from nexus_ops.entry.caddy import CaddyEntry
 from nexus_ops.entry.tls import EntryFiles, fingerprint_of, not_after, pem_der
 from nexus_ops.paths import Layout
 from nexus_ops.process import load_record
+from nexus_ops.security.posture import entry
 
 pytestmark = pytest.mark.opencode
 
@@ -379,6 +380,18 @@ def test_entry_status_shows_the_running_entry(stack: Stack) -> None:
     port = stack.agent.settings.entry_port
     assert state["urls"] == [f"https://localhost:{port}/", f"https://127.0.0.1:{port}/"]
     assert state["expiry_source"] == "served"
+
+
+def test_security_check_fails_on_a_ca_key_others_can_read(stack: Stack) -> None:
+    key = stack.entry.files.ca_keys[0]  # the test's Caddy: no agent puts it back
+    key.chmod(0o640)
+    try:
+        item = entry(stack.entry.settings)
+    finally:
+        key.chmod(0o600)
+    assert item.status == "fail"
+    assert f"{key} (0640)" in item.summary and "chmod 600" in item.fix
+    assert entry(stack.entry.settings).status == "pass"
 
 
 def test_caddy_stops_with_the_agent(stack: Stack) -> None:

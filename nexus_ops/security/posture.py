@@ -29,6 +29,7 @@ from pydantic import Field
 from nexus_ops.alerts.rules import load_config
 from nexus_ops.config import Settings
 from nexus_ops.entry.report import EXPIRY_WARNING, entry_state
+from nexus_ops.entry.tls import EntryFiles
 from nexus_ops.errors import NexusOpsError
 from nexus_ops.models import Frozen
 from nexus_ops.opencode import binary_version
@@ -283,7 +284,26 @@ def entry(settings: Settings) -> PostureItem:
             "NEXUS_ENTRY_BIND on loopback; else set NEXUS_ENTRY_TLS=on",
             details=details,
         )
+    loose = loose_ca_keys(settings)
+    if loose:
+        return PostureItem(
+            name=name,
+            status="fail",
+            summary=f"{where}; the local CA's keys can be read by others: {', '.join(loose)}",
+            fix="chmod 600 them (the agent does so while the entry runs); anyone holding them "
+            "can make certificates the devices that trust the CA accept",
+            details=details,
+        )
     return _entry_certificate(name, where, state.tls, state.expires, details)
+
+
+def loose_ca_keys(settings: Settings) -> list[str]:
+    """The local CA's key files (with their modes) that are not 0600."""
+    found = []
+    for key in EntryFiles.of(settings).ca_keys:
+        if key.exists() and _mode(key) != 0o600:
+            found.append(f"{key} ({_mode(key):04o})")
+    return found
 
 
 def _entry_certificate(
