@@ -394,6 +394,12 @@ def test_security_check_fails_on_a_ca_key_others_can_read(stack: Stack) -> None:
     assert entry(stack.entry.settings).status == "pass"
 
 
+def test_the_entrys_log_holds_no_password_and_no_session(stack: Stack) -> None:
+    log = (Layout(stack.entry.settings.home).logs / "entry.log").read_text()
+    assert '"Authorization":["REDACTED"]' in log  # the cut event stream was logged, masked
+    assert stack.password not in log and GOOD not in log
+
+
 def test_caddy_stops_with_the_agent(stack: Stack) -> None:
     """Last in this module: it stops the module's agent."""
     record = load_record(EntryFiles.of(stack.agent.settings).pidfile)
