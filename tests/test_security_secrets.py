@@ -143,6 +143,9 @@ def invocations(tmp: Path, backup_id: str, run_id: str) -> dict[str, list[list[s
             ["runbook", "show-run", run_id],
             ["runbook", "show-run", run_id, "--html", str(tmp / "run.html")],
         ],
+        "entry status": [["entry", "status"], ["entry", "status", "--json"]],
+        "entry ca": [["entry", "ca"]],  # the entry is off: no CA yet, said so
+        "entry check": [["entry", "check"]],
         "server stop": [["server", "stop"]],
         "agent stop": [["agent", "stop"]],
     }
