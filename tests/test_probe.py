@@ -161,3 +161,77 @@ def test_an_event_stream_that_fails_or_falls_silent_says_how(
         except OpenCodeUnavailable as exc:
             assert message in exc.message
             raise
+
+
+# ---- what is asked every probe, on one kept connection -----------------------------------
+
+STATUS = b'{"ses_1":{"type":"busy"}}'
+
+
+def keeping(answers: int, seen: list[int], close_after: bool = False) -> Handler:
+    """Answers up to ``answers`` requests on each connection (sized answers, kept open,
+    or each one said ``Connection: close`` with ``close_after``); ``seen`` gets, per
+    connection, how many requests it carried."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(0)
+        close = b"Connection: close\r\n" if close_after else b""
+        try:
+            for _ in range(answers):
+                request = await reader.readuntil(b"\r\n\r\n")
+                assert b"Connection: close" not in request
+                seen[-1] += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s"
+                    % (close, len(STATUS), STATUS)
+                )
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        writer.close()
+
+    return handle
+
+
+def ask_times(handler: Handler, times: int, timeout: float = 1.0) -> list[object]:
+    async def run() -> list[object]:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = AsyncOpenCodeClient(
+            f"http://127.0.0.1:{port}", Credentials("opencode", "pw"), timeout=timeout
+        )
+        try:
+            found = []
+            for _ in range(times):
+                found.append(await client.session_status())
+                await asyncio.sleep(0.05)  # the server's close, if any, comes meanwhile
+            return found
+        finally:
+            await client.aclose()
+            server.close()
+
+    return asyncio.run(run())
+
+
+def test_the_session_status_is_asked_on_one_kept_connection() -> None:
+    seen: list[int] = []
+    assert ask_times(keeping(100, seen), 5) == [{"ses_1": {"type": "busy"}}] * 5
+    assert seen == [5]
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_without_an_error() -> None:
+    seen: list[int] = []
+    assert len(ask_times(keeping(2, seen), 5)) == 5  # closed after every second answer
+    assert seen == [2, 2, 1]
+    said_close: list[int] = []
+    assert len(ask_times(keeping(100, said_close, close_after=True), 3)) == 3
+    assert said_close == [1, 1, 1]
+
+
+def test_a_kept_connection_that_hangs_times_out_like_a_probe() -> None:
+    with pytest.raises(OpenCodeUnavailable, match=r"GET http://127\.0\.0\.1:\d+/session/status"):
+        try:
+            ask_times(silent, 1, timeout=0.5)
+        except OpenCodeUnavailable as exc:
+            assert "timed out" in exc.message
+            raise

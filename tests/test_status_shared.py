@@ -26,6 +26,7 @@ class CountingProxy:
     def __init__(self, port: int) -> None:
         self.target = port
         self.paths: Counter[str] = Counter()
+        self.connections: list[Counter[str]] = []  # the paths asked on each connection
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -38,19 +39,26 @@ class CountingProxy:
         except OSError:
             writer.close()
             return
+        asked: Counter[str] = Counter()
+        self.connections.append(asked)
         await asyncio.gather(
-            self._pump(reader, up_writer, count=True),
-            self._pump(up_reader, writer, count=False),
+            self._pump(reader, up_writer, asked),
+            self._pump(up_reader, writer, None),
             return_exceptions=True,
         )
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        asked: Counter[str] | None,
     ) -> None:
         try:
             while data := await reader.read(65536):
-                if count:
-                    self.paths.update(p.decode().split("?")[0] for p in REQUEST_LINE.findall(data))
+                if asked is not None:
+                    paths = [p.decode().split("?")[0] for p in REQUEST_LINE.findall(data)]
+                    asked.update(paths)
+                    self.paths.update(paths)
                 writer.write(data)
                 await writer.drain()
         finally:
@@ -69,7 +77,7 @@ def test_a_probe_tick_asks_the_session_status_once_for_everyone(
         monkeypatch.setenv(name, env[name])  # the server the supervisor starts inherits them
     settings = load_settings(env)
 
-    async def scenario() -> tuple[Counter[str], int, bool]:
+    async def scenario() -> tuple[Counter[str], int, bool, int]:
         proxy = CountingProxy(settings.opencode_port)
         url = await proxy.start()
         database = Database(tmp_path / "nexus.db")
@@ -99,9 +107,13 @@ def test_a_probe_tick_asks_the_session_status_once_for_everyone(
                 await asyncio.sleep(0.1)
             await asyncio.sleep(2.5)  # past the requests under way at the start
             proxy.paths.clear()
+            earlier = [asked["/session/status"] for asked in proxy.connections]
             readings = metrics.sampler.latest
             await asyncio.sleep(6.0)
             took = dict(proxy.paths)
+            now = [asked["/session/status"] for asked in proxy.connections]
+            earlier += [0] * (len(now) - len(earlier))  # connections opened meanwhile
+            carrying = sum(1 for was, is_ in zip(earlier, now, strict=True) if is_ > was)
             fresh = metrics.sampler.latest is not readings
             sessions = metrics.sampler.latest
             has_sessions = (
@@ -110,7 +122,7 @@ def test_a_probe_tick_asks_the_session_status_once_for_everyone(
             )
             await metrics.usage.check()  # a check now takes the supervisor's answer too
             checked = Counter(proxy.paths) - Counter(took)
-            return Counter(took), checked["/session/status"], fresh and has_sessions
+            return Counter(took), checked["/session/status"], fresh and has_sessions, carrying
         finally:
             if sampling is not None:
                 sampling.cancel()
@@ -123,10 +135,12 @@ def test_a_probe_tick_asks_the_session_status_once_for_everyone(
             metrics.close()
             database.close()
 
-    took, asked_by_check, sampled = asyncio.run(scenario())
+    took, asked_by_check, sampled, carrying = asyncio.run(scenario())
     probes = took["/global/health"]
     assert probes >= 4, took
     # One answer a probe, shared: before, every reading asked once more (as many again).
     assert took["/session/status"] <= probes + 1, took
     assert sampled, "the sampler kept reading the sessions by status"
     assert asked_by_check == 0
+    # ... and on one kept connection, not a new one each time (a probe's own is new).
+    assert took["/session/status"] >= 4 and carrying == 1, (took, carrying)
