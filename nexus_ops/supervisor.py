@@ -427,7 +427,9 @@ class Supervisor:
         record = self._record
         if self._state is not ServerState.RUNNING or record is None:
             return
-        if find_live(record) is None:  # belt and braces where pidfd is missing
+        # Belt and braces where pidfd is missing (with it, an exit is seen at once and
+        # a second's look at /proc would only cost).
+        if self._watch_fd is None and find_live(record) is None:
             await self._on_exit(record)
             return
         await self._probe(record)
@@ -443,13 +445,15 @@ class Supervisor:
         """One liveness probe. Readiness drops as soon as the server is late to answer
         (``ready_timeout``); the restart waits for ``probe_failures`` failed probes."""
         settings = self.settings
-        probe = asyncio.ensure_future(self._timed_health())
+        late = asyncio.get_running_loop().call_later(
+            settings.ready_timeout,
+            self._not_ready,
+            f"no answer to the probe within {settings.ready_timeout:g} s",
+        )
         try:
-            done, _ = await asyncio.wait({probe}, timeout=settings.ready_timeout)
-            if not done:
-                self._not_ready(f"no answer to the probe within {settings.ready_timeout:g} s")
-            health = await probe
+            health = await self._timed_health()
         except OpenCodeUnavailable as exc:
+            late.cancel()  # said below, and a restart may follow
             self._probe_failures += 1
             self._not_ready(
                 f"{exc} ({self._probe_failures} of {settings.probe_failures} failed probes "
@@ -459,7 +463,7 @@ class Supervisor:
                 await self._restart_unhealthy(record, RestartReason.HANG, str(exc))
             return
         finally:
-            probe.cancel()
+            late.cancel()
         self._probe_failures = 0
         self._healthy, self._unready_detail = True, ""
         self._version = health.version
