@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -31,20 +32,28 @@ async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     await asyncio.sleep(30)  # accepts, never answers: a hung server
 
 
-def probe_with(handler: Handler, timeout: float = 1.0) -> object:
-    async def run() -> object:
+def served(
+    handler: Handler, work: Callable[[AsyncOpenCodeClient], Awaitable[Any]], timeout: float
+) -> Any:
+    """``work(client)`` with a client of a local server that answers with ``handler``."""
+
+    async def run() -> Any:
         server = await asyncio.start_server(handler, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         client = AsyncOpenCodeClient(
             f"http://127.0.0.1:{port}", Credentials("opencode", "pw"), timeout=timeout
         )
         try:
-            return await client.health()
+            return await work(client)
         finally:
             await client.aclose()
             server.close()
 
     return asyncio.run(run())
+
+
+def probe_with(handler: Handler, timeout: float = 1.0) -> object:
+    return served(handler, lambda client: client.health(), timeout)
 
 
 def test_a_probe_reads_a_sized_or_chunked_answer_with_the_password() -> None:
@@ -194,23 +203,14 @@ def keeping(answers: int, seen: list[int], close_after: bool = False) -> Handler
 
 
 def ask_times(handler: Handler, times: int, timeout: float = 1.0) -> list[object]:
-    async def run() -> list[object]:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = AsyncOpenCodeClient(
-            f"http://127.0.0.1:{port}", Credentials("opencode", "pw"), timeout=timeout
-        )
-        try:
-            found = []
-            for _ in range(times):
-                found.append(await client.session_status())
-                await asyncio.sleep(0.05)  # the server's close, if any, comes meanwhile
-            return found
-        finally:
-            await client.aclose()
-            server.close()
+    async def work(client: AsyncOpenCodeClient) -> list[object]:
+        found = []
+        for _ in range(times):
+            found.append(await client.session_status())
+            await asyncio.sleep(0.05)  # the server's close, if any, comes meanwhile
+        return found
 
-    return asyncio.run(run())
+    return list(served(handler, work, timeout))
 
 
 def test_the_session_status_is_asked_on_one_kept_connection() -> None:
