@@ -978,7 +978,8 @@ class AgentServer(uvicorn.Server):
         while not should_exit:
             counter = (counter + round(self.TICK * 10)) % 864000  # on_tick counts tenths
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.TICK)
+                async with asyncio.timeout(self.TICK):  # no task a tick, as wait_for makes
+                    await wake.wait()
             should_exit = await self.on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

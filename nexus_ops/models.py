@@ -77,6 +77,16 @@ class Counters:
     restarts_by_reason: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SessionStatusAnswer:
+    """One answer of the server's ``GET /session/status``: the sessions that are not
+    idle, by id; when it came (the supervisor's monotonic seconds); how long it took."""
+
+    statuses: dict[str, Any]
+    at: float
+    seconds: float
+
+
 class Frozen(BaseModel):
     """Base of the value types: immutable, unknown fields refused."""
 

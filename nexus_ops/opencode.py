@@ -237,12 +237,18 @@ class AsyncOpenCodeClient:
         self._host, self._port = where.hostname or "127.0.0.1", where.port or 80
         self._timeout = timeout
         basic = b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
-        self._request_head = (
-            f"Host: {where.netloc}\r\nAuthorization: Basic {basic}\r\nConnection: close\r\n"
-        )
+        self._kept_head = f"Host: {where.netloc}\r\nAuthorization: Basic {basic}\r\n"
+        self._request_head = self._kept_head + "Connection: close\r\n"
+        self._kept: _Connection | None = None  # what ask() keeps between requests
 
     async def aclose(self) -> None:
+        self._drop_kept()
         await self._http.aclose()
+
+    def _drop_kept(self) -> None:
+        if self._kept is not None:
+            self._kept[1].close()
+            self._kept = None
 
     async def get(self, path: str) -> Any:
         try:
@@ -260,8 +266,8 @@ class AsyncOpenCodeClient:
 
     async def session_status(self) -> dict[str, Any]:
         """``GET /session/status``: the sessions that are not idle, by id. Asked beside
-        every probe, so asked the probe's way (a fresh connection, no httpx)."""
-        body = await self.probe("/session/status")
+        every probe, so on one kept connection with asyncio's streams (:meth:`ask`)."""
+        body = await self.ask("/session/status")
         if not isinstance(body, Mapping):
             raise OpenCodeUnavailable(
                 f"GET {self.base_url}/session/status answered {body!r:.200}, not a JSON object"
@@ -296,8 +302,53 @@ class AsyncOpenCodeClient:
         every second pays all day. Like httpx, the timeout applies to the connect and to
         each read, so a server that accepts but never answers fails in that time."""
         async with self._exchange(path, "application/json") as (reader, headers):
-            body = await asyncio.wait_for(_response_body(reader, headers), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                body = await _response_body(reader, headers)
             return json.loads(body)
+
+    async def ask(self, path: str) -> Any:
+        """``GET path`` on the connection the last ``ask`` kept (HTTP/1.1 keep-alive),
+        or on a new one: no connect, accept and close a request, for what is asked
+        every probe. A kept connection that the server has closed meanwhile (it
+        restarted, or let it go idle) is replaced once; its timeouts are the probe's."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            try:
+                return await self._ask_on(kept, path)
+            except _StaleConnection:
+                pass  # closed before it answered: ask once more, on a new connection
+        return await self._ask_on(None, path)
+
+    async def _ask_on(self, connection: _Connection | None, path: str) -> Any:
+        reused, writer = connection is not None, None
+        try:
+            async with self._failures(path):
+                async with asyncio.timeout(self._timeout) as deadline:
+                    if connection is None:
+                        connection = await asyncio.open_connection(self._host, self._port)
+                    reader, writer = connection
+                    request = f"GET {path} HTTP/1.1\r\n{self._kept_head}Accept: application/json"
+                    writer.write(f"{request}\r\n\r\n".encode())
+                    try:
+                        head = await reader.readuntil(b"\r\n\r\n")
+                    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                        if reused and not getattr(exc, "partial", b""):
+                            raise _StaleConnection from exc
+                        raise
+                    deadline.reschedule(asyncio.get_running_loop().time() + self._timeout)
+                    status, headers = _response_head(head)
+                    body = await _response_body(reader, headers)
+                if not 200 <= status < 300:
+                    raise OpenCodeUnavailable(f"GET {self.base_url}{path} answered HTTP {status}")
+                answer = json.loads(body)
+            if _reusable(headers):
+                if self._kept is not None:
+                    self._kept[1].close()  # another ask kept one meanwhile
+                self._kept, writer = (reader, writer), None
+            return answer
+        finally:
+            if writer is not None:
+                writer.close()
 
     @contextlib.asynccontextmanager
     async def _exchange(
@@ -308,16 +359,27 @@ class AsyncOpenCodeClient:
         the body, an ``OpenCodeUnavailable`` error; the connection closed after."""
         writer = None
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port), self._timeout
-            )
-            request = f"GET {path} HTTP/1.1\r\n{self._request_head}Accept: {accept}\r\n\r\n"
-            writer.write(request.encode())
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout)
-            status, headers = _response_head(head)
-            if not 200 <= status < 300:
-                raise OpenCodeUnavailable(f"GET {self.base_url}{path} answered HTTP {status}")
-            yield reader, headers
+            async with self._failures(path):
+                async with asyncio.timeout(self._timeout):
+                    reader, writer = await asyncio.open_connection(self._host, self._port)
+                request = f"GET {path} HTTP/1.1\r\n{self._request_head}Accept: {accept}\r\n\r\n"
+                writer.write(request.encode())
+                async with asyncio.timeout(self._timeout):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                status, headers = _response_head(head)
+                if not 200 <= status < 300:
+                    raise OpenCodeUnavailable(f"GET {self.base_url}{path} answered HTTP {status}")
+                yield reader, headers
+        finally:
+            if writer is not None:
+                writer.close()
+
+    @contextlib.asynccontextmanager
+    async def _failures(self, path: str) -> AsyncIterator[None]:
+        """Every failure of a request of ``path`` as an ``OpenCodeUnavailable`` error that
+        says how it failed."""
+        try:
+            yield
         except TimeoutError as exc:
             raise OpenCodeUnavailable(f"GET {self.base_url}{path} timed out") from exc
         except ConnectionRefusedError as exc:
@@ -326,9 +388,6 @@ class AsyncOpenCodeClient:
             raise unavailable(self.base_url, path, exc) from exc
         except ValueError as exc:  # not HTTP, or not JSON
             raise unavailable(self.base_url, path, exc) from exc
-        finally:
-            if writer is not None:
-                writer.close()
 
 
 async def _lines(
@@ -356,6 +415,21 @@ async def _lines(
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
                 yield line.rstrip(b"\r")
+
+
+_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class _StaleConnection(Exception):
+    """A kept connection closed by the server before it answered anything."""
+
+
+def _reusable(headers: Mapping[str, str]) -> bool:
+    """Whether a connection may carry another request after this answer: its body was
+    sized or chunked (not read up to the end of the stream), and no one said close."""
+    if headers.get("connection", "").lower() == "close":
+        return False
+    return "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
 
 
 def _response_head(head: bytes) -> tuple[int, dict[str, str]]:

@@ -7,7 +7,9 @@ and jitter, gives up (``fatal``) after too many automatic restarts in a window,
 and adopts a server that a previous agent left running. Every transition goes to
 the journal.
 
-It also follows which sessions are busy (``GET /session/status`` at each probe).
+It also follows which sessions are busy (``GET /session/status`` at each probe),
+and keeps the latest answer for the sampler and the usage tracker, which take it
+instead of asking again (:meth:`Supervisor.recent_session_status`).
 A soft restart (the soft memory limit, an operator's restart ``when_idle``) waits
 until none is, at most ``NEXUS_DRAIN_TIMEOUT``, in a task of its own that takes the
 lock only for the restart itself; a hard fault restarts at once, and every prompt a
@@ -49,6 +51,7 @@ from nexus_ops.models import (
     RestartReason,
     ServerState,
     ServerStatus,
+    SessionStatusAnswer,
 )
 from nexus_ops.opencode import AsyncOpenCodeClient, Credentials, Health
 from nexus_ops.paths import Layout, make_private, read_or_create_secret
@@ -162,6 +165,7 @@ class Supervisor:
         self._last_error: str | None = None
         self._ready_event = asyncio.Event()
         self._busy = BusySessions()
+        self._status_answer: SessionStatusAnswer | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._waiting: _Waiting | None = None
         self._drain_task: asyncio.Task[None] | None = None
@@ -224,6 +228,16 @@ class Supervisor:
             busy_sessions=self._busy.ids(),
             pending_restart=self._pending(),
         )
+
+    def recent_session_status(self, max_age: float) -> SessionStatusAnswer | None:
+        """The latest answer of ``GET /session/status`` (asked at every probe), if it
+        came at most ``max_age`` seconds ago from the server that runs now: the
+        sampler and the usage tracker take it instead of asking again. Safe to call
+        from another thread (one reference, replaced whole)."""
+        answer = self._status_answer
+        if answer is None or self._now() - answer.at > max_age:
+            return None
+        return answer
 
     def _pending(self) -> PendingRestart | None:
         waiting = self._waiting
@@ -413,7 +427,9 @@ class Supervisor:
         record = self._record
         if self._state is not ServerState.RUNNING or record is None:
             return
-        if find_live(record) is None:  # belt and braces where pidfd is missing
+        # Belt and braces where pidfd is missing (with it, an exit is seen at once and
+        # a second's look at /proc would only cost).
+        if self._watch_fd is None and find_live(record) is None:
             await self._on_exit(record)
             return
         await self._probe(record)
@@ -429,13 +445,15 @@ class Supervisor:
         """One liveness probe. Readiness drops as soon as the server is late to answer
         (``ready_timeout``); the restart waits for ``probe_failures`` failed probes."""
         settings = self.settings
-        probe = asyncio.ensure_future(self._timed_health())
+        late = asyncio.get_running_loop().call_later(
+            settings.ready_timeout,
+            self._not_ready,
+            f"no answer to the probe within {settings.ready_timeout:g} s",
+        )
         try:
-            done, _ = await asyncio.wait({probe}, timeout=settings.ready_timeout)
-            if not done:
-                self._not_ready(f"no answer to the probe within {settings.ready_timeout:g} s")
-            health = await probe
+            health = await self._timed_health()
         except OpenCodeUnavailable as exc:
+            late.cancel()  # said below, and a restart may follow
             self._probe_failures += 1
             self._not_ready(
                 f"{exc} ({self._probe_failures} of {settings.probe_failures} failed probes "
@@ -445,7 +463,7 @@ class Supervisor:
                 await self._restart_unhealthy(record, RestartReason.HANG, str(exc))
             return
         finally:
-            probe.cancel()
+            late.cancel()
         self._probe_failures = 0
         self._healthy, self._unready_detail = True, ""
         self._version = health.version
@@ -528,6 +546,7 @@ class Supervisor:
 
     async def _poll_sessions(self) -> list[str] | None:
         """The busy sessions now (and remember since when); None if the server did not say."""
+        record, started = self._record, time.perf_counter()
         try:
             statuses = await self.client.session_status()
         except OpenCodeUnavailable as exc:
@@ -535,6 +554,9 @@ class Supervisor:
             return None
         if self._record is None:
             return []
+        if self._record == record:  # not an answer of a server since replaced
+            seconds = time.perf_counter() - started
+            self._status_answer = SessionStatusAnswer(statuses, self._now(), seconds)
         return self._busy.update(statuses, self._now())
 
     async def _drain_before_stop(self, reason: RestartReason) -> None:
@@ -847,6 +869,7 @@ class Supervisor:
             details={"code": info.code, "signal": info.signal},
         )
         self._spawned = self._record = None
+        self._status_answer = None
         self._healthy = False
         self._running_since = None
         self._ready_event.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -31,20 +32,28 @@ async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     await asyncio.sleep(30)  # accepts, never answers: a hung server
 
 
-def probe_with(handler: Handler, timeout: float = 1.0) -> object:
-    async def run() -> object:
+def served(
+    handler: Handler, work: Callable[[AsyncOpenCodeClient], Awaitable[Any]], timeout: float
+) -> Any:
+    """``work(client)`` with a client of a local server that answers with ``handler``."""
+
+    async def run() -> Any:
         server = await asyncio.start_server(handler, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         client = AsyncOpenCodeClient(
             f"http://127.0.0.1:{port}", Credentials("opencode", "pw"), timeout=timeout
         )
         try:
-            return await client.health()
+            return await work(client)
         finally:
             await client.aclose()
             server.close()
 
     return asyncio.run(run())
+
+
+def probe_with(handler: Handler, timeout: float = 1.0) -> object:
+    return served(handler, lambda client: client.health(), timeout)
 
 
 def test_a_probe_reads_a_sized_or_chunked_answer_with_the_password() -> None:
@@ -160,4 +169,69 @@ def test_an_event_stream_that_fails_or_falls_silent_says_how(
             read_events(handler, silence=0.5)
         except OpenCodeUnavailable as exc:
             assert message in exc.message
+            raise
+
+
+# ---- what is asked every probe, on one kept connection -----------------------------------
+
+STATUS = b'{"ses_1":{"type":"busy"}}'
+
+
+def keeping(answers: int, seen: list[int], close_after: bool = False) -> Handler:
+    """Answers up to ``answers`` requests on each connection (sized answers, kept open,
+    or each one said ``Connection: close`` with ``close_after``); ``seen`` gets, per
+    connection, how many requests it carried."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(0)
+        close = b"Connection: close\r\n" if close_after else b""
+        try:
+            for _ in range(answers):
+                request = await reader.readuntil(b"\r\n\r\n")
+                assert b"Connection: close" not in request
+                seen[-1] += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s"
+                    % (close, len(STATUS), STATUS)
+                )
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        writer.close()
+
+    return handle
+
+
+def ask_times(handler: Handler, times: int, timeout: float = 1.0) -> list[object]:
+    async def work(client: AsyncOpenCodeClient) -> list[object]:
+        found = []
+        for _ in range(times):
+            found.append(await client.session_status())
+            await asyncio.sleep(0.05)  # the server's close, if any, comes meanwhile
+        return found
+
+    return list(served(handler, work, timeout))
+
+
+def test_the_session_status_is_asked_on_one_kept_connection() -> None:
+    seen: list[int] = []
+    assert ask_times(keeping(100, seen), 5) == [{"ses_1": {"type": "busy"}}] * 5
+    assert seen == [5]
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_without_an_error() -> None:
+    seen: list[int] = []
+    assert len(ask_times(keeping(2, seen), 5)) == 5  # closed after every second answer
+    assert seen == [2, 2, 1]
+    said_close: list[int] = []
+    assert len(ask_times(keeping(100, said_close, close_after=True), 3)) == 3
+    assert said_close == [1, 1, 1]
+
+
+def test_a_kept_connection_that_hangs_times_out_like_a_probe() -> None:
+    with pytest.raises(OpenCodeUnavailable, match=r"GET http://127\.0\.0\.1:\d+/session/status"):
+        try:
+            ask_times(silent, 1, timeout=0.5)
+        except OpenCodeUnavailable as exc:
+            assert "timed out" in exc.message
             raise

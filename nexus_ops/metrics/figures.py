@@ -468,6 +468,11 @@ def series_runs(frame: pd.DataFrame) -> dict[tuple[str, str], list[slice]]:
 def _update_events(fig: go.Figure, events: Sequence[Event], tz: str) -> None:
     marked = [e for e in events if e.kind in MARKED_EVENTS]
     trace = next(t for t in fig.data if t.name == _EVENT_TRACE)
+    # The same markers as the last refresh (most refreshes): nothing to validate or send.
+    drawn = f"{tz}|" + ";".join(f"{e.id}@{e.time}" for e in marked)
+    if trace.meta == drawn:
+        return
+    trace.meta = drawn
     times = pd.to_datetime([e.time for e in marked], unit="s", utc=True)
     trace.x = local_times(times, tz) if marked else []
     trace.y = [0.97] * len(marked)

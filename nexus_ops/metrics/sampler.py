@@ -8,7 +8,9 @@ is what ``/metrics`` shows for the gauges it holds. Every request the agent make
 to the server (the supervisor's health probes, the sampler's session requests)
 is stored as a sample of ``opencode_request_duration_seconds{path}``.
 
-``GET /session/status`` is asked every reading (busy and retrying sessions);
+The busy and retrying sessions come from ``GET /session/status``: the
+supervisor's latest answer when it is at most ``status_max_age`` seconds old (it
+asks at every probe; its duration is stored with the reading), else asked here;
 the full list of sessions, ``GET /session``, at most every
 ``session_list_interval`` seconds (5 s): it can be long, and only its length
 (for the idle count) changes. The retention of the store is enforced by the
@@ -33,7 +35,13 @@ from typing import Any, Protocol
 from nexus_ops.errors import NexusOpsError
 from nexus_ops.metrics import catalogue as m
 from nexus_ops.metrics.proctree import SelfMeter, TreeMeter, TreeStats
-from nexus_ops.models import Counters, ProcessRecord, RestartReason, ServerState
+from nexus_ops.models import (
+    Counters,
+    ProcessRecord,
+    RestartReason,
+    ServerState,
+    SessionStatusAnswer,
+)
 from nexus_ops.store.samples import SampleStore
 
 log = logging.getLogger(__name__)
@@ -71,6 +79,8 @@ class ServerView(Protocol):
     @property
     def client(self) -> OpenCodeApi: ...
 
+    def recent_session_status(self, max_age: float) -> SessionStatusAnswer | None: ...
+
     request_observers: list[RequestObserver]
 
 
@@ -102,6 +112,7 @@ class Sampler:
         flush_interval: float = 10.0,
         retention_interval: float = 600.0,
         session_list_interval: float = 5.0,
+        status_max_age: float = 0.0,
         clock: Callable[[], float] = time.time,
         client: OpenCodeApi | None = None,
         sources: list[Callable[[], list[Sample]]] | None = None,
@@ -114,6 +125,7 @@ class Sampler:
         self.flush_interval = flush_interval
         self.retention_interval = retention_interval
         self.session_list_interval = max(interval, session_list_interval)
+        self.status_max_age = status_max_age  # 0: always ask GET /session/status here
         self.latest: Reading | None = None
         self.sources = sources or []  # more series for every reading (the usage counts)
         self.errors = 0
@@ -228,10 +240,23 @@ class Sampler:
             if isinstance(sessions, list):
                 due = time.monotonic() + self.session_list_interval
                 self._sessions = (due, len(sessions))
-        statuses = await self._timed_get("/session/status")
+        statuses = self._shared_status()
+        if statuses is None:
+            statuses = await self._timed_get("/session/status")
         if self._sessions is None or not isinstance(statuses, Mapping):
             return []
         return session_values(self._sessions[1], statuses)
+
+    def _shared_status(self) -> Mapping[str, Any] | None:
+        """The supervisor's recent answer of ``GET /session/status``, its duration
+        stored as this reading's; None when there is none that recent."""
+        if self.status_max_age <= 0:
+            return None
+        answer = self.server.recent_session_status(self.status_max_age)
+        if answer is None:
+            return None
+        self._notify("/session/status", answer.seconds, True)
+        return answer.statuses
 
     async def _timed_get(self, path: str) -> Any:
         started = time.perf_counter()

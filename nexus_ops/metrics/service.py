@@ -55,7 +55,10 @@ class MetricsService:
             timeout=USAGE_TIMEOUT,
             keepalive=1,
         )
-        self.usage = UsageTracker(self.usage_client, server, UsageLedger())
+        # The supervisor asks GET /session/status at every probe: its answer of the
+        # last probe (or the one before, if that one is late) serves here too.
+        shared = settings.probe_interval + settings.probe_timeout
+        self.usage = UsageTracker(self.usage_client, server, UsageLedger(), status_max_age=shared)
         self.sampler = Sampler(
             self.store,
             server,
@@ -65,6 +68,7 @@ class MetricsService:
             clock=clock,
             client=self.client,
             sources=[self.usage.samples],
+            status_max_age=shared,
         )
         self._clock = clock
 

@@ -3,7 +3,8 @@
 On every connection to ``GET /global/event`` (at start, and again after the stream
 dropped or the server restarted) the tracker lists the sessions of every project
 (``GET /experimental/session``, archived ones too, a page at a time; the busy ones
-from ``GET /session/status``) and counts again, from its
+from ``GET /session/status``, or the supervisor's answer of it when at most
+``status_max_age`` seconds old) and counts again, from its
 messages (``GET /session/{id}/message``), every session that it does not know or
 whose listed totals differ from what it counted. The first pass after the agent
 starts therefore counts the work done before it; later passes only the sessions
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 from nexus_ops.errors import NexusOpsError
 from nexus_ops.metrics.usage import UsageLedger
+from nexus_ops.models import SessionStatusAnswer
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class Readiness(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    def recent_session_status(self, max_age: float) -> SessionStatusAnswer | None: ...
+
 
 class UsageTracker:
     """Keeps ``ledger`` up to date with the server behind ``client`` until cancelled."""
@@ -62,12 +66,14 @@ class UsageTracker:
         ledger: UsageLedger | None = None,
         check_interval: float = 30.0,
         retry_interval: float = 2.0,
+        status_max_age: float = 0.0,
     ) -> None:
         self.client = client
         self.server = server
         self.ledger = ledger or UsageLedger()
         self.check_interval = check_interval
         self.retry_interval = retry_interval
+        self.status_max_age = status_max_age  # 0: always ask GET /session/status here
         self.connected = False
         self.synced = False  # a check has completed since the stream connected
         self.counted = False  # a check has completed since the agent started
@@ -129,7 +135,12 @@ class UsageTracker:
     async def check(self, since: float | None = None) -> None:
         """Count again every listed session whose totals differ from the ledger's; with
         ``since`` (epoch seconds), only the sessions updated since then are listed."""
-        statuses = await self.client.get("/session/status")
+        shared = (
+            self.server.recent_session_status(self.status_max_age)
+            if self.status_max_age > 0
+            else None
+        )
+        statuses = shared.statuses if shared else await self.client.get("/session/status")
         if isinstance(statuses, Mapping):
             self.ledger.settle(
                 {

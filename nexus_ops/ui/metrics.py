@@ -204,8 +204,9 @@ def requests_frame(span: str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     lines = []
     for agg in ("mean", "max"):
         frame = frames[f"requests:{agg}"].copy()
-        paths = frame["labels"].map(lambda text: _label(text, "path"))
-        frame["labels"] = f"q={agg},path=" + paths
+        # Named once per series, not once per point (a day holds 600 points a path).
+        names = {text: f"q={agg},path={_label(text, 'path')}" for text in frame["labels"].unique()}
+        frame["labels"] = frame["labels"].map(names)
         lines.append(frame)
     return concat_frames(lines)
 
