@@ -1,0 +1,1 @@
+"""The HTTPS entry for remote devices: proxy, TLS, pairing and device sessions."""
