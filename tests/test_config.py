@@ -144,7 +144,7 @@ def test_each_bad_value_names_where_it_was_given(tmp_path: Path) -> None:
         ("NEXUS_WEBHOOK_URL", ["NEXUS_ALERT_WEBHOOK_URLS"]),
         ("NEXUS_BACKUP_CRON", ["NEXUS_BACKUP_SCHEDULE"]),
         ("NEXUS_LOGLEVEL", ["NEXUS_LOG_LEVEL"]),  # words run together: letters decide
-        ("NEXUS_PORT", ["NEXUS_AGENT_PORT", "NEXUS_CONSOLE_PORT", "NEXUS_OPENCODE_PORT"]),
+        ("NEXUS_PORT", ["NEXUS_AGENT_PORT", "NEXUS_ENTRY_PORT", "NEXUS_CONSOLE_PORT"]),
         ("NEXUS_FOO", []),
     ],
 )

@@ -232,6 +232,11 @@ def test_pair_and_devices_commands(entry_agent: RunningAgent) -> None:
     assert [row["name"] for row in rows] == ["kitchen tablet"]
     made = json.loads(nexus_cli(agent.env, "pair", "--json").stdout)
     assert set(made) == {"code", "link", "expires_at"}
+    posture = json.loads(nexus_cli(agent.env, "security", "check", "--json").stdout)
+    row = next(item for item in posture["items"] if item["name"] == "paired devices")
+    assert row["status"] == "pass" and row["details"]["devices"] == 1
+    assert "kitchen tablet" in row["summary"] and PHONE in row["summary"]
+    assert "paired devices: 1 paired device(s)" in nexus_cli(agent.env, "security", "check").stdout
     ended = nexus_cli(agent.env, "devices", "revoke", "--all")
     assert ended.returncode == 0 and f"revoked 1 device(s): {rows[0]['id']}" in ended.stdout
     assert "no paired devices" in nexus_cli(agent.env, "devices").stdout
