@@ -1067,8 +1067,29 @@ async def read_form(request: Request) -> dict[str, str]:
     body = await request.body()
     if len(body) > MAX_FORM:
         return {}
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError:  # more fields than a pairing form has
+        return {}
     return {key: values[0] for key, values in fields.items() if values}
+
+
+PAIR_FORM = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string", "description": "The pairing code, XXXX-XXXX."},
+                    "name": {"type": "string", "description": "A name for this device."},
+                    "next": {"type": "string", "description": "Where to go once paired."},
+                },
+                "required": ["code"],
+            }
+        }
+    },
+}
 
 
 def entry_router() -> APIRouter:
@@ -1107,7 +1128,16 @@ def entry_router() -> APIRouter:
         """The pairing form; a code from the link fills it in."""
         return page(pair_page(code=code[:20], next_path=safe_next(next)))
 
-    @router.post("/_nexus/pair", response_class=HTMLResponse, status_code=303)
+    @router.post(
+        "/_nexus/pair",
+        response_class=HTMLResponse,
+        status_code=303,
+        openapi_extra={"requestBody": PAIR_FORM},
+        responses={
+            400: {"description": "The code is wrong, used or expired: the form, with why."},
+            429: {"description": "Too many wrong codes: the form, with Retry-After."},
+        },
+    )
     async def pair(request: Request, ctx: Ctx) -> Response:
         """Spend a code (form fields code, name, next): 303 to next with the session cookie."""
         form = await read_form(request)
@@ -1151,7 +1181,7 @@ def devices_router() -> APIRouter:
     """Pairing codes and device sessions, for the operator (with the agent's token)."""
     router = APIRouter(tags=["devices"], responses=ERRORS)
 
-    @router.post(f"{API}/pairings", status_code=201)
+    @router.post(f"{API}/pairings", status_code=201, responses=responses(400))
     def create_pairing(ctx: Ctx, body: PairingRequest | None = None) -> PairingCode:
         """A one-time pairing code, its link (for a QR code) and when it expires."""
         return devices(ctx).create_code(body.name if body else None)
@@ -1161,7 +1191,7 @@ def devices_router() -> APIRouter:
         """Paired devices whose session is live, newest first."""
         return devices(ctx).devices()
 
-    @router.delete(f"{API}/devices", responses=responses(404))
+    @router.delete(f"{API}/devices")
     def revoke_all_devices(ctx: Ctx) -> RevokedDevices:
         """End every device's session at once."""
         return RevokedDevices(revoked=devices(ctx).revoke_all())

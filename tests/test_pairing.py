@@ -17,6 +17,8 @@ import pytest
 from conftest import RunningAgent, nexus_cli, start_agent
 
 from nexus_ops.entry.pairing import GLOBAL, PER_ADDRESS
+from nexus_ops.ui.base import PanelContext
+from nexus_ops.ui.devices import DevicesPanel
 
 pytestmark = pytest.mark.opencode
 
@@ -260,3 +262,21 @@ def test_bad_settings_are_named(
     assert done.returncode == 2
     assert variable in done.stderr + done.stdout and said in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_the_devices_tab_pairs_lists_and_revokes(entry_agent: RunningAgent) -> None:
+    agent = entry_agent
+    panel = DevicesPanel(PanelContext(client=agent.client, run=lambda work: work()))
+    assert panel.refresh() and "No paired devices" in panel.table.value
+    assert panel.revoke_button.disabled
+    panel.pair_button.click()
+    code = re.search(r"class='nx-pair-code'>([^<]+)<", panel.pairing.value)
+    assert code and "<svg" in panel.pairing.value
+    with entry(agent) as phone:
+        cookie = cookie_of(submit(phone, code.group(1), name="desk laptop"))
+        assert panel.refresh() and "desk laptop" in panel.table.value
+        assert PHONE in panel.table.value and not panel.revoke_button.disabled
+        panel.revoke_button.click()
+        assert "Revoked desk laptop" in panel.banner.widget.value
+        assert check(phone, cookie).status_code == 401
+    assert "No paired devices" in panel.table.value
