@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from starlette.requests import Request
 
+from nexus_ops.agent import client_address
 from nexus_ops.config import load_settings
 from nexus_ops.entry.devices import DeviceSessions, device_name, safe_next
 from nexus_ops.entry.pairing import ALPHABET, TryLimit, new_code, normalize_code
@@ -111,3 +113,14 @@ def test_cookies_codes_and_basic_credentials_are_redacted() -> None:
     assert (
         "a=b" in shown and redact("HTTPSPORT 1.18.33 2026-12-04") == "HTTPSPORT 1.18.33 2026-12-04"
     )
+
+
+def request_from(peer: str, forwarded: str) -> Request:
+    headers = [(b"x-forwarded-for", forwarded.encode())]
+    return Request({"type": "http", "client": (peer, 50000), "headers": headers})
+
+
+def test_the_forwarded_address_is_trusted_from_loopback_only() -> None:
+    assert client_address(request_from("127.0.0.1", "10.9.9.9, 203.0.113.7")) == "203.0.113.7"
+    assert client_address(request_from("::1", "203.0.113.7")) == "203.0.113.7"
+    assert client_address(request_from("192.0.2.5", "203.0.113.7")) == "192.0.2.5"

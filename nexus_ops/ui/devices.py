@@ -39,7 +39,8 @@ def pairing_html(made: PairingCode) -> str:
     """The QR code of the link, the code to type, and until when it works."""
     return (
         f"<div class='nx-pair-qr'>{qr_svg(made.link, scale=5)}</div>"
-        f"<div>Code: <code class='nx-pair-code'>{esc(made.code)}</code></div>"
+        "<div>Code: <code class='nx-pair-code' style='font-size:1.6em;letter-spacing:.12em'>"
+        f"{esc(made.code)}</code></div>"
         f"<div class='nx-muted'>Scan it with the device, or open <code>{esc(made.link)}</code>"
         f". It works once, until {esc(_when(made.expires_at))}.</div>"
     )
