@@ -170,7 +170,7 @@ def create_app(
         ctx.backups = BackupService(settings, database, journal)
         exposition.registry.register(ctx.backups.collector())
         ctx.runbooks = RunbookService(settings, database)
-        ctx.devices = DeviceSessions(settings, DeviceStore(database), journal)
+        ctx.devices = DeviceSessions.of(settings, DeviceStore(database), journal)
         ctx.supervisor_loop = asyncio.new_event_loop() if manage else asyncio.get_running_loop()
         app.state.ctx = ctx
         journal.record(EventKind.AGENT_START, pid=os.getpid(), message=f"agent {__version__}")

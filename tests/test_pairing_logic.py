@@ -28,7 +28,7 @@ class Clock:
 def sessions(clock: Clock) -> DeviceSessions:
     db = Database(Path(":memory:"))
     settings = load_settings({"NEXUS_ENTRY_HOSTS": "nexus.example"})
-    return DeviceSessions(settings, DeviceStore(db), Journal(db, clock), clock)
+    return DeviceSessions.of(settings, DeviceStore(db), Journal(db, clock), clock)
 
 
 def test_codes_are_easy_to_type() -> None:

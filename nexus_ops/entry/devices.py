@@ -57,18 +57,21 @@ def device_name(given: str | None, from_code: str | None, user_agent: str) -> st
 class DeviceSessions:
     """Pair devices with codes; check, list and revoke their sessions."""
 
-    def __init__(
-        self,
+    def __init__(self, codes: PairingCodes) -> None:
+        self.codes = codes
+        self.settings, self.store, self.journal = codes.settings, codes.store, codes.journal
+        self.clock = codes.clock
+
+    @classmethod
+    def of(
+        cls,
         settings: Settings,
         store: DeviceStore,
         journal: Journal,
         clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.journal = journal
-        self.clock = clock
-        self.codes = PairingCodes(settings, store, journal, clock)
+    ) -> DeviceSessions:
+        """Sessions, and their codes, in ``store``: ``DeviceSessions.of(settings, store, journal)``."""
+        return cls(PairingCodes(settings, store, journal, clock))
 
     @property
     def max_age(self) -> int:
