@@ -1104,7 +1104,7 @@ def entry_router() -> APIRouter:
             302: {"description": "No live device session (a page): to the pairing page."},
         },
     )
-    def entry_check(request: Request, ctx: Ctx) -> Response:
+    async def entry_check(request: Request, ctx: Ctx) -> Response:
         """A live device session (the ``nexus_device`` cookie): 200 with the device and the
         server's Authorization, which the entry copies onto the upstream request only."""
         device = devices(ctx).check(request.cookies.get(COOKIE), client_address(request))
