@@ -11,6 +11,7 @@ are POSTs. The OpenAPI document is at ``/api/v1/openapi.json``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import hmac
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qs, quote
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -52,10 +54,14 @@ from nexus_ops.backup.models import (
 )
 from nexus_ops.config import Settings, settings_table
 from nexus_ops.entry.caddy import CaddyEntry, check_entry
+from nexus_ops.entry.devices import COOKIE, DeviceSessions, safe_next, session_cookie
+from nexus_ops.entry.pages import PAGE_HEADERS, logged_out_page, pair_page
+from nexus_ops.entry.pairing import PairingCode, entry_names
 from nexus_ops.errors import (
     BinaryNotFound,
     NexusOpsError,
     OpenCodeUnavailable,
+    PairingRefused,
     ParameterError,
     PortInUse,
     SecurityError,
@@ -92,6 +98,7 @@ from nexus_ops.security.tokens import (
     require_strong_token,
 )
 from nexus_ops.store import Database, Journal
+from nexus_ops.store.devices import Device, DeviceStore
 from nexus_ops.store.runs import RunRecord
 from nexus_ops.supervisor import Supervisor
 
@@ -120,6 +127,7 @@ class AgentContext:
     alerts: AlertService | None = None
     backups: BackupService | None = None
     runbooks: RunbookService | None = None
+    devices: DeviceSessions | None = None
     # The supervisor's own event loop (the main one when the agent does not supervise).
     supervisor_loop: asyncio.AbstractEventLoop | None = None
     store_problems: list[str] = field(default_factory=list)
@@ -164,6 +172,7 @@ def create_app(
         ctx.backups = BackupService(settings, database, journal)
         exposition.registry.register(ctx.backups.collector())
         ctx.runbooks = RunbookService(settings, database)
+        ctx.devices = DeviceSessions.of(settings, DeviceStore(database), journal)
         ctx.supervisor_loop = asyncio.new_event_loop() if manage else asyncio.get_running_loop()
         app.state.ctx = ctx
         journal.record(EventKind.AGENT_START, pid=os.getpid(), message=f"agent {__version__}")
@@ -220,6 +229,8 @@ def create_app(
     app.include_router(public_router())
     app.include_router(api_router(), dependencies=[Depends(require_token)])
     app.include_router(recovery_router(), dependencies=[Depends(require_token)])
+    app.include_router(entry_router())
+    app.include_router(devices_router(), dependencies=[Depends(require_token)])
     return app
 
 
@@ -231,12 +242,16 @@ def host_guard(settings: Settings) -> Middleware:
     site that rebinds its DNS name to 127.0.0.1 must not read even ``/health``."""
     bind = settings.agent_host
     allowed = allowed_hosts(bind, settings.extra_hosts)
+    # The entry (on this host) passes the Host its devices asked for: its own names.
+    entry = allowed_hosts("::", [*settings.extra_hosts, *entry_names(settings)])
 
     async def guard(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         header = request.headers.get("host")
         if host_allowed(header, bind, allowed):
+            return await call_next(request)
+        if is_entry_path(request.url.path) and host_allowed(header, "::", entry):
             return await call_next(request)
         body = ErrorBody(error=refused_host_message(header), hint=HOST_HINT).model_dump()
         return JSONResponse(body, status_code=403)
@@ -1023,3 +1038,175 @@ def serve(settings: Settings, jobs: list[BackgroundJob] | None = None) -> None:
         AgentServer(config).run()
     finally:
         remove_record(layout.agent_pidfile)
+
+
+# ---- the HTTPS entry: device sessions and pairing --------------------------------------
+
+ENTRY_PATHS = ("/entry/check", "/_nexus/")
+LOGIN_HINT = "pair this device: open /_nexus/pair and type a code from `nexus-ops pair`"
+MAX_FORM = 4096  # bytes of a pairing form
+
+
+def is_entry_path(path: str) -> bool:
+    """The paths the entry reaches (with its devices' Host), without the agent's token."""
+    return path == ENTRY_PATHS[0] or path.startswith(ENTRY_PATHS[1])
+
+
+def client_address(request: Request) -> str:
+    """The device's address: the entry's X-Forwarded-For (trusted from loopback only)."""
+    peer = request.client.host if request.client else ""
+    forwarded = request.headers.get("x-forwarded-for", "")
+    if forwarded and is_loopback(peer):
+        return forwarded.split(",")[-1].strip()[:64]  # the entry's own, rightmost entry
+    return peer
+
+
+def devices(ctx: AgentContext) -> DeviceSessions:
+    assert ctx.devices is not None
+    return ctx.devices
+
+
+def page(html: str, status: int = 200, headers: Mapping[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(html, status_code=status, headers={**PAGE_HEADERS, **(headers or {})})
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A urlencoded form (code, name, next): the first value of each field."""
+    body = await request.body()
+    if len(body) > MAX_FORM:
+        return {}
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError:  # more fields than a pairing form has
+        return {}
+    return {key: values[0] for key, values in fields.items() if values}
+
+
+PAIR_FORM = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string", "description": "The pairing code, XXXX-XXXX."},
+                    "name": {"type": "string", "description": "A name for this device."},
+                    "next": {"type": "string", "description": "Where to go once paired."},
+                },
+                "required": ["code"],
+            }
+        }
+    },
+}
+
+
+def entry_router() -> APIRouter:
+    """What the entry (Caddy) asks, without the agent's token: ``/entry/check`` (its
+    forward_auth) and the pairing pages under ``/_nexus/``."""
+    router = APIRouter(tags=["entry"])
+
+    @router.get(
+        "/entry/check",
+        responses={
+            401: {"model": ErrorBody, "description": "No live device session."},
+            302: {"description": "No live device session (a page): to the pairing page."},
+        },
+    )
+    async def entry_check(request: Request, ctx: Ctx) -> Response:
+        """A live device session (the ``nexus_device`` cookie): 200 with the device and the
+        server's Authorization, which the entry copies onto the upstream request only."""
+        device = devices(ctx).check(request.cookies.get(COOKIE), client_address(request))
+        if device is not None:
+            username, password = (
+                ctx.supervisor.credentials.username,
+                ctx.supervisor.credentials.password,
+            )
+            basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+            headers = {"X-Nexus-Device": device.id, "Authorization": f"Basic {basic}"}
+            return Response(status_code=200, headers={**headers, "Cache-Control": "no-store"})
+        if "text/html" in request.headers.get("accept", ""):
+            target = safe_next(request.headers.get("x-forwarded-uri"))
+            location = f"/_nexus/pair?next={quote(target, safe='')}"
+            return Response(status_code=302, headers={"Location": location})
+        body = ErrorBody(error="no live device session on this request", hint=LOGIN_HINT)
+        return JSONResponse(body.model_dump(), status_code=401)
+
+    @router.get("/_nexus/pair", response_class=HTMLResponse)
+    def pair_form(code: str = "", next: str = "/") -> HTMLResponse:
+        """The pairing form; a code from the link fills it in."""
+        return page(pair_page(code=code[:20], next_path=safe_next(next)))
+
+    @router.post(
+        "/_nexus/pair",
+        response_class=HTMLResponse,
+        status_code=303,
+        openapi_extra={"requestBody": PAIR_FORM},
+        responses={
+            400: {"description": "The code is wrong, used or expired: the form, with why."},
+            429: {"description": "Too many wrong codes: the form, with Retry-After."},
+        },
+    )
+    async def pair(request: Request, ctx: Ctx) -> Response:
+        """Spend a code (form fields code, name, next): 303 to next with the session cookie."""
+        form = await read_form(request)
+        code, target = form.get("code", ""), safe_next(form.get("next"))
+        agent = request.headers.get("user-agent", "")
+        try:
+            device, token = await asyncio.to_thread(
+                devices(ctx).pair, code, form.get("name"), client_address(request), agent
+            )
+        except PairingRefused as exc:
+            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            html = pair_page(code="", next_path=target, message=exc.message, hint=exc.hint or "")
+            return page(html, exc.status, retry)
+        cookie = session_cookie(token, devices(ctx).max_age)
+        headers = {"Location": target, "Set-Cookie": cookie, "X-Nexus-Device": device.id}
+        return Response(status_code=303, headers={**PAGE_HEADERS, **headers})
+
+    @router.post("/_nexus/logout", response_class=HTMLResponse)
+    def logout(request: Request, ctx: Ctx) -> HTMLResponse:
+        """End this device's session (its cookie is revoked and cleared)."""
+        devices(ctx).logout(request.cookies.get(COOKIE))
+        return page(logged_out_page(), headers={"Set-Cookie": session_cookie("", 0)})
+
+    return router
+
+
+class PairingRequest(StrictBody):
+    name: str | None = Field(
+        default=None, max_length=60, description="Name of the device to pair (else its own)."
+    )
+
+
+class RevokedDevices(Frozen):
+    revoked: list[str]
+
+
+DeviceId = Annotated[str, PathParam(description="A device's id.", pattern="^[0-9a-f]{1,32}$")]
+
+
+def devices_router() -> APIRouter:
+    """Pairing codes and device sessions, for the operator (with the agent's token)."""
+    router = APIRouter(tags=["devices"], responses=ERRORS)
+
+    @router.post(f"{API}/pairings", status_code=201, responses=responses(400))
+    def create_pairing(ctx: Ctx, body: PairingRequest | None = None) -> PairingCode:
+        """A one-time pairing code, its link (for a QR code) and when it expires."""
+        return devices(ctx).create_code(body.name if body else None)
+
+    @router.get(f"{API}/devices")
+    def list_devices(ctx: Ctx) -> list[Device]:
+        """Paired devices whose session is live, newest first."""
+        return devices(ctx).devices()
+
+    @router.delete(f"{API}/devices")
+    def revoke_all_devices(ctx: Ctx) -> RevokedDevices:
+        """End every device's session at once."""
+        return RevokedDevices(revoked=devices(ctx).revoke_all())
+
+    @router.delete(f"{API}/devices/{{device_id}}", responses=responses(404))
+    def revoke_device(ctx: Ctx, device_id: DeviceId) -> Device:
+        """End one device's session at once (its next request through the entry fails)."""
+        return devices(ctx).revoke(device_id)
+
+    return router

@@ -37,6 +37,7 @@ from nexus_ops.opencode import (
 )
 from nexus_ops.paths import atomic_write
 from nexus_ops.recovery.commands import backup_commands, runbook_commands
+from nexus_ops.remote import remote_commands
 from nexus_ops.versions import open_versions, selected_binary
 
 Handler = Callable[[argparse.Namespace], int]
@@ -744,4 +745,5 @@ COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParse
     entry_commands,
     backup_commands,
     runbook_commands,
+    remote_commands(connect),
 ]

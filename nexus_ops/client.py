@@ -22,6 +22,7 @@ import httpx
 from nexus_ops.alerts import AlertsView
 from nexus_ops.backup.models import BackupInfo, Manifest, PruneReport, RestoreReport, VerifyReport
 from nexus_ops.config import Settings
+from nexus_ops.entry.pairing import PairingCode
 from nexus_ops.errors import AgentError, AgentUnavailable, PortInUse, Unauthorized
 from nexus_ops.models import (
     ActionResult,
@@ -40,6 +41,7 @@ from nexus_ops.process import (
     port_holder,
 )
 from nexus_ops.runbooks.models import Runbook
+from nexus_ops.store.devices import Device
 from nexus_ops.store.runs import RunRecord
 
 if TYPE_CHECKING:  # pandas loads with the first query, not with every CLI command
@@ -322,6 +324,24 @@ class AgentClient:
     def run_html(self, run_id: str) -> str:
         """The executed notebook of a run as sanitised HTML, secrets masked."""
         return self.request("GET", f"{API}/runs/{run_id}/html").text
+
+    # ---- remote devices ----------------------------------------------------------------
+
+    def create_pairing(self, name: str | None = None) -> PairingCode:
+        """A one-time pairing code and its link (``nexus-ops pair``)."""
+        body = {"name": name} if name else {}
+        return PairingCode.model_validate(self.json("POST", f"{API}/pairings", json=body))
+
+    def devices(self) -> list[Device]:
+        """Paired devices whose session is live, newest first."""
+        return [Device.model_validate(d) for d in self.json("GET", f"{API}/devices")]
+
+    def revoke_device(self, device_id: str) -> Device:
+        return Device.model_validate(self.json("DELETE", f"{API}/devices/{device_id}"))
+
+    def revoke_all_devices(self) -> list[str]:
+        """End every device's session; the ids ended."""
+        return list(self.json("DELETE", f"{API}/devices")["revoked"])
 
 
 def verify_local_agent(settings: Settings) -> None:

@@ -123,6 +123,18 @@ class Settings(BaseSettings):
         "",
         description="Comma-separated host names and addresses of the HTTPS entry (its certificate and pairing links); empty: this host's name and addresses.",
     )
+    pairing_ttl: int = Field(
+        300,
+        ge=5,
+        le=86400,
+        description="Seconds a pairing code (`nexus-ops pair`) stays valid; it works once.",
+    )
+    device_session_days: int = Field(
+        30,
+        ge=1,
+        le=365,
+        description="Days a paired device's session lasts before it must pair again.",
+    )
     allow_remote: bool = Field(
         False, description="Allow the agent and console to bind a non-loopback address."
     )

@@ -25,8 +25,10 @@ sqlite3, papermill) are mapped into this tree in the module that owns each::
     │   ├── ParameterError          a runbook parameter is unknown or mistyped
     │   └── RunbookNotFound         no runbook of that name
     ├── SecurityError               an unsafe setting was refused
+    ├── PairingRefused              a pairing code wrong, expired, used, or too many tries
     ├── StorageFull                 a file could not be written: no space left: HTTP 507
     └── NotFound                    (mixin) the thing a request names does not exist: HTTP 404
+        └── DeviceNotFound          no paired device with that id
 """
 
 from __future__ import annotations
@@ -141,3 +143,24 @@ class RunbookNotFound(RunbookError, NotFound):
 
 class RunNotFound(StoreError, NotFound):
     """No runbook run has that id."""
+
+
+class PairingRefused(NexusOpsError):
+    """A pairing code was refused: wrong, expired, used, or too many tries (HTTP 400/429)."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        status: int = 400,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class DeviceNotFound(NotFound):
+    """No paired device with that id."""
+
+    status = 404

@@ -46,6 +46,11 @@ class EventKind(StrEnum):
     DRAIN_TIMEOUT = "drain_timeout"
     RESTART_CANCELLED = "restart_cancelled"
     PROMPT_CUT = "prompt_cut"
+    PAIRING_CREATED = "pairing_created"
+    PAIRING_FAILED = "pairing_failed"
+    PAIRING_RATE_LIMITED = "pairing_rate_limited"
+    DEVICE_PAIRED = "device_paired"
+    DEVICE_REVOKED = "device_revoked"
 
 
 class RestartReason(StrEnum):

@@ -14,7 +14,11 @@ from collections.abc import Iterable
 MASK = "********"
 _SECRET_NAME = re.compile(r"(password|passwd|token|secret|credential|api_?key)", re.IGNORECASE)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):[^@/\s]+@")
-_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_BEARER = re.compile(r"(?i)((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+")
+# A device's session cookie, and a pairing code (8 of its alphabet, shown as XXXX-XXXX).
+_DEVICE_COOKIE = re.compile(r"(nexus_device=)[^;\s&]+")
+_PAIRING_CODE = re.compile(r"\b[2-9A-HJ-NP-Z]{4}-?[2-9A-HJ-NP-Z]{4}\b")
+_PAIRING_QUERY = re.compile(r"(?i)([?&]code=)[^&#\s]+")
 # Query parameters whose name says they carry a secret (?token=..., &api_key=...).
 _QUERY_SECRET = re.compile(
     r"(?i)([?&][a-z0-9_.-]*(?:token|secret|password|passwd|key|sig|signature|auth)[a-z0-9_.-]*=)"
@@ -62,9 +66,22 @@ def mask_url(url: str) -> str:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Text with the given secrets, URL credentials and bearer tokens masked."""
+    """Text with the given secrets, URL credentials, bearer and basic credentials, device
+    cookies and pairing codes masked.
+
+    >>> redact("GET /_nexus/pair?code=K7PQ-XM3A Cookie: nexus_device=abc; theme=dark")
+    'GET /_nexus/pair?code=******** Cookie: nexus_device=********; theme=dark'
+    """
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(secret, MASK)
     text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}{MASK}", text)
+    text = _PAIRING_QUERY.sub(lambda m: f"{m.group(1)}{MASK}", text)
+    text = _DEVICE_COOKIE.sub(lambda m: f"{m.group(1)}{MASK}", text)
+    text = _PAIRING_CODE.sub(lambda m: _masked_code(m.group(0)), text)
     return _BEARER.sub(lambda m: f"{m.group(1)}{MASK}", text)
+
+
+def _masked_code(found: str) -> str:
+    """A pairing code masked; a word of capitals alone (``HTTPSPORT``) is left as it is."""
+    return MASK if "-" in found or any(char.isdigit() for char in found) else found

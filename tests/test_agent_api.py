@@ -23,7 +23,7 @@ from nexus_ops.config import load_settings
 from nexus_ops.errors import SecurityError, Unauthorized
 from nexus_ops.paths import Layout
 
-PUBLIC = {"/health", "/ready"}
+PUBLIC = {"/health", "/ready", "/entry/check", "/_nexus/pair", "/_nexus/logout"}
 
 
 @pytest.fixture

@@ -238,6 +238,30 @@ def test_the_password_is_shown_only_on_request(page: Page, served: Served) -> No
     assert password not in page.content()
 
 
+def test_devices_tab_pairs_a_device_then_revokes_it(page: Page, served: Served) -> None:
+    tab(page, "Devices")
+    expect(page.locator(".nx-devices-view")).to_contain_text("No paired devices", timeout=30_000)
+    page.locator("button.nx-pair").click()
+    code = page.locator(".nx-pair-code")
+    expect(code).to_have_text(re.compile(r"^[2-9A-HJ-NP-Z]{4}-[2-9A-HJ-NP-Z]{4}$"), timeout=30_000)
+    assert page.locator(".nx-pair-qr svg").count() == 1
+    # A phone pairs with the code, as through the entry.
+    done = httpx.post(
+        f"{served.settings.agent_base_url}/_nexus/pair",
+        data={"code": code.inner_text(), "name": "test phone"},
+        headers={"X-Forwarded-For": "203.0.113.7"},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303, done.text
+    expect(page.locator(".nx-devices-table")).to_contain_text("test phone", timeout=30_000)
+    expect(page.locator(".nx-devices-table")).to_contain_text("203.0.113.7")
+    shot(page, "devices")
+    page.locator("button.nx-revoke").click()
+    expect(page.locator(".nx-devices-view")).to_contain_text("No paired devices", timeout=30_000)
+    with served.client() as client:
+        assert client.devices() == []
+
+
 def test_runbooks_tab_runs_a_runbook_and_shows_any_run_in_full(page: Page, served: Served) -> None:
     with served.client() as client:  # a run made elsewhere, before the page ran one
         earlier = client.wait_run(client.start_run("restore", {}, who="cron").id, timeout=300)

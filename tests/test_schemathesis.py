@@ -32,6 +32,11 @@ OVERRIDES = [
         "include-path-regex": "^/api/v1/server/(start|restart)$",
         "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "424"]}},
     },
+    # - the entry's paths: no device session is valid (302/401), no code right (400/429).
+    {
+        "include-path-regex": "^/(entry/check|_nexus/pair)$",
+        "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "3xx", "4xx"]}},
+    },
     {
         "include-path-regex": "^/api/v1/metrics/quer(y|ies)$",
         "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400"]}},

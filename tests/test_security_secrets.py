@@ -146,13 +146,19 @@ def invocations(tmp: Path, backup_id: str, run_id: str) -> dict[str, list[list[s
         "entry status": [["entry", "status"], ["entry", "status", "--json"]],
         "entry ca": [["entry", "ca"]],  # the entry is off: no CA yet, said so
         "entry check": [["entry", "check"]],
+        "pair": [["pair", "--name", "phone"], ["pair", "--json"]],
+        "devices": [["devices"], ["devices", "--json"]],
+        "devices revoke": [["devices", "revoke", "--all"]],
         "server stop": [["server", "stop"]],
         "agent stop": [["agent", "stop"]],
     }
 
 
-def api_calls(backup_id: str, run_id: str, tmp: Path) -> dict[tuple[str, str], dict[str, object]]:
-    """How to call each route of the OpenAPI document."""
+def api_calls(
+    backup_id: str, run_id: str, tmp: Path, device: tuple[str, str]
+) -> dict[tuple[str, str], dict[str, object]]:
+    """How to call each route of the OpenAPI document (``device``: a paired one's id, cookie)."""
+    device_id, cookie = device
     return {
         ("GET", "/health"): {},
         ("GET", "/ready"): {},
@@ -191,6 +197,14 @@ def api_calls(backup_id: str, run_id: str, tmp: Path) -> dict[tuple[str, str], d
         ("GET", f"/api/v1/runs/{run_id}/notebook"): {},
         ("GET", f"/api/v1/runs/{run_id}/html"): {},
         ("GET", "/api/v1/openapi.json"): {},
+        ("GET", "/entry/check"): {"headers": {"Cookie": f"nexus_device={cookie}"}},
+        ("GET", "/_nexus/pair"): {"params": {"code": "2222-2222"}},
+        ("POST", "/_nexus/pair"): {"data": {"code": "2222-2222", "name": "x"}},
+        ("POST", "/api/v1/pairings"): {"json": {"name": "tablet"}},
+        ("GET", "/api/v1/devices"): {},
+        ("DELETE", f"/api/v1/devices/{device_id}"): {},
+        ("DELETE", "/api/v1/devices"): {},
+        ("POST", "/_nexus/logout"): {"headers": {"Cookie": f"nexus_device={cookie}"}},
     }
 
 
@@ -224,9 +238,20 @@ def run_briefly(env: dict[str, str], argv: list[str], seconds: float = 60.0) -> 
         return out.read(), err.read()
 
 
-def concrete(path: str, backup_id: str, run_id: str) -> str:
+def concrete(path: str, backup_id: str, run_id: str, device_id: str) -> str:
     path = path.replace("{backup_id}", backup_id).replace("{run_id}", run_id)
-    return path.replace("{name}", "security_audit")
+    return path.replace("{name}", "security_audit").replace("{device_id}", device_id)
+
+
+def paired_device(agent: RunningAgent) -> tuple[str, str]:
+    """Pair a device through the agent's entry pages: its id and session cookie."""
+    code = agent.client.json("POST", "/api/v1/pairings", json={})["code"]
+    done = httpx.post(
+        f"{agent.client.base_url}/_nexus/pair", data={"code": code}, follow_redirects=False
+    )
+    assert done.status_code == 303, done.text
+    cookie = done.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    return done.headers["x-nexus-device"], cookie
 
 
 def assert_clean(where: str, text: str) -> None:
@@ -258,10 +283,11 @@ def test_no_secret_in_any_output(
     )
     wait_for(lambda: agent.client.json("GET", f"/api/v1/runs/{run['id']}")["status"] != "running",
              120, what="the runbook run")  # fmt: skip
-    calls = api_calls(created["id"], run["id"], tmp_path)
+    device = paired_device(agent)
+    calls = api_calls(created["id"], run["id"], tmp_path, device)
     spec = agent.client.openapi()
     documented = {
-        (method.upper(), concrete(path, created["id"], run["id"]))
+        (method.upper(), concrete(path, created["id"], run["id"], device[0]))
         for path, operations in spec["paths"].items()
         for method in operations
     }

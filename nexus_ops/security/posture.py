@@ -92,6 +92,8 @@ def _cell(text: str) -> str:
 
 def posture_check(settings: Settings, probe_timeout: float = 1.0) -> PostureReport:
     """Run every posture check of this host's settings and files."""
+    from nexus_ops.security.devices import device_sessions  # it builds on PostureItem
+
     layout = Layout(settings.home)
     checks: list[Callable[[], PostureItem | None]] = [
         lambda: server_password(settings, layout, probe_timeout),
@@ -103,6 +105,7 @@ def posture_check(settings: Settings, probe_timeout: float = 1.0) -> PostureRepo
         lambda: data_permissions(settings, layout),
         lambda: webhooks(settings),
         lambda: opencode_version(settings, layout),
+        lambda: device_sessions(layout),
     ]
     items = [item for check in checks if (item := check()) is not None]
     return PostureReport(home=str(layout.home), time=time.time(), items=items)

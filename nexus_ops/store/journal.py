@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nexus_ops.models import Event
+from nexus_ops.redact import redact
 from nexus_ops.store.db import Database
 
 SCHEMA = [
@@ -53,6 +54,7 @@ class Journal:
         details: dict[str, Any] | None = None,
     ) -> Event:
         now = self._clock()
+        message = redact(message)  # a session cookie or pairing code never stays in it
         payload = json.dumps(details or {}, sort_keys=True)
         with self.db.transaction() as conn:
             cursor = conn.execute(
