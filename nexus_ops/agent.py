@@ -41,6 +41,7 @@ from starlette.routing import compile_path
 
 from nexus_ops import __version__, logs
 from nexus_ops.alerts import AlertService, AlertsView, load_config
+from nexus_ops.alerts.service import ReadingLike
 from nexus_ops.backup import BackupService, CallbackControl
 from nexus_ops.backup.models import (
     BACKUP_ID_PATTERN,
@@ -94,6 +95,7 @@ from nexus_ops.store import Database, Journal
 from nexus_ops.store.runs import RunRecord
 from nexus_ops.supervisor import Supervisor
 from nexus_ops.upgrade import OperationRecord, UpgradeService
+from nexus_ops.upgrade.metrics import UpgradeCollector, count_values
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -182,6 +184,7 @@ def create_app(
             ctx.upgrades = UpgradeService(
                 settings, journal, supervisor.versions, ctx.backups, SupervisorUpgradeControl(ctx)
             )
+            exposition.registry.register(UpgradeCollector(ctx.upgrades.counts))
             # An upgrade or rollback killed half-way is settled once the supervisor runs.
             tasks.append(asyncio.create_task(settle_upgrade(ctx)))
         # What starting made lives as long as the agent: out of the collector's passes,
@@ -1007,10 +1010,24 @@ async def evaluate_alerts(ctx: AgentContext) -> None:
     metrics = ctx.metrics
     await in_own_loop(
         lambda: alerts.run(
-            lambda: metrics.sampler.latest if metrics else None, ctx.supervisor.request_observers
+            lambda: with_upgrade_counts(ctx, metrics.sampler.latest if metrics else None),
+            ctx.supervisor.request_observers,
         ),
         "nexus-alerts",
     )
+
+
+@dataclass(frozen=True)
+class _Reading:
+    time: float
+    values: list[tuple[str, Mapping[str, str], float]]
+
+
+def with_upgrade_counts(ctx: AgentContext, reading: ReadingLike | None) -> ReadingLike | None:
+    """The sampler's reading and the upgrade counters beside it (for the rollback rule)."""
+    if reading is None or ctx.upgrades is None:
+        return reading
+    return _Reading(reading.time, [*reading.values, *count_values(ctx.upgrades.counts)])
 
 
 async def supervise(ctx: AgentContext) -> None:
