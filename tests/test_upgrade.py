@@ -1,17 +1,22 @@
 """Upgrades of the real OpenCode under a real agent: across a database migration
 (1.15.13 -> 1.18.33, installed by the real npm), the dry run, bad versions, the
-manual rollback, and a new version that stops answering during its probation."""
+manual rollback, a new version that stops answering during its probation, and the
+agent killed (kill -9) during the install, the gate and the rollback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from backup_helpers import prepare_opencode_config
-from conftest import nexus_cli
+from conftest import nexus_cli, wait_for
 from upgrade_helpers import NEW, OLD, Host, lay_out_new, lay_out_stalling, open_host
 
 from nexus_ops.opencode import native_binary_in
@@ -85,6 +90,9 @@ def test_an_upgrade_across_a_database_migration_keeps_every_session_and_message(
     status = nexus_cli(host.env, "opencode", "upgrade", "--status", "--json")
     shown = json.loads(status.stdout)
     assert shown["operation"]["outcome"] == "upgraded" and shown["upgrades"]["upgraded"] == 1
+    exposed = host.agent.client.metrics_text()
+    assert 'opencode_upgrades_total{outcome="upgraded"} 1.0' in exposed
+    assert "opencode_rollbacks_total 0.0" in exposed
 
 
 def test_the_dry_run_prints_the_plan_and_changes_nothing(host: Host, opencode_bin: Path) -> None:
@@ -138,6 +146,8 @@ def test_the_manual_rollback_restores_the_old_version_and_keeps_the_new_database
     assert new_session in (session_ids(aside / "opencode.db") or [])  # nothing lost
     [done_event] = host.events("rollback_done")
     assert str(aside) in done_event.message
+    exposed = host.agent.client.metrics_text()
+    assert "opencode_rollbacks_total 1.0" in exposed
     again = nexus_cli(host.env, "opencode", "rollback")
     assert again.returncode == 1 and "there is no finished upgrade to roll back" in again.stderr
 
@@ -160,3 +170,71 @@ def test_a_version_that_stops_answering_in_probation_is_rolled_back(
     [rolled] = host.events("rollback_done")
     assert record["aside"] in rolled.message
     assert (Path(record["aside"]) / "opencode.db").is_file()
+
+
+# ---- kill -9 of the agent half-way: the next agent settles the operation -------------
+
+
+def begin_in_background(host: Host, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nexus_ops", "opencode", *args],
+        env=host.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def kill_agent_at(host: Host, command: subprocess.Popen[str], steps: set[str]) -> str:
+    """kill -9 the agent as soon as the operation reaches one of ``steps``; the step."""
+    step = wait_for(lambda: host.step() in steps and host.step(), 120, 0.005, what=str(steps))
+    children = psutil.Process(host.agent.proc.pid).children(recursive=True)
+    host.agent.proc.kill()
+    host.agent.proc.wait(timeout=10)
+    for child in children:  # npm, which an install runs in a session of its own
+        with contextlib.suppress(psutil.Error):
+            if "serve" not in child.cmdline():
+                child.kill()
+    command.kill()
+    command.communicate(timeout=10)
+    return str(step)
+
+
+def test_kill_9_during_the_install_leaves_the_old_version_running(host: Host) -> None:
+    before = host.fill(sessions=2)
+    command = begin_in_background(host, "upgrade", NEW)  # a real npm install
+    assert kill_agent_at(host, command, {"installing"}) == "installing"
+    host.restart_agent()
+    record = host.wait_settled()
+    assert record["outcome"] == "abandoned" and "interrupted while installing" in record["error"]
+    host.check_consistent(OLD, before)
+    [settled] = host.events("upgrade_interrupted")
+    assert "interrupted while installing: abandoned" in settled.message
+    assert not any(p.name.startswith(".staging-") for p in (host.home / "opencode").iterdir())
+
+
+def test_kill_9_during_the_gate_rolls_the_upgrade_back(host: Host, opencode_bin: Path) -> None:
+    before = host.fill(sessions=2)
+    lay_out_new(opencode_bin, host)
+    command = begin_in_background(host, "upgrade", NEW, "--probation", "1")
+    step = kill_agent_at(host, command, {"starting", "gate"})
+    host.restart_agent()
+    record = host.wait_settled()
+    assert record["outcome"] == "rolled back", record
+    host.check_consistent(OLD, before)
+    [settled] = host.events("upgrade_interrupted")
+    assert f"interrupted while {step}: rolled back" in settled.message
+    assert (Path(record["aside"]) / "opencode.db").is_file()
+
+
+def test_kill_9_during_the_rollback_finishes_it(host: Host, opencode_bin: Path) -> None:
+    before = host.fill(sessions=2)
+    lay_out_new(opencode_bin, host)
+    assert upgrade(host, NEW)[0] == 0
+    [new_session] = set(host.fill(sessions=1)) - set(before)
+    command = begin_in_background(host, "rollback")
+    kill_agent_at(host, command, {"restoring"})
+    host.restart_agent()
+    record = host.wait_settled()
+    assert record["operation"] == "rollback" and record["outcome"] == "rolled back", record
+    host.check_consistent(OLD, before)
+    assert new_session in (session_ids(Path(record["aside"]) / "opencode.db") or [])
+    assert host.events("upgrade_interrupted") and host.events("rollback_done")
+
