@@ -41,7 +41,7 @@ from nexus_ops.process import (
 )
 from nexus_ops.runbooks.models import Runbook
 from nexus_ops.store.runs import RunRecord
-from nexus_ops.upgrade import OperationRecord
+from nexus_ops.upgrade.record import OperationRecord
 
 if TYPE_CHECKING:  # pandas loads with the first query, not with every CLI command
     import pandas as pd

@@ -21,6 +21,8 @@ from upgrade_helpers import NEW, OLD, Host, lay_out_new, lay_out_stalling, open_
 
 from nexus_ops.opencode import native_binary_in
 from nexus_ops.store.backups_copy import session_ids
+from nexus_ops.ui.base import PanelContext
+from nexus_ops.ui.server import ServerPanel
 from nexus_ops.versions.install import install_version
 
 pytestmark = [pytest.mark.opencode, pytest.mark.npm]
@@ -238,3 +240,27 @@ def test_kill_9_during_the_rollback_finishes_it(host: Host, opencode_bin: Path) 
     assert new_session in (session_ids(Path(record["aside"]) / "opencode.db") or [])
     assert host.events("upgrade_interrupted") and host.events("rollback_done")
 
+
+def test_the_server_tab_shows_the_upgrade_and_its_buttons_drive_it(
+    host: Host, opencode_bin: Path
+) -> None:
+    before = host.fill(sessions=1)
+    lay_out_new(opencode_bin, host)
+    panel = ServerPanel(PanelContext(client=host.agent.client, run=lambda work: work()))
+    box = panel.upgrade
+    assert panel.refresh() and "no upgrade yet" in box.summary.value
+    assert not box.upgrade_button.disabled and box.rollback_button.disabled
+    box.version.value = NEW
+    box.ask("upgrade")
+    assert f"Upgrade OpenCode to {NEW}?" in box.question.value
+    assert box.confirm.layout.display is None
+    box.confirmed()  # begins it; the agent runs it
+    host.wait_settled()
+    assert box.refresh()
+    assert "upgraded" in box.summary.value and "probation" in box.summary.value
+    assert not box.rollback_button.disabled
+    box.ask("rollback")
+    box.confirmed()  # waits for the rollback
+    assert "Last rollback" in box.summary.value and "rolled back" in box.summary.value
+    assert "database kept aside in" in box.summary.value
+    host.check_consistent(OLD, before)
