@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
+from bench_supervisor import environment as supervisor_environment
 
 from nexus_ops.client import AgentClient
 from nexus_ops.config import load_settings
@@ -42,24 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 OLD, NEW = "1.15.13", "1.18.33"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def environment(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
-    for name in ("home", "data", "config", "cache", "state", "nexus"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    env.update(
-        HOME=str(root / "home"), XDG_DATA_HOME=str(root / "data"),
-        XDG_CONFIG_HOME=str(root / "config"), XDG_CACHE_HOME=str(root / "cache"),
-        XDG_STATE_HOME=str(root / "state"), NEXUS_HOME=str(root / "nexus"),
-        NEXUS_OPENCODE_PORT=str(free_port()), NEXUS_AGENT_PORT=str(free_port()),
-        NEXUS_UPGRADE_PROBATION="0",
-    )  # fmt: skip
-    return env
+    """A private HOME (as the supervisor benchmark makes it) running the active version."""
+    env = supervisor_environment(root, Path("unused"))
+    del env["NEXUS_OPENCODE_BIN"]
+    return {**env, "NEXUS_UPGRADE_PROBATION": "0"}
 
 
 def lay_out(node_modules: Path, folder: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 from backup_helpers import install_config
-from conftest import RunningAgent, kill_everything_of, nexus_cli, private_env, start_agent, wait_for
+from conftest import RunningAgent, nexus_cli, private_env, shut_down, start_agent, wait_for
 from versions_helpers import lay_out, lay_out_modules
 
 from nexus_ops.models import Event
@@ -152,10 +152,7 @@ def open_host(
             host.wait_serving(OLD)
             yield host
         finally:
-            host.agent.client.close()
-            with contextlib.suppress(Exception):
-                host.agent.stop()
-            kill_everything_of(env)
+            shut_down(host.agent, env)
 
 
 def lay_out_new(opencode_bin: Path, host: Host) -> Path:

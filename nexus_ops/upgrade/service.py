@@ -45,6 +45,7 @@ from nexus_ops.upgrade.control import UpgradeControl
 from nexus_ops.upgrade.gate import gate_problems, take_snapshot
 from nexus_ops.upgrade.record import (
     UNCHANGED_STEPS,
+    Operation,
     OperationRecord,
     Outcome,
     load_record,
@@ -207,15 +208,7 @@ class UpgradeService:
         if current is not None and current.running:
             self._lock.release()
             raise self._busy()
-        record = OperationRecord(
-            id=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:4],
-            operation="upgrade",
-            from_version=plan.from_version,
-            to_version=plan.to_version,
-            desired_before=stored_desired(self.journal),
-            trigger=trigger,
-            started=self._clock(),
-        )
+        record = self._new_record("upgrade", plan.from_version, plan.to_version, trigger)
         self._save(record)
         self._journal(
             UPGRADE_STARTED,
@@ -291,15 +284,16 @@ class UpgradeService:
         status = self.control.status()
         return status.state is ServerState.RUNNING and status.healthy
 
-    def _gate(self, version: str) -> None:
-        record = self._current()
+    def _gate(self, version: str, failing: str = "the health gate failed") -> None:
+        """The gate's checks of ``version`` against the snapshot; raise naming what failed."""
         client = self._client()
         try:
-            problems = gate_problems(client, version, self.locations.database, record.snapshot)
+            snapshot = self._current().snapshot
+            problems = gate_problems(client, version, self.locations.database, snapshot)
         finally:
             client.close()
         if problems:
-            raise UpgradeFailed("the health gate failed: " + "; ".join(problems))
+            raise UpgradeFailed(f"{failing}: " + "; ".join(problems))
         self._note("every check passed")
 
     def _probation(self, seconds: float) -> None:
@@ -355,17 +349,9 @@ class UpgradeService:
                     "upgrade installed, so it is not rolled back",
                     hint="`nexus-ops opencode use VERSION` then `nexus-ops server restart`",
                 )
-            record = OperationRecord(
-                id=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:4],
-                operation="rollback",
-                from_version=last.to_version,
-                to_version=last.from_version,
-                desired_before=stored_desired(self.journal),
-                backup_id=last.backup_id,
-                snapshot=last.snapshot,
-                trigger=trigger,
-                started=self._clock(),
-            )
+            record = self._new_record(
+                "rollback", last.to_version, last.from_version, trigger
+            ).model_copy(update={"backup_id": last.backup_id, "snapshot": last.snapshot})
             self._save(record)
             return self._rollback(automatic=False)
         finally:
@@ -429,13 +415,7 @@ class UpgradeService:
         if not report.ok:
             raise UpgradeFailed(f"restoring backup {record.backup_id} failed: {report.error}")
         self._step("checking")
-        client = self._client()
-        try:
-            problems = gate_problems(client, old, self.locations.database, record.snapshot)
-        finally:
-            client.close()
-        if problems:
-            raise UpgradeFailed("after the rollback: " + "; ".join(problems))
+        self._gate(old, "after the rollback")
 
     def _move_aside(self, version: str) -> None:
         """The live database files into ``upgrades/<id>/opencode-db-<version>``."""
@@ -487,6 +467,19 @@ class UpgradeService:
             )
 
     # ---- helpers -----------------------------------------------------------------------
+
+    def _new_record(
+        self, operation: Operation, from_version: str, to_version: str, trigger: str
+    ) -> OperationRecord:
+        return OperationRecord(
+            id=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:4],
+            operation=operation,
+            from_version=from_version,
+            to_version=to_version,
+            desired_before=stored_desired(self.journal),
+            trigger=trigger,
+            started=self._clock(),
+        )
 
     def _put_back_desired(self) -> None:
         record = self._current()
