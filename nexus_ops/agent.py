@@ -43,6 +43,7 @@ from starlette.routing import compile_path
 
 from nexus_ops import __version__, logs
 from nexus_ops.alerts import AlertService, AlertsView, load_config
+from nexus_ops.alerts.service import ReadingLike
 from nexus_ops.backup import BackupService, CallbackControl
 from nexus_ops.backup.models import (
     BACKUP_ID_PATTERN,
@@ -101,6 +102,8 @@ from nexus_ops.store import Database, Journal
 from nexus_ops.store.devices import Device, DeviceStore
 from nexus_ops.store.runs import RunRecord
 from nexus_ops.supervisor import Supervisor
+from nexus_ops.upgrade import OperationRecord, UpgradeService
+from nexus_ops.upgrade.metrics import UpgradeCollector, count_values
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,6 +131,7 @@ class AgentContext:
     backups: BackupService | None = None
     runbooks: RunbookService | None = None
     devices: DeviceSessions | None = None
+    upgrades: UpgradeService | None = None
     # The supervisor's own event loop (the main one when the agent does not supervise).
     supervisor_loop: asyncio.AbstractEventLoop | None = None
     store_problems: list[str] = field(default_factory=list)
@@ -188,6 +192,12 @@ def create_app(
         tasks.append(asyncio.create_task(watch_stores(ctx)))
         if manage:
             tasks.append(asyncio.create_task(supervise(ctx)))
+            ctx.upgrades = UpgradeService(
+                settings, journal, supervisor.versions, ctx.backups, SupervisorUpgradeControl(ctx)
+            )
+            exposition.registry.register(UpgradeCollector(ctx.upgrades.counts))
+            # An upgrade or rollback killed half-way is settled once the supervisor runs.
+            tasks.append(asyncio.create_task(settle_upgrade(ctx)))
         if manage and settings.entry:
             ctx.entry = CaddyEntry(settings)
             tasks.append(asyncio.create_task(ctx.entry.run()))
@@ -231,6 +241,7 @@ def create_app(
     app.include_router(recovery_router(), dependencies=[Depends(require_token)])
     app.include_router(entry_router())
     app.include_router(devices_router(), dependencies=[Depends(require_token)])
+    app.include_router(upgrade_router(), dependencies=[Depends(require_token)])
     return app
 
 
@@ -820,14 +831,107 @@ def recovery_router() -> APIRouter:
     return router
 
 
-def supervisor_control(ctx: AgentContext) -> CallbackControl:
-    """The ServerControl of a restore run by the agent: its own supervisor, from a thread."""
+class UpgradeRequest(StrictBody):
+    version: str | None = Field(
+        default=None, description="Exact version; default: the newest on the npm registry."
+    )
+    dry_run: bool = Field(default=False, description="Only show the plan; change nothing.")
+    probation_minutes: float | None = Field(
+        default=None, ge=0, le=1440, description="Default: NEXUS_UPGRADE_PROBATION."
+    )
+
+
+class UpgradeAnswer(Frozen):
+    plan: dict[str, Any]
+    operation: OperationRecord | None = Field(
+        None, description="The upgrade begun (none for a dry run); follow it with GET."
+    )
+
+
+class UpgradeStatus(Frozen):
+    operation: OperationRecord | None = Field(None, description="The current or last one.")
+    upgrades: dict[str, int] = Field(description="Upgrades by outcome.")
+    rollbacks: int
+
+
+def upgrade_router() -> APIRouter:
+    """Upgrades and rollbacks of OpenCode (``/api/v1/opencode/upgrade``, ``/rollback``)."""
+    router = APIRouter(responses={**ERRORS, **responses(400)})
+
+    def service(ctx: AgentContext) -> UpgradeService:
+        if ctx.upgrades is None:
+            raise ParameterError("this agent does not supervise a server: nothing to upgrade")
+        return ctx.upgrades
+
+    @router.get(f"{API}/opencode/upgrade", tags=["opencode"])
+    def upgrade_status(ctx: Ctx) -> UpgradeStatus:
+        """The current or last upgrade or rollback: its steps with times, and its outcome."""
+        upgrades = service(ctx)
+        by_outcome, rollbacks = upgrades.counts()
+        return UpgradeStatus(operation=upgrades.status(), upgrades=by_outcome, rollbacks=rollbacks)
+
+    @router.post(f"{API}/opencode/upgrade", tags=["opencode"], status_code=202)
+    def upgrade(ctx: Ctx, body: UpgradeRequest) -> UpgradeAnswer:
+        """Upgrade OpenCode behind the health gate and probation (rolled back if either
+        fails); answers once it has begun. A dry run answers the plan only."""
+        upgrades = service(ctx)
+        if body.dry_run:
+            return UpgradeAnswer(plan=upgrades.plan(body.version, body.probation_minutes).as_json())
+        record, plan = upgrades.begin(body.version, body.probation_minutes, trigger="api")
+        worker = threading.Thread(
+            target=_run_logged, args=(upgrades, plan), name="nexus-upgrade", daemon=True
+        )
+        worker.start()
+        return UpgradeAnswer(plan=plan.as_json(), operation=record)
+
+    @router.post(f"{API}/opencode/rollback", tags=["opencode"])
+    def rollback(ctx: Ctx) -> OperationRecord:
+        """Roll the last upgrade back: its database moved aside, the pre-upgrade backup
+        restored, the previous version started (waits until done)."""
+        return service(ctx).rollback(trigger="api")
+
+    return router
+
+
+def _run_logged(upgrades: UpgradeService, plan: Any) -> None:
+    try:
+        upgrades.run(plan)
+    except Exception:
+        log.exception("the upgrade failed unexpectedly")
+
+
+async def settle_upgrade(ctx: AgentContext) -> None:
+    if ctx.upgrades is not None:
+        try:
+            await asyncio.to_thread(ctx.upgrades.settle)
+        except NexusOpsError as exc:
+            log.error("settling an interrupted upgrade failed: %s", exc)
+
+
+def _caller(ctx: AgentContext) -> Callable[[Coroutine[Any, Any, ActionResult]], ActionResult]:
+    """Run a supervisor action on its loop from a thread; wait for its result."""
     loop = ctx.supervisor_loop
     assert loop is not None
 
     def call(coro: Coroutine[Any, Any, ActionResult]) -> ActionResult:
         limit = 300 + ctx.settings.drain_timeout  # a stop first waits for busy sessions
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=limit)
+
+    return call
+
+
+def _wait_ready(ctx: AgentContext, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ctx.supervisor.ready:
+            return
+        time.sleep(0.2)
+    raise OpenCodeUnavailable(f"the server was not healthy within {timeout:g} s")
+
+
+def supervisor_control(ctx: AgentContext) -> CallbackControl:
+    """The ServerControl of a restore run by the agent: its own supervisor, from a thread."""
+    call = _caller(ctx)
 
     def stop() -> None:
         result = call(ctx.supervisor.stop(when_idle=True, reason=RestartReason.RESTORE))
@@ -837,15 +941,29 @@ def supervisor_control(ctx: AgentContext) -> CallbackControl:
     def start() -> None:
         call(ctx.supervisor.start(wait=False))
 
-    def wait_healthy(timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if ctx.supervisor.ready:
-                return
-            time.sleep(0.2)
-        raise OpenCodeUnavailable(f"the server was not healthy within {timeout:g} s")
+    return CallbackControl(stop=stop, start=start, wait_healthy=lambda t: _wait_ready(ctx, t))
 
-    return CallbackControl(stop=stop, start=start, wait_healthy=wait_healthy)
+
+@dataclass
+class SupervisorUpgradeControl:
+    """The UpgradeControl of an upgrade run by the agent: its supervisor, from a thread."""
+
+    ctx: AgentContext
+
+    def stop(self, drain: bool) -> None:
+        sup = self.ctx.supervisor
+        result = _caller(self.ctx)(sup.stop(when_idle=drain, reason=RestartReason.UPGRADE))
+        if not result.ok:
+            raise NexusOpsError(f"the server did not stop: {result.message}")
+
+    def start(self) -> None:
+        _caller(self.ctx)(self.ctx.supervisor.start(wait=False))
+
+    def wait_healthy(self, timeout: float) -> None:
+        _wait_ready(self.ctx, timeout)
+
+    def status(self) -> ServerStatus:
+        return self.ctx.supervisor.status()
 
 
 def _redact_line(ctx: AgentContext, line: str) -> str:
@@ -912,10 +1030,24 @@ async def evaluate_alerts(ctx: AgentContext) -> None:
     metrics = ctx.metrics
     await in_own_loop(
         lambda: alerts.run(
-            lambda: metrics.sampler.latest if metrics else None, ctx.supervisor.request_observers
+            lambda: with_upgrade_counts(ctx, metrics.sampler.latest if metrics else None),
+            ctx.supervisor.request_observers,
         ),
         "nexus-alerts",
     )
+
+
+@dataclass(frozen=True)
+class _Reading:
+    time: float
+    values: list[tuple[str, Mapping[str, str], float]]
+
+
+def with_upgrade_counts(ctx: AgentContext, reading: ReadingLike | None) -> ReadingLike | None:
+    """The sampler's reading and the upgrade counters beside it (for the rollback rule)."""
+    if reading is None or ctx.upgrades is None:
+        return reading
+    return _Reading(reading.time, [*reading.values, *count_values(ctx.upgrades.counts)])
 
 
 async def supervise(ctx: AgentContext) -> None:

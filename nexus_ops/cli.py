@@ -38,6 +38,7 @@ from nexus_ops.opencode import (
 from nexus_ops.paths import atomic_write
 from nexus_ops.recovery.commands import backup_commands, runbook_commands
 from nexus_ops.remote import remote_commands
+from nexus_ops.upgrade import commands as upgrade_commands
 from nexus_ops.versions import open_versions, selected_binary
 
 Handler = Callable[[argparse.Namespace], int]
@@ -162,7 +163,9 @@ def config_check(args: argparse.Namespace) -> int:
 
 
 def opencode_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    opencode = groups.add_parser("opencode", help="install, list, pick or locate OpenCode")
+    opencode = groups.add_parser(
+        "opencode", help="install, list, pick, upgrade, roll back or locate OpenCode"
+    )
     sub = opencode.add_subparsers(title="actions", metavar="ACTION", required=True)
     inst = sub.add_parser(
         "install",
@@ -202,6 +205,7 @@ def opencode_commands(groups: argparse._SubParsersAction[argparse.ArgumentParser
     )
     attach.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of `opencode attach`")
     attach.set_defaults(handler=opencode_attach)
+    upgrade_commands.add_commands(sub, connect)
 
 
 def say(line: str) -> None:

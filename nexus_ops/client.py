@@ -43,6 +43,7 @@ from nexus_ops.process import (
 from nexus_ops.runbooks.models import Runbook
 from nexus_ops.store.devices import Device
 from nexus_ops.store.runs import RunRecord
+from nexus_ops.upgrade.record import OperationRecord
 
 if TYPE_CHECKING:  # pandas loads with the first query, not with every CLI command
     import pandas as pd
@@ -283,6 +284,29 @@ class AgentClient:
         return RestoreReport.model_validate(
             self.json("POST", f"{API}/backups/{backup_id}/restore", json=body, timeout=3600)
         )
+
+    # ---- upgrades ----------------------------------------------------------------------
+
+    def upgrade_status(self) -> dict[str, Any]:
+        """The current or last upgrade or rollback (``operation``), and the counts."""
+        return dict(self.json("GET", f"{API}/opencode/upgrade"))
+
+    def upgrade_operation(self) -> OperationRecord | None:
+        found = self.upgrade_status().get("operation")
+        return None if found is None else OperationRecord.model_validate(found)
+
+    def upgrade(
+        self, version: str | None = None, dry_run: bool = False, probation: float | None = None
+    ) -> dict[str, Any]:
+        """Begin an upgrade (answers once begun: follow :meth:`upgrade_operation`), or with
+        ``dry_run`` only get its plan."""
+        body = {"version": version, "dry_run": dry_run, "probation_minutes": probation}
+        return dict(self.json("POST", f"{API}/opencode/upgrade", json=body, timeout=600))
+
+    def rollback(self) -> OperationRecord:
+        """Roll the last upgrade back (answers once done)."""
+        body = self.json("POST", f"{API}/opencode/rollback", timeout=3600)
+        return OperationRecord.model_validate(body)
 
     # ---- runbooks ----------------------------------------------------------------------
 

@@ -245,6 +245,20 @@ class Settings(BaseSettings):
         description="Seconds a soft restart waits for busy sessions to finish before it "
         "restarts anyway.",
     )
+    upgrade_probation: float = Field(
+        5.0,
+        ge=0,
+        le=1440,
+        description="Minutes after an upgrade's health gate during which a crash, a hang or a "
+        "failed probe rolls the upgrade back (a fraction for seconds, e.g. 0.1).",
+    )
+    upgrade_gate_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds the new version of an upgrade has to answer healthy before it "
+        "is rolled back.",
+    )
 
     # Logs.
     log_max_bytes: int = Field(

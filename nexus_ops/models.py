@@ -61,13 +61,16 @@ class RestartReason(StrEnum):
     MEMORY = "memory"
     OPERATOR = "operator"
     RESTORE = "restore"
+    UPGRADE = "upgrade"
     START_FAILED = "start_failed"
 
 
 # Who may stop the server through the API: an operator, or a live restore.
 StopReason = Literal["operator", "restore"]
 # The ends of a server that someone asked for: not trouble.
-PLANNED_EXITS = frozenset({RestartReason.OPERATOR.value, RestartReason.RESTORE.value})
+PLANNED_EXITS = frozenset(
+    {RestartReason.OPERATOR.value, RestartReason.RESTORE.value, RestartReason.UPGRADE.value}
+)
 
 
 Desired = Literal["running", "stopped"]

@@ -119,6 +119,14 @@ def kill_everything_of(env: dict[str, str]) -> None:
             proc.kill()
 
 
+def shut_down(agent: RunningAgent, env: dict[str, str]) -> None:
+    """Close the agent's client, stop it, and kill whatever the environment left running."""
+    agent.client.close()
+    with contextlib.suppress(Exception):
+        agent.stop()
+    kill_everything_of(env)
+
+
 @dataclass
 class RunningAgent:
     """A real agent subprocess (``python -m nexus_ops agent run``) and its client."""

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from backup_helpers import install_config
-from conftest import RunningAgent, kill_everything_of, private_env, start_agent, wait_for
+from conftest import RunningAgent, private_env, shut_down, start_agent, wait_for
 
 from nexus_ops.models import Event, ServerState
 from nexus_ops.opencode import Credentials
@@ -112,10 +112,7 @@ def open_stage(
             assert running.client.start().ok
             yield current
         finally:
-            current.agent.client.close()
-            with contextlib.suppress(Exception):
-                current.agent.stop()
-            kill_everything_of(env)
+            shut_down(current.agent, env)
 
 
 def busy_prompt(stage: Stage, agent: RunningAgent, text: str) -> str:

@@ -78,6 +78,7 @@ webhooks:
         "OpenCodeRestartRate",
         "OpenCodeHighMemory",
         "OpenCodeRequestLatency",
+        "OpenCodeRolledBack",
         "BusySessions",
     ]
     assert config.rules[0].for_seconds == 60  # the file's rule replaced the default one
@@ -241,6 +242,21 @@ def test_a_rule_holds_only_while_its_gauge_is_one(tmp_path: Path) -> None:
     assert changes == ["pending", "firing"]
     with pytest.raises(ValueError, match="not a metric name"):
         AlertRule(name="X", metric="opencode_server_status", only_while="no such-metric")
+
+
+def test_the_built_in_rollback_rule_fires_once_the_rollback_counter_rises(tmp_path: Path) -> None:
+    [rule] = [
+        r
+        for r in default_rules(load_settings(private_env(tmp_path)))
+        if r.name == "OpenCodeRolledBack"
+    ]
+    assert rule.metric == "opencode_rollbacks_total" and rule.aggregate == "increase"
+    service = AlertService(AlertsConfig(rules=[rule]), Journal(Database(tmp_path / "n.db")))
+    changes = []
+    for t, total in [(0, 2.0), (5, 2.0), (10, 2.0), (15, 3.0), (20, 3.0)]:
+        service.window.add_reading(1000.0 + t, [("opencode_rollbacks_total", {}, total)])
+        changes += [(t, c.to) for c in service.evaluate(now=1000.5 + t)]
+    assert changes == [(15, "firing")]  # a counter that only stood still never fired
 
 
 # ---- the window ----------------------------------------------------------------------------

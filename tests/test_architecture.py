@@ -17,7 +17,7 @@ LAYERS = {
     "supervisor": 3, "metrics": 3, "alerts": 3, "backup": 3, "runbooks": 3, "security": 3,
     "agent": 4, "client": 4, "daemon": 4, "ui": 4, "cli": 4, "console": 4, "console_voila": 4,
     "recovery": 4, "workload": 3, "demo": 4, "drain": 3, "versions": 3, "entry": 3,
-    "remote": 4,
+    "remote": 4, "upgrade": 4,
     "__init__": 4, "__main__": 4,
 }  # fmt: skip
 

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from nexus_ops.backup.metrics import BackupCollector
-from nexus_ops.backup.models import BackupInfo
+from nexus_ops.backup.models import BackupInfo, Manifest
+from nexus_ops.backup.prune import decide
 from nexus_ops.backup.retention import RetentionPolicy, plan
 from nexus_ops.backup.schedule import BackupScheduler, next_run
 from nexus_ops.config import load_settings
@@ -71,6 +72,20 @@ def test_rules_combine_and_each_decision_says_why() -> None:
     assert newest.keep and newest.reasons == ["last", "daily 2026-01-10"]
     assert [d.keep for d in decisions].count(True) == 3
     assert decisions[-1].reasons == []
+
+
+def test_pre_upgrade_backups_are_judged_apart_so_the_newest_is_kept() -> None:
+    def made(backup_id: str, kind: str, day: int) -> Manifest:
+        created = (START + timedelta(days=day)).timestamp()
+        return Manifest.model_validate(
+            {"id": backup_id, "kind": kind, "created": created, "host": "h"}
+        )
+
+    # The pre-upgrade backup is older than the two newest regular ones.
+    manifests = [made("u1", "pre-upgrade", 0), made("r1", "manual", 1), made("r2", "manual", 2)]
+    policy = RetentionPolicy(keep_last=2, keep_within_days=0)
+    decisions = {d.id: d.keep for d in decide(manifests, policy, tz=UTC)}
+    assert decisions == {"u1": True, "r1": True, "r2": True}
 
 
 def test_a_policy_that_keeps_nothing_is_refused() -> None:

@@ -52,6 +52,7 @@ def test_alert_rules_are_valid_and_behave() -> None:
         "OpenCodeHighMemory",
         "NexusOpsAgentDown",
         "OpenCodeRequestLatency",
+        "OpenCodeRolledBack",
     } <= names
     tested = promtool("test", "rules", "nexus-ops.rules.test.yml", cwd=PROMETHEUS / "tests")
     assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -109,6 +109,10 @@ class FakeAgent:
         self.pid = (self.pid or 100) + 1
         return self._result("restarted")
 
+    def upgrade_status(self) -> dict[str, Any]:
+        self._call("upgrade_status")
+        return {"operation": None, "upgrades": {}, "rollbacks": 0}
+
     def events(
         self,
         since: float | None = None,

@@ -19,12 +19,13 @@ def cached_node_modules(opencode_bin: Path) -> Path:
 def lay_out(opencode_bin: Path, folder: Path) -> Path:
     """``folder/node_modules`` as npm installs it (hard links to the real 1.18.33);
     returns the native binary in it."""
-    shutil.copytree(
-        cached_node_modules(opencode_bin),
-        folder / "node_modules",
-        copy_function=os.link,
-        symlinks=True,
-    )
+    return lay_out_modules(cached_node_modules(opencode_bin), folder)
+
+
+def lay_out_modules(node_modules: Path, folder: Path) -> Path:
+    """``folder/node_modules`` as hard links to an installed ``node_modules``; returns
+    the native binary in it."""
+    shutil.copytree(node_modules, folder / "node_modules", copy_function=os.link, symlinks=True)
     binary = native_binary_in(folder / "node_modules")
     assert binary is not None
     return binary

@@ -239,7 +239,8 @@ class _FileConfig(Frozen):
 
 
 def default_rules(settings: Settings) -> list[AlertRule]:
-    """The built-in rules: server down, restart rate, memory and request latency."""
+    """The built-in rules: server down, restart rate, memory, request latency and a
+    rolled-back upgrade."""
     memory = settings.alert_memory_mb
     return [
         AlertRule(
@@ -288,6 +289,18 @@ def default_rules(settings: Settings) -> list[AlertRule]:
             summary="The OpenCode server answers slowly",
             description="The 95th percentile of the agent's requests to the server has been "
             f"over {settings.alert_latency_p95:g} s for 5 minutes (NEXUS_ALERT_LATENCY_P95).",
+        ),
+        AlertRule(
+            name="OpenCodeRolledBack",
+            metric=m.ROLLBACKS.metric,
+            aggregate="increase",
+            window=3600,
+            value=0,
+            severity="warning",
+            summary="An OpenCode upgrade was rolled back",
+            description="An upgrade failed its health gate or probation, or was rolled back "
+            "by hand, within the last hour; `nexus-ops opencode upgrade --status` shows why "
+            "and where the new version's database was kept.",
         ),
     ]
 

@@ -48,7 +48,7 @@ class BackupCollector(Collector):
 
     def _on_disk(self) -> Iterator[Metric]:
         backups = self._listing()
-        by_kind: dict[str, int] = {"manual": 0, "scheduled": 0, "pre-restore": 0}
+        by_kind: dict[str, int] = {"manual": 0, "scheduled": 0, "pre-restore": 0, "pre-upgrade": 0}
         for info in backups:
             by_kind[info.kind] = by_kind.get(info.kind, 0) + 1
         count = family(m.BACKUPS)

@@ -18,7 +18,9 @@ from nexus_ops.models import Frozen
 MANIFEST_FORMAT = 1
 Part = Literal["config", "data", "nexus"]
 PARTS: tuple[Part, ...] = ("config", "data", "nexus")
-Kind = Literal["manual", "scheduled", "pre-restore"]
+Kind = Literal["manual", "scheduled", "pre-restore", "pre-upgrade"]
+# Kinds that retention judges apart from the regular backups (each its own group).
+SAFETY_KINDS: tuple[Kind, ...] = ("pre-restore", "pre-upgrade")
 EntryType = Literal["file", "dir", "symlink"]
 # What `BackupRepository.new_id` writes (20260102T030405Z-1a2b) fits; so do a few
 # other plain names. No '/', '.' or '\\': an id becomes a file name in backups/.

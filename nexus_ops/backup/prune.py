@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from datetime import tzinfo
 
-from nexus_ops.backup.models import Manifest, PruneDecision, PruneReport
+from nexus_ops.backup.models import SAFETY_KINDS, Manifest, PruneDecision, PruneReport
 from nexus_ops.backup.repository import BackupRepository
 from nexus_ops.backup.retention import RetentionPolicy, plan
 
 
 def group_of(manifest: Manifest) -> str:
-    """Retention judges pre-restore backups apart from the regular ones."""
-    return "pre-restore" if manifest.kind == "pre-restore" else "regular"
+    """Retention judges pre-restore and pre-upgrade backups apart from the regular ones
+    (each kind its own group), so the newest of each is always kept."""
+    return manifest.kind if manifest.kind in SAFETY_KINDS else "regular"
 
 
 def decide(

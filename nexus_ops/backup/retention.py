@@ -6,7 +6,7 @@ months) that have one; ``keep_within_days`` keeps every backup made within N day
 of the *newest* backup, so a host whose backups stopped does not lose its last
 ones. A backup is kept when any rule keeps it; each decision says which. The
 default keeps 30 days. Backups of each kind (manual and scheduled together,
-pre-restore apart) are judged as separate groups.
+pre-restore apart, pre-upgrade apart) are judged as separate groups.
 
 >>> from datetime import UTC
 >>> day = 86400.0

@@ -20,6 +20,7 @@ from nexus_ops.backup.control import ServerControl
 from nexus_ops.backup.create import create_backup
 from nexus_ops.backup.metrics import BackupCollector
 from nexus_ops.backup.models import (
+    SAFETY_KINDS,
     BackupInfo,
     Kind,
     Manifest,
@@ -141,9 +142,10 @@ class BackupService:
         return report
 
     def newest_good(self, trigger: str = "runbook") -> tuple[Manifest, VerifyReport] | None:
-        """The newest regular backup that verifies (pre-restore backups are skipped)."""
+        """The newest regular backup that verifies (pre-restore and pre-upgrade backups
+        are skipped)."""
         for manifest in reversed(self.repo.manifests()):
-            if manifest.kind == "pre-restore":
+            if manifest.kind in SAFETY_KINDS:
                 continue
             report = self.verify(manifest.id, trigger)
             if report.ok:

@@ -307,6 +307,23 @@ BACKUPS_SIZE = _declare(
     "bytes",
 )
 
+# Upgrades of OpenCode (nexus_ops/upgrade), counted in nexus.db since NEXUS_HOME began.
+UPGRADES = _declare(
+    "opencode_upgrades_total",
+    "counter",
+    "Upgrades of OpenCode by outcome (upgraded, rolled back, failed, abandoned).",
+    "upgrades",
+    "count",
+    labels=("outcome",),
+)
+ROLLBACKS = _declare(
+    "opencode_rollbacks_total",
+    "counter",
+    "Rollbacks of OpenCode upgrades, automatic or by hand.",
+    "rollbacks",
+    "count",
+)
+
 
 def exposed() -> list[MetricInfo]:
     """The catalogue's metrics that ``/metrics`` shows."""

@@ -31,6 +31,7 @@ from nexus_ops.config import Settings
 from nexus_ops.errors import AgentUnavailable, NexusOpsError
 from nexus_ops.metrics.frames import Points
 from nexus_ops.models import ActionResult, Event, ServerStatus
+from nexus_ops.upgrade.record import OperationRecord
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,14 @@ class AgentLike(Protocol):
     def stop(self) -> ActionResult: ...
 
     def restart(self, wait: bool = True) -> ActionResult: ...
+
+    def upgrade_status(self) -> dict[str, Any]: ...
+
+    def upgrade(
+        self, version: str | None = None, dry_run: bool = False, probation: float | None = None
+    ) -> dict[str, Any]: ...
+
+    def rollback(self) -> OperationRecord: ...
 
     def events(
         self,

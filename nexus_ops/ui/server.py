@@ -1,4 +1,5 @@
-"""The Server panel: state, version, pid, uptime, restarts; start, stop, restart; how to connect.
+"""The Server panel: state, version, pid, uptime, restarts; start, stop, restart; how to connect;
+the last upgrade of OpenCode, with Upgrade and Rollback (:mod:`nexus_ops.ui.upgrade`).
 
 The server's password is read only when an operator presses "Show password", so
 it is in neither the notebook's outputs nor the page until then.
@@ -21,6 +22,7 @@ from nexus_ops.opencode import client_commands
 from nexus_ops.security.tokens import is_loopback
 from nexus_ops.ui.base import Panel, PanelContext, table_html
 from nexus_ops.ui.style import esc, light
+from nexus_ops.ui.upgrade import UpgradePanel
 
 HIDDEN = "&bull;" * 10
 # What each action is called while it runs, and the question asked before it.
@@ -86,7 +88,8 @@ class ServerPanel(Panel[ServerStatus]):
         right.layout = widgets.Layout(flex="1 1 40%", min_width="280px", padding="0 0 0 24px")
         columns = widgets.HBox([left, right], layout=widgets.Layout(flex_flow="row wrap"))
         columns.add_class("nx-columns")
-        return columns
+        self.upgrade = UpgradePanel(self.ctx)
+        return widgets.VBox([columns, self.upgrade.widget])
 
     def _button(self, label: str, icon: str, style: str, css: str) -> widgets.Button:
         button = widgets.Button(description=label, icon=icon, button_style=style, disabled=True)
@@ -145,7 +148,10 @@ class ServerPanel(Panel[ServerStatus]):
     # ---- refresh -----------------------------------------------------------------------
 
     def fetch(self) -> ServerStatus:
-        return self.ctx.client.status()
+        status = self.ctx.client.status()
+        if self.upgrade.due():
+            self.upgrade.refresh()
+        return status
 
     def show(self, data: ServerStatus) -> None:
         self.status = data
