@@ -51,7 +51,8 @@ def test_backup_holds_config_and_data_but_not_caches_or_wal(
     assert "data/snapshot/proj/HEAD" in paths
     assert not any("node_modules" in p for p in paths)
     assert not any(p.endswith(("-wal", "-shm")) for p in paths)
-    assert manifest.databases[0].method == "online-backup"
+    assert manifest.databases[0].method == "snapshot-copy"
+    assert manifest.databases[0].note == ""
     assert manifest.sessions == 3
     assert manifest.opencode_version == "1.18.33" and manifest.host
     assert [m.id for m in repo.manifests()] == [manifest.id]

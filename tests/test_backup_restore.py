@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from nexus_ops.backup import (
     OpenCodeLocations,
     create_backup,
     restore_live,
+    restore_to_folder,
     verify_backup,
 )
 from nexus_ops.errors import BackupError
@@ -170,6 +173,46 @@ def test_restore_under_a_real_server_brings_its_sessions_back(
     assert report.ok, report
     assert session_ids(server) == held
     assert server.starts == 2
+
+
+@pytest.mark.opencode
+def test_backups_taken_while_the_server_creates_sessions_restore_them(
+    real_server: tuple[DirectServer, OpenCodeLocations], tmp_path: Path
+) -> None:
+    server, locations = real_server
+    created: list[str] = []
+    stop = threading.Event()
+
+    def create_sessions() -> None:
+        while not stop.is_set() and len(created) < 500:
+            response = server.post("/session", {})
+            response.raise_for_status()
+            created.append(response.json()["id"])
+
+    writer = threading.Thread(target=create_sessions)
+    writer.start()
+    repo = BackupRepository(tmp_path / "backups")
+    taken = []
+    try:
+        while len(created) < 3 and writer.is_alive():
+            time.sleep(0.05)
+        for _ in range(3):
+            before = set(created)
+            assert (locations.data_dir / "opencode.db-wal").exists()  # the live WAL is copied
+            taken.append((before, create_backup(repo, BackupSources.of(locations))))
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    after = set(created)
+    assert len(after) > len(taken[-1][0]), "no session was created during the backups"
+    for before, manifest in taken:
+        (database,) = manifest.databases
+        assert database.method == "snapshot-copy", database.note
+        assert verify_backup(repo, manifest.id).ok
+        restore_to_folder(repo, manifest.id, tmp_path / manifest.id)
+        restored = set(sessions(tmp_path / manifest.id / "data" / "opencode.db"))
+        assert before <= restored <= after
+        assert database.sessions == len(restored)
 
 
 @pytest.mark.opencode

@@ -27,7 +27,7 @@ from nexus_ops.backup.repository import BackupRepository
 from nexus_ops.backup.safety import MANIFEST_MEMBER
 from nexus_ops.backup.sources import BackupSources, SourceFile
 from nexus_ops.errors import BackupError
-from nexus_ops.store.backups_copy import online_copy, session_ids
+from nexus_ops.store.backups_copy import CopyOutcome, consistent_copy, session_ids
 
 Progress = Callable[[str], None]
 
@@ -113,7 +113,8 @@ def _create_locked(
 
 
 class _Writer:
-    """Adds source entries to the archive; databases through the online backup API."""
+    """Adds source entries to the archive; databases as consistent copies (their files
+    under a read transaction, or SQLite's online backup API)."""
 
     def __init__(
         self, archive: ArchiveWriter, scratch: Path, raw_fallback: bool, progress: Progress | None
@@ -126,15 +127,16 @@ class _Writer:
         self.databases: list[DatabaseEntry] = []
 
     def add_all(self, entries: list[SourceFile]) -> None:
-        """Every entry; the databases last, copied on a thread meanwhile (SQLite's
-        backup step runs outside the GIL), so the copy overlaps with the other files."""
+        """Every entry; the databases last, copied on a thread meanwhile (the kernel's
+        copy and SQLite's work run outside the GIL), so the copy overlaps with the other
+        files."""
         databases = [source for source in entries if source.is_database]
         with concurrent.futures.ThreadPoolExecutor(1, "backup-db-copy") as pool:
             copies = []
             for n, source in enumerate(databases):
                 if self.progress:
                     self.progress(f"copying database {source.path}")
-                copies.append(pool.submit(online_copy, source.path, self._copy_path(n, source)))
+                copies.append(pool.submit(consistent_copy, source.path, self._copy_path(n, source)))
             for source in entries:
                 if not source.is_database:
                     self.add(source)
@@ -158,10 +160,10 @@ class _Writer:
         return self.scratch / f"{n}-{source.path.name}"
 
     def _add_database(
-        self, source: SourceFile, pending: concurrent.futures.Future[None], copy: Path
+        self, source: SourceFile, pending: concurrent.futures.Future[CopyOutcome], copy: Path
     ) -> None:
         try:
-            pending.result()
+            outcome = pending.result()
         except BackupError as exc:
             if not self.raw_fallback:
                 raise
@@ -177,8 +179,9 @@ class _Writer:
         self.databases.append(
             DatabaseEntry(
                 path=source.arcname,
-                method="online-backup",
+                method=outcome.method,
                 sessions=None if ids is None else len(ids),
+                note=outcome.note,
             )
         )
 

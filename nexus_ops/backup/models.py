@@ -68,7 +68,9 @@ class DatabaseEntry(Frozen):
     """An SQLite database in the archive and how it was copied."""
 
     path: str
-    method: Literal["online-backup", "raw-copy"]
+    # snapshot-copy: its files copied under a read transaction, then checkpointed and
+    # checked; online-backup: SQLite's backup API; raw-copy: as found (a damaged database)
+    method: Literal["snapshot-copy", "online-backup", "raw-copy"]
     sessions: int | None = Field(None, description="Rows of OpenCode's session table")
     note: str = ""
 

@@ -42,7 +42,7 @@ def verify_backup(repo: BackupRepository, backup_id: str) -> VerifyReport:
     problems += [
         f"{path}: integrity_check: {result}"
         for path, result in integrity.items()
-        if result != "ok" and _is_online_copy(manifest, path)
+        if result != "ok" and _is_consistent_copy(manifest, path)
     ]
     return VerifyReport(
         id=backup_id,
@@ -54,9 +54,9 @@ def verify_backup(repo: BackupRepository, backup_id: str) -> VerifyReport:
     )
 
 
-def _is_online_copy(manifest: Manifest, path: str) -> bool:
+def _is_consistent_copy(manifest: Manifest, path: str) -> bool:
     # A raw copy (pre-restore backup of a damaged database) is kept as it was found.
-    return any(db.path == path and db.method == "online-backup" for db in manifest.databases)
+    return any(db.path == path and db.method != "raw-copy" for db in manifest.databases)
 
 
 def _check_archive_file(repo: BackupRepository, manifest: Manifest) -> list[str]:

@@ -4,6 +4,9 @@ A live database in WAL mode copied with ``cp`` or ``tar`` can be torn: pages of
 the main file and of the write-ahead log from different moments. SQLite's online
 backup API copies a consistent snapshot while writers carry on; in WAL mode one
 step (``pages=-1``) holds a read transaction only, so writers are never blocked.
+:func:`consistent_copy` first copies the files under such a read transaction
+(:mod:`.snapshot_copy`, about a third of the backup API's CPU time) and falls back
+to the backup API when that fails, saying why.
 
 >>> import tempfile
 >>> from pathlib import Path
@@ -19,12 +22,41 @@ step (``pages=-1``) holds a read transaction only, so writers are never blocked.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from nexus_ops.errors import BackupError
+from nexus_ops.store.snapshot_copy import side_file, snapshot_copy
 
 BUSY_TIMEOUT_MS = 10_000
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CopyOutcome:
+    """How a database was copied, and why the fast way was not taken when it was not."""
+
+    method: Literal["snapshot-copy", "online-backup"]
+    note: str = ""
+
+
+def consistent_copy(source: Path, destination: Path) -> CopyOutcome:
+    """Copy the live database ``source`` to the new file ``destination``: its files under
+    a read transaction, or else with the online backup API (raises only when that fails)."""
+    try:
+        snapshot_copy(source, destination)
+    except Exception as exc:  # any failure of the fast way: the backup API is always right
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            side_file(destination, suffix).unlink(missing_ok=True)
+        why = exc.message if isinstance(exc, BackupError) else f"{type(exc).__name__}: {exc}"
+        note = f"copied with the online backup API: {why}"
+        log.warning("backup of %s %s", source, note)
+        online_copy(source, destination)
+        return CopyOutcome("online-backup", note)
+    return CopyOutcome("snapshot-copy")
 
 
 def online_copy(source: Path, destination: Path) -> None:
