@@ -48,6 +48,7 @@ from nexus_ops.upgrade.record import (
     Operation,
     OperationRecord,
     Outcome,
+    Snapshot,
     load_record,
     write_record,
 )
@@ -240,7 +241,7 @@ class UpgradeService:
             )
             self._step("draining")
             self._wait_idle()
-            snapshot = take_snapshot(self._client()) if self._serving() else None
+            snapshot = self._snapshot() if self._serving() else None
             self._save(self._current().model_copy(update={"snapshot": snapshot}))
             self._step("backing up")
             manifest = self.backups.create(kind="pre-upgrade", trigger="upgrade")
@@ -260,6 +261,8 @@ class UpgradeService:
             self._probation(plan.probation_minutes * 60)
         except NexusOpsError as exc:
             return self._failed(exc, changed)
+        except OSError as exc:  # a file the upgrade moves or writes: still settled here
+            return self._failed(UpgradeFailed(f"{type(exc).__name__}: {exc}"), changed)
         return self._finish("upgraded", UPGRADE_DONE, f"upgraded OpenCode to {plan.to_version}")
 
     def _failed(self, exc: NexusOpsError, changed: bool) -> OperationRecord:
@@ -274,6 +277,13 @@ class UpgradeService:
             return self._rollback(automatic=True)
         self._put_back_desired()
         return self._finish("failed", None, "", error=exc.message, ok=False)
+
+    def _snapshot(self) -> Snapshot:
+        client = self._client()
+        try:
+            return take_snapshot(client)
+        finally:
+            client.close()
 
     def _wait_idle(self) -> None:
         deadline = time.monotonic() + self.settings.drain_timeout
@@ -370,7 +380,8 @@ class UpgradeService:
         started = time.monotonic()
         try:
             self._roll_back_steps(record, drain=not automatic)
-        except NexusOpsError as exc:
+        except (NexusOpsError, OSError) as exc:
+            exc = exc if isinstance(exc, NexusOpsError) else UpgradeFailed(f"{exc!r}")
             self._journal(
                 ROLLBACK_FAILED,
                 f"rollback to {old} failed while {self._current().step}: {exc.message}",
