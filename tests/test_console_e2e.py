@@ -209,7 +209,7 @@ def test_start_shows_running_and_the_version(page: Page, served: Served) -> None
     expect(page.locator(".nx-stat-server-status")).to_contain_text("STOPPED", timeout=60_000)
     tab(page, "Server")
     page.locator("button.nx-start").click()
-    expect(page.locator(".nx-server .nx-banner")).to_contain_text(
+    expect(page.locator(".nx-server > .nx-banner")).to_contain_text(
         "Starting the server", timeout=10_000
     )
     expect(page.locator(".nx-server-state")).to_have_text("running", timeout=90_000)
@@ -440,7 +440,7 @@ def test_a_lost_agent_shows_and_the_console_recovers(page: Page, served: Served)
     stopped = nexus_cli(served.env, "agent", "stop")
     assert stopped.returncode == 0, stopped.stderr
     expect(page.locator(".nx-agent-state")).to_have_text("agent lost", timeout=30_000)
-    banner = page.locator(".nx-server .nx-banner")
+    banner = page.locator(".nx-server > .nx-banner")
     expect(banner).to_contain_text("The agent is not answering")
     expect(banner).to_contain_text("nexus-ops agent start")
     expect(page.locator(".nx-server-state")).to_have_text("unknown")
