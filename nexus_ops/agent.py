@@ -59,6 +59,7 @@ from nexus_ops.entry.devices import COOKIE, DeviceSessions, safe_next, session_c
 from nexus_ops.entry.pages import PAGE_HEADERS, logged_out_page, pair_page
 from nexus_ops.entry.pairing import PairingCode, entry_names
 from nexus_ops.errors import (
+    AgentError,
     BinaryNotFound,
     NexusOpsError,
     OpenCodeUnavailable,
@@ -856,11 +857,15 @@ class UpgradeStatus(Frozen):
 
 def upgrade_router() -> APIRouter:
     """Upgrades and rollbacks of OpenCode (``/api/v1/opencode/upgrade``, ``/rollback``)."""
-    router = APIRouter(responses={**ERRORS, **responses(400)})
+    router = APIRouter(responses={**ERRORS, **responses(400, 409)})
 
     def service(ctx: AgentContext) -> UpgradeService:
         if ctx.upgrades is None:
-            raise ParameterError("this agent does not supervise a server: nothing to upgrade")
+            raise AgentError(
+                "this agent does not supervise a server: nothing to upgrade",
+                hint="run the agent that manages the server (`nexus-ops agent start`)",
+                status=409,
+            )
         return ctx.upgrades
 
     @router.get(f"{API}/opencode/upgrade", tags=["opencode"])

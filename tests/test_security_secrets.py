@@ -176,6 +176,9 @@ def api_calls(
         ("GET", "/api/v1/metrics/names"): {},
         ("GET", "/api/v1/metrics/store"): {},
         ("GET", "/api/v1/usage"): {},
+        ("GET", "/api/v1/opencode/upgrade"): {},
+        ("POST", "/api/v1/opencode/upgrade"): {"json": {"version": "1.18.33", "dry_run": True}},
+        ("POST", "/api/v1/opencode/rollback"): {},  # no upgrade to roll back: refused
         ("GET", "/api/v1/config"): {},
         ("GET", "/api/v1/alerts"): {},
         ("GET", "/api/v1/backups"): {},
