@@ -108,6 +108,11 @@ def invocations(tmp: Path, backup_id: str, run_id: str) -> dict[str, list[list[s
         ],
         "opencode path": [["opencode", "path"]],
         "opencode versions": [["opencode", "versions"], ["opencode", "versions", "--json"]],
+        "opencode upgrade": [
+            ["opencode", "upgrade", "1.18.33", "--dry-run"],
+            ["opencode", "upgrade", "--status"],
+        ],
+        "opencode rollback": [["opencode", "rollback"]],  # no upgrade to roll back: refused
         "opencode use": [["opencode", "use", "0.0.0-none"]],  # not installed: refused
         # connect --show-password prints the password on purpose; masked, it never does.
         "opencode connect": [["opencode", "connect"]],
