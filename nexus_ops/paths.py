@@ -54,6 +54,16 @@ class Layout:
         return self.home / "runs"
 
     @property
+    def entry(self) -> Path:
+        """The HTTPS entry's config, its Caddy's data and its local CA."""
+        return self.home / "entry"
+
+    @property
+    def upgrades(self) -> Path:
+        """Each upgrade's record and the databases set aside by rollbacks."""
+        return self.home / "upgrades"
+
+    @property
     def opencode_prefix(self) -> Path:
         return self.home / "opencode"
 

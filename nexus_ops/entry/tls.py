@@ -22,6 +22,7 @@ from pathlib import Path
 
 from nexus_ops.config import Settings
 from nexus_ops.errors import ConfigError
+from nexus_ops.paths import Layout
 from nexus_ops.process import host_addresses
 
 CA_NAME = "local"  # the pki app's default authority, the one `tls internal` uses
@@ -39,7 +40,7 @@ class EntryFiles:
 
     @classmethod
     def of(cls, settings: Settings) -> EntryFiles:
-        return cls(settings.home / "entry")
+        return cls(Layout(settings.home).entry)
 
     @property
     def config(self) -> Path:

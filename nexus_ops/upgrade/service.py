@@ -119,7 +119,7 @@ class UpgradeService:
     ) -> None:
         self.settings = settings
         self.layout = Layout(settings.home)
-        self.folder = self.layout.home / "upgrades"
+        self.folder = self.layout.upgrades
         self.journal = journal
         self.versions = versions
         self.backups = backups
