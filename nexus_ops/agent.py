@@ -1171,6 +1171,9 @@ def serve(settings: Settings, jobs: list[BackgroundJob] | None = None) -> None:
             log_level="warning",
             access_log=False,
             lifespan="on",
+            # No websocket routes: an upgrade request (a websocket's forward_auth check
+            # through a proxy) is answered as the plain HTTP request it also is.
+            ws="none",
         )
         AgentServer(config).run()
     finally:

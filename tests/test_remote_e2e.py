@@ -228,11 +228,6 @@ def test_a_prompt_streams_its_scripted_answer_through_the_entry(paired: Remote) 
     assert paired.provider.requests(), "the scripted provider was never asked"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="through the agent's own entry the console's kernel websocket gets 403: its widgets"
-    " never load (the console's page itself arrives)",
-)
 def test_the_console_opens_through_the_same_entry(paired: Remote) -> None:
     token = paired.served.url.split("token=", 1)[1]
     page = paired.page

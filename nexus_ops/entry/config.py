@@ -156,7 +156,9 @@ def _forward_auth(dial: str, copy: bool) -> JSON:
                     "Host": ["{http.reverse_proxy.upstream.hostport}"],
                     "X-Forwarded-Method": ["{http.request.method}"],
                     "X-Forwarded-Uri": ["{http.request.uri}"],
-                }
+                },
+                # The check of a websocket is a plain GET, never an upgrade itself.
+                "delete": ["Connection", "Upgrade", "Sec-WebSocket-Key"],
             }
         },
         "handle_response": [{"match": {"status_code": [2]}, "routes": passed}],
