@@ -70,8 +70,11 @@ def test_demo_shows_activity_labelled_demo_and_ctrl_c_stops_everything(
         config = (folders.config / "opencode" / "opencode.json").read_text()
         assert '"model": "scripted/m1"' in config
         assert not (Path(env["XDG_CONFIG_HOME"]) / "opencode").exists(), "the user's config"
-        server = next(p for p in psutil.process_iter() if "serve" in p.cmdline()
-                      and str(settings.opencode_port) in p.cmdline())  # fmt: skip
+        # Reading each process's command line once, from a snapshot: a process that ends
+        # meanwhile (a zombie on a loaded machine) has none and is skipped.
+        server = next(p for p in psutil.process_iter(["cmdline"])
+                      if "serve" in (p.info["cmdline"] or [])
+                      and str(settings.opencode_port) in p.info["cmdline"])  # fmt: skip
         assert server.environ()["HOME"] == str(folders.home)
         assert server.environ()["XDG_DATA_HOME"] == str(folders.root / "data")
 
