@@ -228,6 +228,40 @@ def test_a_prompt_streams_its_scripted_answer_through_the_entry(paired: Remote) 
     assert paired.provider.requests(), "the scripted provider was never asked"
 
 
+TERMINAL = """
+async () => {
+  const created = await fetch('/pty', {method: 'POST', headers: {'Content-Type':
+    'application/json'}, body: JSON.stringify({command: '/bin/sh'})});
+  if (!created.ok) return {error: `POST /pty: ${created.status} ${await created.text()}`};
+  const pty = (await created.json()).id;
+  const token = await fetch(`/pty/${pty}/connect-token`, {method: 'POST',
+    headers: {'x-opencode-ticket': '1'}});
+  if (!token.ok) return {error: `connect-token: ${token.status} ${await token.text()}`};
+  const ticket = (await token.json()).ticket;
+  const seen = await new Promise((resolve) => {
+    const ws = new WebSocket(`wss://${location.host}/pty/${pty}/connect?ticket=${ticket}`);
+    let out = '';
+    const done = (why) => { ws.close(); resolve(why + out); };
+    setTimeout(() => done('timeout: '), 20000);
+    ws.onerror = () => done('error: ');
+    ws.onopen = () => ws.send('echo terminal-$((40+2))\\n');
+    ws.onmessage = async (m) => {
+      out += typeof m.data === 'string' ? m.data : await m.data.text();
+      if (out.includes('terminal-42\\r\\n')) done('ok: ');
+    };
+  });
+  await fetch(`/pty/${pty}`, {method: 'DELETE'});
+  return {seen};
+}
+"""
+
+
+def test_the_web_uis_terminal_runs_a_command_over_its_websocket(paired: Remote) -> None:
+    result = paired.page.evaluate(TERMINAL)
+    assert "error" not in result, result
+    assert result["seen"].startswith("ok: "), result
+
+
 def test_the_console_opens_through_the_same_entry(paired: Remote) -> None:
     token = paired.served.url.split("token=", 1)[1]
     page = paired.page
